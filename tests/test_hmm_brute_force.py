@@ -1,0 +1,186 @@
+"""The VLNHMM against brute force: every state path of tiny models enumerated explicitly."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from hmm import inference
+from hmm.config import HMMConfig
+from hmm.model import VLNHMM
+
+V, EOS = 7, 6
+CLUSTERS = {3: np.array([0, 0, 1, 1, 2, 2, 0]), 1: np.zeros(V, dtype=np.int64)}
+
+VARIANTS = {
+    "brown": dict(num_states=6, num_clusters=3, state_dropout=0.0),
+    "brown-dropout": dict(num_states=12, num_clusters=3, state_dropout=0.5),
+    "brown-factored": dict(num_states=12, num_clusters=3, state_dropout=0.5, state_repr="factored"),
+    "brown-scalar": dict(num_states=12, num_clusters=3, state_dropout=0.5, neural=False),
+    "none": dict(num_states=4, num_clusters=1, constraint="none", state_dropout=0.5),
+    "uniform": dict(num_states=6, num_clusters=1, constraint="uniform", states_per_word=3, state_dropout=0.0),
+    "uniform-transdrop": dict(num_states=6, num_clusters=1, constraint="uniform", states_per_word=4,
+                              state_dropout=0.0, transition_dropout=0.25),
+    "brown-eos-reset": dict(num_states=6, num_clusters=3, state_dropout=0.0, eos_reset="always"),
+}
+
+
+def make(name, seed=0):
+    cfg = HMMConfig(hidden=8, **VARIANTS[name])
+    torch.manual_seed(seed)
+    model = VLNHMM(cfg, V, CLUSTERS.get(cfg.num_clusters), eos_id=EOS, seed=seed).double()
+    return model
+
+
+def dense(params):
+    """Explicit pi [C'], A [C', C'], O [C', V] from the model's distributions (zeros outside blocks)."""
+    n_live = len(params.live.states)
+    log_o = torch.full((n_live, V), -torch.inf, dtype=params.log_emit.dtype)
+    for x in range(V):
+        log_o[params.live.word_states[x], x] = params.log_emit[x]
+    return params.log_start, params.log_trans, log_o
+
+
+def brute_force(log_prior, log_a, log_o, log_start, xs, reset):
+    """log sum over every state path of p(x, z); log_prior [C'] is the distribution of z_1."""
+    C = len(log_prior)
+    total = []
+    for path in itertools.product(range(C), repeat=len(xs)):
+        s = log_prior[path[0]] + log_o[path[0], xs[0]]
+        for t in range(1, len(xs)):
+            step = log_start[path[t]] if (reset and xs[t - 1] == EOS) else log_a[path[t - 1], path[t]]
+            s = s + step + log_o[path[t], xs[t]]
+        total.append(s)
+    return torch.logsumexp(torch.stack(total), dim=0)
+
+
+def window(seed, lengths, T):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, V, (len(lengths), T), generator=g)
+    x[0, 1] = EOS
+    mask = torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]
+    return x, mask
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("training", [True, False])
+def test_distributions_are_normalized_and_blocked(name, training):
+    model = make(name)
+    model.train(training)
+    p = model.params_for(training)
+    log_start, log_a, log_o = dense(p)
+    one = torch.tensor(1.0, dtype=torch.float64)
+    assert torch.allclose(log_start.exp().sum(), one)
+    assert torch.allclose(log_a.exp().sum(-1), torch.ones(len(log_a), dtype=torch.float64))
+    assert torch.allclose(log_o.exp().sum(-1), torch.ones(len(log_o), dtype=torch.float64))
+    cfg = model.cfg
+    if cfg.constraint != "uniform":
+        kept = cfg.kept_per_block if training else cfg.states_per_block
+        assert len(p.live.states) == cfg.num_clusters * kept
+        blocks = p.live.states // cfg.states_per_block
+        assert (torch.bincount(blocks) == kept).all()
+        allowed = blocks[:, None] == torch.as_tensor(CLUSTERS[cfg.num_clusters])[None, :]
+        assert torch.isinf(log_o[~allowed]).all()
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("training", [True, False])
+def test_window_log_likelihood_equals_brute_force(name, training):
+    model = make(name)
+    model.train(training)
+    gen_state = model.generator.get_state()
+    x, mask = window(1, [5, 3, 1], 5)
+    logp, _ = model(x, mask, None)
+    model.generator.set_state(gen_state)  # the same dropout draw again
+    p = model.params_for(training)
+    log_start, log_a, log_o = dense(p)
+    reset = model.cfg.eos_reset == "always"
+    for b in range(len(x)):
+        xs = x[b, : int(mask[b].sum())].tolist()
+        expected = brute_force(log_start, log_a, log_o, log_start, xs, reset)
+        assert torch.allclose(logp[b], expected, atol=1e-9), (b, logp[b].item(), expected.item())
+
+
+@pytest.mark.parametrize("name", ["brown", "brown-dropout", "uniform", "brown-eos-reset", "none"])
+def test_carried_state_across_two_windows_is_exact_at_evaluation(name):
+    model = make(name).eval()
+    x, mask = window(2, [4, 4], 4)
+    x2, mask2 = window(3, [3, 0], 3)
+    x2[0, 0] = EOS if name == "brown-eos-reset" else x2[0, 0]
+    lp1, carry = model(x, mask, None)
+    lp2, carry2 = model(x2, mask2, carry)
+    log_start, log_a, log_o = dense(model.params_for(False))
+    reset = model.cfg.eos_reset == "always"
+    x[0, -1] = x[0, -1]
+    for b in range(2):
+        xs = x[b, : int(mask[b].sum())].tolist() + x2[b, : int(mask2[b].sum())].tolist()
+        expected = brute_force(log_start, log_a, log_o, log_start, xs, reset)
+        assert torch.allclose(lp1[b] + lp2[b], expected, atol=1e-9)
+    assert lp2[1] == 0 and torch.equal(carry2.states[1], carry.states[1])  # an empty row keeps its carry
+
+
+def test_carried_state_under_state_dropout_uses_the_new_draw():
+    """Training: the posterior over the old window's states is pushed through the new batch's
+    transition rows (normalized over the new live states); checked by explicit enumeration."""
+    model = make("brown-dropout").train()
+    x, mask = window(4, [3], 3)
+    x2, mask2 = window(5, [3], 3)
+    _, carry = model(x, mask, None)
+    state = model.generator.get_state()
+    lp2, _ = model(x2, mask2, carry)
+    model.generator.set_state(state)
+    p = model.params_for(True)
+    _, log_a, log_o = dense(p)
+    rows = p.trans_rows(carry.states[0])  # [n_prev, C'] rows of the old states over the new live set
+    prior = torch.logsumexp(carry.log_q[0][:, None] + rows, dim=0)
+    expected = brute_force(prior, log_a, log_o, p.log_start, x2[0].tolist(), False)
+    assert torch.allclose(lp2[0], expected, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["brown", "brown-dropout", "brown-factored", "brown-scalar", "uniform-transdrop"])
+def test_gradients_equal_autograd_of_brute_force(name):
+    model = make(name).train()
+    x, mask = window(6, [4, 2], 4)
+    state = model.generator.get_state()
+    logp, _ = model(x, mask, None)
+    logp.sum().backward()
+    ours = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.generator.set_state(state)
+    p = model.params_for(True)
+    log_start, log_a, log_o = dense(p)
+    total = sum(brute_force(log_start, log_a, log_o, log_start, x[b, : int(mask[b].sum())].tolist(), False)
+                for b in range(len(x)))
+    total.backward()
+    for n, param in model.named_parameters():
+        if n in ours:
+            assert torch.allclose(ours[n], param.grad, atol=1e-8), n
+
+
+@pytest.mark.parametrize("B,S,n", [(3, 4, 5), (2, 0, 3), (1, 6, 1)])
+def test_marginal_gradient_equals_autograd(B, S, n):
+    g = torch.Generator().manual_seed(B * 100 + S)
+    init = torch.randn(B, n, generator=g, dtype=torch.float64, requires_grad=True)
+    edges = torch.randn(B, S, n, n, generator=g, dtype=torch.float64)
+    edges = edges.masked_fill(torch.rand(B, S, n, n, generator=g) < 0.3, -torch.inf)
+    edges[:, :, :, 0] = 0.0  # keep every sequence possible
+    edges.requires_grad_(True)
+    weights = torch.rand(B, generator=g, dtype=torch.float64)
+    log_z, _ = inference.log_partition(init, edges)
+    (log_z * weights).sum().backward()
+    ours = init.grad.clone(), edges.grad.clone()
+    init.grad = edges.grad = None
+    ref = inference.log_partition_autograd(init, edges)
+    assert torch.allclose(log_z, ref)
+    (ref * weights).sum().backward()
+    assert torch.allclose(ours[0], init.grad)
+    assert torch.allclose(ours[1], torch.nan_to_num(edges.grad))
+
+
+def test_marginals_sum_to_one():
+    g = torch.Generator().manual_seed(0)
+    init, edges = torch.randn(2, 4, generator=g), torch.randn(2, 3, 4, 4, generator=g)
+    unary, pair = inference.marginals(init, edges)
+    assert torch.allclose(unary.sum(-1), torch.ones(2, 4), atol=1e-6)
+    assert torch.allclose(pair.sum((-1, -2)), torch.ones(2, 3), atol=1e-6)
+    assert torch.allclose(pair.sum(-1), unary[:, :-1], atol=1e-6)
