@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 from hmm.data import EOS, UNK, Corpus
+from hmm.provenance import provenance
 
 UNK_WORD = "UNK_WORD"
 
@@ -116,6 +118,9 @@ def main(argv: list[str] | None = None) -> None:
         metrics[f"{split}_ppl"], metrics[f"{split}_tokens"] = ppl, n
     metrics["train_tokens"] = tokens["train"]
     metrics["wall_seconds"] = round(time.time() - start, 1)
+    metrics["status"] = "measured"
+    metrics["device_name"] = f"cpu ({os.cpu_count()} cores)"
+    metrics["provenance"] = provenance()
     arpa.unlink()  # large and redundant with the binary
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(metrics, indent=2) + "\n")

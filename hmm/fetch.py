@@ -130,9 +130,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--spec", required=True, type=json.loads, help="the dataset's config entry as JSON")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--mirror", type=Path, default=None)
+    p.add_argument("--verify", action="store_true", help="only check the files already in --out")
     a = p.parse_args(argv)
     try:
-        fetch(a.spec, a.out, a.mirror)
+        if a.verify:
+            for s in a.spec["splits"].values():
+                if not (a.out / s["file"]).exists():
+                    raise DataError(f"{a.out / s['file']} is missing; rerun the download rule")
+                verify(a.out / s["file"], s["sha256"])
+        else:
+            fetch(a.spec, a.out, a.mirror)
     except DataError as e:
         sys.exit(f"[fetch] ERROR: {e}")
 

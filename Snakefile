@@ -1,0 +1,33 @@
+# The VLNHMM reproduction pipeline (Chiu & Rush 2020).  Stages live in workflow/rules/*.smk.
+#   snakemake --cores 8 --resources gpu=1 results/table1.csv      one table (full data)
+#   snakemake --profile profiles/tiny all                          everything, tiny data, CPU
+# See README.md for the targets and config/config.yaml for the settings.
+import sys
+from pathlib import Path
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+ROOT = Path(workflow.basedir).resolve()
+sys.path.insert(0, str(ROOT))
+
+configfile: ROOT / "config/config.yaml"
+validate(config, str(ROOT / "config/schema.yaml"))
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/clusters.smk"
+include: "workflow/rules/kernels.smk"
+include: "workflow/rules/runs.smk"
+include: "workflow/rules/tables.smk"
+include: "workflow/rules/bench.smk"
+
+
+rule all:
+    input:
+        TABLES,
+        FIGURES,
+        CURVES,
+    default_target: True

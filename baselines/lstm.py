@@ -1,0 +1,62 @@
+"""LSTM language model (paper appendix A.3): embedding, 2-layer LSTM, tied output layer.
+
+Embedding ``V x h``, dropout, ``nn.LSTM(h, h, layers)`` with dropout between layers, dropout,
+and an output layer tied to the embedding weight plus an output bias.  With
+``V = 10,000`` / ``33,278`` and ``h = 256`` this has 3,622,672 / 9,605,118 parameters
+(paper: 3.6M / 9.6M).
+
+Shapes: ``B`` rows (streams), ``T`` steps per window, ``V`` words, ``h`` hidden size,
+``L`` layers.  The carry is the LSTM state ``(h, c)``, each [L, B, h], after each row's last
+real token; a stream starts from the zero state.  Token ``x_t`` is scored from the top-layer
+output *before* it is read (the carry's top ``h`` for a window's first token), so every token
+is scored, the first of a stream from the zero state: ``p(x_0) = softmax(output bias)``.
+
+Initialization (as in PyTorch's word_language_model example): embedding ~ U(-0.1, 0.1),
+output bias 0, LSTM weights PyTorch's default U(-1/sqrt(h), 1/sqrt(h)).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+class LSTMLM(nn.Module):
+    """``forward(x, mask, carry)`` returns (log p of each row's real tokens [B], new (h, c))."""
+
+    def __init__(self, vocab_size: int, layers: int = 2, hidden: int = 256, dropout: float = 0.3):
+        super().__init__()
+        self.emb = nn.Embedding(vocab_size, hidden)
+        self.lstm = nn.LSTM(hidden, hidden, layers, dropout=dropout, batch_first=True)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+        self.drop = nn.Dropout(dropout)
+        nn.init.uniform_(self.emb.weight, -0.1, 0.1)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def initial_state(self, batch_size: int) -> None:
+        return None
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, carry: tuple[torch.Tensor, torch.Tensor] | None):
+        """x [B, T] int64, mask [B, T] bool (padding only at the end) -> (logp [B], (h, c))."""
+        B, T = x.shape
+        if carry is None:
+            zeros = self.emb.weight.new_zeros(self.lstm.num_layers, B, self.lstm.hidden_size)
+            carry = (zeros, zeros)
+        x = x.masked_fill(~mask, 0)
+        lengths = mask.sum(dim=1)
+        # packing stops each row's state at its last real token; an empty row runs one step
+        # (its output is masked out and its carry restored below)
+        packed = pack_padded_sequence(self.drop(self.emb(x)), lengths.clamp(min=1).cpu(),
+                                      batch_first=True, enforce_sorted=False)
+        out, (h, c) = self.lstm(packed, carry)
+        out = pad_packed_sequence(out, batch_first=True, total_length=T)[0]   # [B, T, h] after x_t
+        before = torch.cat([carry[0][-1][:, None], out[:, :-1]], dim=1)       # [B, T, h] before x_t
+        logits = F.linear(self.drop(before), self.emb.weight, self.bias)      # [B, T, V]
+        logp = F.log_softmax(logits, dim=-1).gather(2, x[..., None])[..., 0]
+        logp = logp.masked_fill(~mask, 0.0).sum(dim=1)
+        keep = (lengths == 0)[None, :, None]  # rows without tokens keep their carry
+        h, c = torch.where(keep, carry[0], h), torch.where(keep, carry[1], c)
+        return logp, (h.detach(), c.detach())

@@ -1,0 +1,89 @@
+"""Data: checksums, token counts and vocabularies of the full datasets (notes/data.md)."""
+import json
+import lzma
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import CONFIG, MIRROR, raw_paths
+from hmm.data import Corpus, Vocab, Windows, prepare
+from hmm.fetch import DataError, fetch
+
+EXPECTED = {  # tokens incl. <eos> (train, valid, test), vocabulary, documents
+    "ptb": ((929_589, 73_760, 82_430), 10_000, "lines"),
+    "wt2": ((2_088_628, 217_646, 245_569), 33_278, "articles"),
+}
+
+
+@pytest.mark.parametrize("dataset", ["ptb", "wt2"])
+def test_full_counts(raw, tmp_path, dataset):
+    tokens, vocab_size, documents = EXPECTED[dataset]
+    stats = prepare(raw_paths(raw, dataset), tmp_path, documents, {})
+    assert stats["vocab_size"] == vocab_size
+    assert tuple(stats["splits"][s]["tokens"] for s in ("train", "valid", "test")) == tokens
+    assert stats["splits"]["train"]["oov_tokens"] == 0
+    corpus = Corpus.load(tmp_path)
+    vocab = corpus.vocab
+    assert "<eos>" in vocab.index and "<unk>" in vocab.index
+    eos = vocab.index["<eos>"]
+    assert int((corpus.splits["valid"] == eos).sum()) == stats["splits"]["valid"]["lines"]
+    assert Vocab.load(tmp_path / "vocab.tsv").tokens == vocab.tokens
+    if dataset == "wt2":
+        assert [stats["splits"][s]["documents"] for s in ("train", "valid", "test")] == [629, 60, 64]
+
+
+def test_windows_cover_every_token_once(small_ptb):
+    ids = Corpus.load(small_ptb).splits["valid"]
+    w = Windows(ids, batch_size=16, bptt=32)
+    got = np.concatenate([x[m].numpy() for x, m in ((w.x, w.mask),)])
+    assert int(sum(m.sum() for _, m in w)) == len(ids)
+    assert np.array_equal(np.sort(got), np.sort(ids.numpy()))
+
+
+def test_shuffle_keeps_documents(small_ptb):
+    corpus = Corpus.load(small_ptb)
+    shuffled = corpus.ordered("train", np.random.default_rng(0))
+    assert sorted(shuffled.tolist()) == sorted(corpus.splits["train"].tolist())
+    assert not np.array_equal(shuffled.numpy(), corpus.splits["train"].numpy())
+    eos = corpus.vocab.index["<eos>"]
+    assert int(shuffled[-1]) == eos  # whole sentences move
+
+
+def _corrupt_mirror(tmp_path, change):
+    mirror = tmp_path / "mirror"
+    shutil.copytree(MIRROR, mirror)
+    return mirror, change(mirror)
+
+
+def test_one_changed_byte_is_refused(tmp_path):
+    def flip(mirror):
+        packed = mirror / "ptb/ptb.valid.txt.xz"
+        data = bytearray(lzma.decompress(packed.read_bytes()))
+        data[1000] ^= 0x01
+        packed.unlink()
+        (mirror / "ptb/ptb.valid.txt").write_bytes(bytes(data))  # the mirror takes plain files too
+    mirror, _ = _corrupt_mirror(tmp_path, flip)
+    out = tmp_path / "raw"
+    with pytest.raises(DataError) as err:
+        fetch(CONFIG["datasets"]["ptb"], out, mirror)
+    msg = str(err.value)
+    expected = CONFIG["datasets"]["ptb"]["splits"]["valid"]["sha256"]
+    assert "ptb.valid.txt" in msg and f"expected sha256 {expected}" in msg and "actual   sha256" in msg
+    assert not (out / "ptb/ptb.valid.txt").exists() and not list(out.rglob("*.part"))
+
+
+def test_truncated_xz_is_refused(tmp_path):
+    def cut(mirror):
+        packed = mirror / "ptb/ptb.test.txt.xz"
+        packed.write_bytes(packed.read_bytes()[: packed.stat().st_size // 2])
+    mirror, _ = _corrupt_mirror(tmp_path, cut)
+    out = tmp_path / "raw"
+    with pytest.raises(DataError, match="truncated"):
+        fetch(CONFIG["datasets"]["ptb"], out, mirror)
+    assert not (out / "ptb/ptb.test.txt").exists() and not list(out.rglob("*.part"))
+
+
+def test_stats_json_is_written(small_ptb):
+    stats = json.loads((small_ptb / "stats.json").read_text())
+    assert stats["splits"]["train"]["lines"] == 300

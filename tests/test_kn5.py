@@ -1,0 +1,38 @@
+"""KN 5-gram: our perplexity (kenlm module, every token incl. </s>) equals KenLM's own `query`."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / ".tools/kenlm/bin"
+
+
+@pytest.fixture(scope="module")
+def kn5(small_ptb, tmp_path_factory):
+    if not (BIN / "lmplz").exists():
+        pytest.fail(f"KenLM binaries missing in {BIN}: run ./repro setup")
+    work = tmp_path_factory.mktemp("kn5")
+    subprocess.run([sys.executable, "-m", "baselines.kn5", "--data", str(small_ptb), "--bin-dir", str(BIN),
+                    "--work", str(work), "--out", str(work / "metrics.json"), "--discount-fallback"], check=True)
+    return work, json.loads((work / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("split", ["valid", "test"])
+def test_matches_query(kn5, split):
+    work, metrics = kn5
+    out = subprocess.run([str(BIN / "query"), "-v", "summary", str(work / "kn5.bin")],
+                         stdin=open(work / f"{split}.txt"), capture_output=True, text=True, check=True).stdout
+    ppl = float(re.search(r"Perplexity including OOVs:\s*([\d.]+)", out).group(1))
+    assert metrics[f"{split}_ppl"] == pytest.approx(ppl, rel=1e-4)
+    assert metrics["status"] == "measured" and metrics["params"] > 0
+
+
+def test_unk_is_a_word(kn5):
+    work, metrics = kn5
+    text = (work / "valid.txt").read_text()
+    assert "<unk>" not in text and "UNK_WORD" in text  # KenLM reserves <unk>; ours is an ordinary token
+    assert metrics["valid_tokens"] == len(text.split()) + text.count("\n")

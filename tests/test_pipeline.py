@@ -1,0 +1,164 @@
+"""Real Snakemake runs: the tiny profile end to end, then the DAG's behaviour on changes.
+
+The tiny run writes to tiny/ (the profile's directory), so a second `./repro test` only redoes
+what changed.  Other checks use dry runs (-n) or throw-away directories.
+"""
+import json
+import lzma
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from hmm.config import resolve_runs
+
+ROOT = Path(__file__).resolve().parent.parent
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+TINY = ROOT / "tiny"
+pytestmark = pytest.mark.pipeline
+
+
+def snakemake(*args, profile="profiles/tiny", check=True):
+    cmd = SNAKEMAKE + (["--profile", profile] if profile else []) + list(args)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if check and proc.returncode:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def job_counts(output: str) -> dict:
+    """The 'Job stats' table of a (dry) run: rule -> count."""
+    table = output.split("Job stats:")[-1].split("total")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+
+
+@pytest.fixture(scope="module")
+def tiny_all():
+    proc = snakemake("all")
+    return proc.stdout + proc.stderr
+
+
+def test_tiny_builds_every_table_and_figure(tiny_all):
+    results = TINY / "results"
+    for name in ("table1", "table2", "table3", "table4", "fig3", "fig4"):
+        assert (results / f"{name}.csv").stat().st_size > 0
+        assert (results / f"{name}.png").stat().st_size > 10_000
+    t1 = pd.read_csv(results / "table1.csv")
+    ours = t1[t1["run"].notna()]
+    assert set(ours["status"]) == {"measured"}
+    assert len(ours) == 8 and ours["valid_ppl"].notna().all() and ours["test_ppl"].notna().all()
+    cited = t1[t1["status"].str.startswith("cited")]
+    assert cited["valid_ppl"].isna().all() and len(cited) == 5
+
+
+def test_tiny_hmm_beats_unigram(tiny_all):
+    """The tiny VLNHMM (trained on CPU, TVM scan) is clearly better than the unigram model."""
+    import numpy as np
+    from hmm.data import Corpus
+    corpus = Corpus.load(TINY / "data/ptb")
+    counts = np.bincount(corpus.splits["train"].numpy(), minlength=len(corpus.vocab)) + 1.0
+    unigram = float(np.exp(-np.log(counts / counts.sum())[corpus.splits["valid"].numpy()].mean()))
+    metrics = json.loads((TINY / "results/runs/ptb/vlnhmm-1024/metrics.json").read_text())
+    spec = json.loads((TINY / "results/runs/ptb/vlnhmm-1024/spec.json").read_text())
+    assert spec["settings"]["backend"] == "tvm" and metrics["backend"] == "tvm"
+    assert metrics["valid_ppl"] < 0.85 * unigram, (metrics["valid_ppl"], unigram)
+
+
+def test_nothing_to_do_after_a_run(tiny_all):
+    assert "Nothing to be done" in snakemake("-n", "all").stdout
+
+
+def test_brown_config_change_reruns_only_dependents(tiny_all):
+    out = snakemake("-n", "all", "--config", "brown={alpha: 0.0002}").stdout
+    jobs = job_counts(out)
+    runs = [r for r in resolve_runs(yaml.safe_load((ROOT / "config/tiny.yaml").read_text())
+                                    | {"datasets": {"ptb": {}, "wt2": {}}, "defaults": _tiny_defaults()})]
+    brown = [r for r in runs if r.model == "vlnhmm" and r.settings.constraint == "brown"]
+    assert jobs["brown_clusters"] == len({(r.dataset, r.settings.num_clusters) for r in brown})
+    assert jobs["train"] == len(brown)
+    assert not {"download_ptb", "download_wt2", "prepare", "kn5", "kernels", "spec"} & set(jobs)
+
+
+def test_rerun_one_ablation(tiny_all):
+    target = "results/runs/ptb/vlnhmm-512-m4/metrics.json"
+    jobs = job_counts(snakemake("-n", target, "results/table3.csv", "results/fig4.csv", "--forcerun", target).stdout)
+    assert jobs == {"train": 1, "table": 2, "total": 3} or jobs == {"train": 1, "table": 2}
+
+
+def test_report(tiny_all):
+    snakemake("--report", "results/report.html", "all")
+    html = (TINY / "results/report.html").read_text(errors="ignore")
+    assert "table1" in html and "fig4" in html and "curve" in html
+
+
+def test_schema_rejects_unknown_key_and_wrong_type(tmp_path):
+    for bad, expect in (({"brown": {"alpah": 1e-4}}, "alpah"), ({"max_lines": {"train": "many"}}, "many")):
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump(bad))
+        proc = snakemake("-n", "all", "--configfile", str(path), "--directory", str(tmp_path / "w"), check=False)
+        assert proc.returncode != 0
+        assert "ValidationError" in proc.stderr + proc.stdout and expect in proc.stderr + proc.stdout
+        assert "Job stats" not in proc.stdout
+
+
+def test_corrupt_mirror_fails_the_download_rule(tmp_path):
+    mirror = tmp_path / "mirror"
+    shutil.copytree(ROOT / "../shared/data", mirror)
+    packed = mirror / "ptb/ptb.train.txt.xz"
+    data = bytearray(lzma.decompress(packed.read_bytes()))
+    data[12345] ^= 0x20
+    packed.write_bytes(lzma.compress(bytes(data)))
+    work = tmp_path / "w"
+    proc = snakemake("data/ptb/stats.json", "--config", f"mirror={mirror}", "--directory", str(work), check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "checksum mismatch" in text and "ptb.train.txt" in text
+    assert "expected sha256 fcea919f" in text
+    assert not (work / "data/raw/ptb/ptb.train.txt").exists()
+    assert not (work / "data/ptb/stats.json").exists()
+
+
+def _tiny_defaults():
+    base = yaml.safe_load((ROOT / "config/config.yaml").read_text())["defaults"]
+    tiny = yaml.safe_load((ROOT / "config/tiny.yaml").read_text())["defaults"]
+    return {k: base[k] | tiny.get(k, {}) for k in base}
+
+
+def _paper_runs():
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    return resolve_runs(config)
+
+
+def test_full_dag_lists_the_expected_jobs(tmp_path):
+    targets = [f"results/table{n}.csv" for n in range(1, 5)] + ["results/fig3.png", "results/fig4.png"]
+    out = snakemake("-n", "--cores", "8", "--resources", "gpu=1", "--config", "gpu_runs=true",
+                    "--directory", str(tmp_path), *targets, profile=None).stdout
+    runs = _paper_runs()
+    trained = [r for r in runs if r.train is not None]
+    expected = {"download_ptb": 1, "download_wt2": 1, "prepare": 2, "spec": len(runs),
+                "kn5": 2, "train": len(trained), "table": 6,
+                "brown_clusters": len({(r.dataset, r.settings.num_clusters) for r in trained
+                                       if r.model == "vlnhmm" and r.settings.constraint == "brown"})}
+    jobs = job_counts(out)
+    jobs.pop("total", None)
+    assert jobs == expected
+
+
+def test_gpu_runs_left_out_without_gpu_are_marked(tmp_path):
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has a GPU")
+    out = snakemake("-n", "--cores", "2", "--directory", str(tmp_path), "results/table1.csv", profile=None).stdout
+    assert "train" not in job_counts(out)  # FF/LSTM/VLNHMM need a GPU by default
+
+
+def test_slurm_profile_dry_run(tmp_path):
+    out = snakemake("-n", "--config", "gpu_runs=true", "--directory", str(tmp_path), "results/table2.csv",
+                    profile="profiles/slurm")
+    text = out.stdout + out.stderr
+    jobs = job_counts(text)
+    assert jobs["train"] == 3 and jobs["table"] == 1
+    assert re.search(r"gpu=1", text)

@@ -1,0 +1,115 @@
+"""The training loop: exact resume after a kill, NaN guard, device errors, perplexity definition."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hmm.config import resolve_run
+from hmm.data import Corpus
+from hmm.train import TrainingError, build_model, evaluate, resolve_device, train
+
+DEFAULTS = {"train": {"device": "cpu", "evals_per_epoch": 4, "patience": 1, "seed": 7},
+            "vlnhmm": {"num_states": 32, "num_clusters": 4, "hidden": 16, "batch_size": 8, "bptt": 16, "epochs": 6},
+            "lstm": {"hidden": 16, "batch_size": 8, "bptt": 16, "epochs": 6},
+            "ff": {"hidden": 16, "batch_size": 8, "bptt": 16, "epochs": 6}}
+
+
+def round_robin_clusters(data: Path, m: int) -> Path:
+    """A valid cluster file (word i -> cluster i mod m); Brown clustering has its own tests."""
+    vocab = Corpus.load(data).vocab
+    path = data / f"rr-{m}.tsv"
+    path.write_text("word\tcluster\tbits\tcount\n" + "".join(
+        f"{w}\t{i % m}\t0\t{c}\n" for i, (w, c) in enumerate(zip(vocab.tokens, vocab.counts))))
+    return path
+
+
+def write_spec(tmp: Path, model: str) -> Path:
+    run = resolve_run({"name": f"t-{model}", "dataset": "ptb", "model": model}, DEFAULTS)
+    path = tmp / "spec.json"
+    path.write_text(run.to_json())
+    return path
+
+
+def cli(spec, data, out, ckpt):
+    return [sys.executable, "-m", "hmm.train", "--spec", str(spec), "--data", str(data), "--clusters",
+            str(round_robin_clusters(data, 4)), "--out", str(out), "--checkpoint", str(ckpt)]
+
+
+@pytest.mark.parametrize("model", ["vlnhmm", "lstm"])
+def test_resume_after_kill_equals_uninterrupted(small_ptb, tmp_path, model):
+    spec = write_spec(tmp_path, model)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    full = tmp_path / "full"
+    subprocess.run(cli(spec, small_ptb, full, full / "ckpt.pt"), check=True, env=env, capture_output=True)
+    expected = json.loads((full / "metrics.json").read_text())
+
+    cut = tmp_path / "cut"
+    ckpt = cut / "ckpt.pt"
+    proc = subprocess.Popen(cli(spec, small_ptb, cut, ckpt), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not ckpt.exists() and proc.poll() is None:
+        time.sleep(0.002)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (cut / "metrics.json").exists()
+    step = torch.load(ckpt, weights_only=False)["state"]["step"]
+    resumed = subprocess.run(cli(spec, small_ptb, cut, ckpt), check=True, env=env, capture_output=True, text=True)
+    assert f"resumed from {ckpt} at step {step}" in resumed.stderr
+    got = json.loads((cut / "metrics.json").read_text())
+    for key in ("valid_ppl", "test_ppl", "train_ppl", "best_step", "steps", "params"):
+        assert got[key] == expected[key], key
+    assert (cut / "curve.csv").read_text().splitlines()[0] == (full / "curve.csv").read_text().splitlines()[0]
+
+
+def test_perplexity_counts_every_token(small_ptb):
+    """A model that gives every word probability 1/V has perplexity exactly V (N counts <eos>)."""
+    corpus = Corpus.load(small_ptb)
+    V = len(corpus.vocab)
+
+    class Uniform(torch.nn.Module):
+        def initial_state(self, b):
+            return None
+
+        def forward(self, x, mask, carry):
+            return -math.log(V) * mask.sum(1).double(), carry
+
+    ppl, ms = evaluate(Uniform(), corpus.splits["valid"], 16, 32, torch.device("cpu"))
+    assert ppl == pytest.approx(V, rel=1e-9) and ms >= 0
+
+
+def test_nan_loss_stops_with_step_and_batch(small_ptb, tmp_path):
+    run = resolve_run({"name": "t", "dataset": "ptb", "model": "ff"}, DEFAULTS)
+    corpus = Corpus.load(small_ptb)
+    model = build_model(run, corpus, None, [])
+    with torch.no_grad():
+        model.emb.weight.fill_(float("nan"))
+    with pytest.raises(TrainingError, match=r"non-finite loss nan at step 1 \(epoch 1, batch 1/\d+\)"):
+        train(run, corpus, model, tmp_path / "out", tmp_path / "ckpt.pt")
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_gpu_run_without_gpu_says_what_to_do():
+    with pytest.raises(TrainingError, match="tiny profile.*device: cpu"):
+        resolve_device("auto")
+
+
+def test_unigram_is_beaten(small_ptb, tmp_path):
+    """A small VLNHMM trained a few epochs beats the unigram model of the same data."""
+    corpus = Corpus.load(small_ptb)
+    counts = np.bincount(corpus.splits["train"].numpy(), minlength=len(corpus.vocab)) + 1.0
+    logp = np.log(counts / counts.sum())
+    unigram = math.exp(-logp[corpus.splits["valid"].numpy()].mean())
+    run = resolve_run({"name": "t", "dataset": "ptb", "model": "vlnhmm"}, DEFAULTS)
+    torch.manual_seed(0)
+    model = build_model(run, corpus, round_robin_clusters(small_ptb, 4), [])
+    metrics = train(run, corpus, model, tmp_path / "out", tmp_path / "ckpt.pt")
+    assert metrics["valid_ppl"] < 0.9 * unigram, (metrics["valid_ppl"], unigram)

@@ -1,0 +1,77 @@
+# One target per experiment: results/runs/{dataset}/{name}/metrics.json (see `runs:` in the config).
+
+
+def the_run(wc):
+    return RUNS[f"{wc.dataset}/{wc.name}"]
+
+
+rule spec:
+    """The run's resolved settings; rewritten (and the run redone) when they change."""
+    output: "results/runs/{dataset}/{name}/spec.json"
+    params:
+        spec=lambda wc: the_run(wc).to_json(),
+    wildcard_constraints:
+        name=names_of({"kn5", "ff", "lstm", "vlnhmm"}),
+    run:
+        Path(output[0]).write_text(params.spec)
+
+
+rule kn5:
+    input:
+        spec="results/runs/{dataset}/{name}/spec.json",
+        data="data/{dataset}/stats.json",
+    output: "results/runs/{dataset}/{name}/metrics.json"
+    params:
+        order=lambda wc: the_run(wc).settings.order,
+        memory=config["kenlm"]["memory"],
+        fallback="--discount-fallback" if config["kenlm"]["discount_fallback"] else "",
+    wildcard_constraints:
+        name=names_of({"kn5"}),
+    log: "logs/runs/{dataset}/{name}.log"
+    shell:
+        "{PYTHON} -m baselines.kn5 --data data/{wildcards.dataset} --bin-dir {KENLM_BIN} "
+        "--work build/kenlm/{wildcards.dataset}/{wildcards.name} --out {output} --order {params.order} "
+        "--memory {params.memory} {params.fallback} 2>&1 | tee {log}"
+
+
+def train_inputs(wc):
+    run = the_run(wc)
+    inputs = {"spec": f"results/runs/{wc.dataset}/{wc.name}/spec.json", "data": f"data/{wc.dataset}/stats.json"}
+    if run.model == "vlnhmm" and run.settings.constraint == "brown":
+        inputs["clusters"] = f"data/{wc.dataset}/clusters/brown-{run.settings.num_clusters}.tsv"
+    if run.model == "vlnhmm" and run.settings.backend == "tvm":
+        inputs["kernels"] = f"build/kernels/{'llvm' if run.train.device == 'cpu' else 'cuda'}/manifest.json"
+    return inputs
+
+
+rule train:
+    """FF, LSTM and VLNHMM runs; resumes from build/checkpoints/... after an interruption."""
+    input: unpack(train_inputs)
+    output:
+        metrics="results/runs/{dataset}/{name}/metrics.json",
+        curve="results/runs/{dataset}/{name}/curve.csv",
+    params:
+        clusters=lambda wc, input: f"--clusters {input.clusters}" if "clusters" in input.keys() else "",
+        kernels=lambda wc, input: f"--kernels {Path(input.kernels).parent}" if "kernels" in input.keys() else "",
+    resources:
+        gpu=lambda wc: int(the_run(wc).needs_gpu),
+    wildcard_constraints:
+        name=names_of({"ff", "lstm", "vlnhmm"}),
+    threads: lambda wc: 2 if the_run(wc).needs_gpu else 1
+    log: "logs/runs/{dataset}/{name}.log"
+    shell:
+        "OMP_NUM_THREADS={threads} {PYTHON} -m hmm.train --spec {input.spec} --data data/{wildcards.dataset} {params.clusters} "
+        "{params.kernels} --out results/runs/{wildcards.dataset}/{wildcards.name} "
+        "--checkpoint build/checkpoints/{wildcards.dataset}/{wildcards.name}/ckpt.pt 2>&1 | tee {log}"
+
+
+rule curve_plot:
+    input: "results/runs/{dataset}/{name}/curve.csv"
+    output:
+        report("results/runs/{dataset}/{name}/curve.png", category="Training curves",
+               subcategory="{dataset}", labels={"run": "{dataset}/{name}"},
+               caption="../report/curve.rst")
+    shell: "{PYTHON} -m hmm.curves --csv {input} --png {output} --title {wildcards.dataset}/{wildcards.name}"
+
+
+CURVES = [f"{run_dir(r)}/curve.png" for r in TRAINED.values()]
