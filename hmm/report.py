@@ -28,7 +28,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-PROFILE_NOTES = {"tiny": "small data, small models \u2014 not comparable to the paper"}
 FIGURE_NOTE = "paper: only the points its tables report (hollow markers); no curve read off the plot"
 
 
@@ -153,7 +152,7 @@ def build_figure(name: str, paper: dict, runs: list) -> pd.DataFrame:
 def _title(caption: str, profile: str | None) -> str:
     if not profile:
         return caption
-    return f"{caption}\n[{profile} profile: {PROFILE_NOTES.get(profile, 'settings differ from the paper')}]"
+    return caption + "\n" + textwrap.fill(f"[{profile}]", 90)
 
 
 def _cell(col: str, v: Any) -> str:

@@ -12,7 +12,7 @@ One run = one ``spec.json`` (a resolved :class:`hmm.config.Run`).  The loop:
   continues from its last check and ends exactly where an uninterrupted run ends;
 * a non-finite loss stops the run, naming the step and batch; the last checkpoint stays;
 * at the end the best weights are scored on valid and test; ``metrics.json`` and
-  ``curve.csv`` (one line per check) are written.
+  ``curve.csv`` (one line per check, plotted as ``curve.png``) are written.
 
 Perplexity = exp(-sum log p / N), N = every real token including each ``<eos>``.
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import os
@@ -32,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from hmm.config import Run
+from hmm.curves import plot as plot_curve
 from hmm.data import Corpus, Windows
 from hmm.provenance import provenance
 
@@ -123,8 +125,20 @@ def _set_rng_state(model, device, state: dict) -> None:
         model.generator.set_state(state["model"])
 
 
-def train(run: Run, corpus: Corpus, model: torch.nn.Module, out: Path, checkpoint: Path) -> dict:
+def fingerprint_of(run: Run, *files: Path | None) -> str:
+    """What a checkpoint must match to be resumed: the run's settings and its input files."""
+    h = hashlib.sha256(run.to_json().encode())
+    for f in files:
+        if f is not None:
+            h.update(Path(f).read_bytes())
+    return h.hexdigest()
+
+
+def train(run: Run, corpus: Corpus, model: torch.nn.Module, out: Path, checkpoint: Path,
+          fingerprint: str | None = None) -> dict:
+    """Train ``model`` as ``run`` says; resume from ``checkpoint`` if it has the same fingerprint."""
     cfg = run.train
+    fingerprint = fingerprint or fingerprint_of(run)
     device = resolve_device(cfg.device)
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -141,8 +155,11 @@ def train(run: Run, corpus: Corpus, model: torch.nn.Module, out: Path, checkpoin
     best_path = checkpoint.with_name("best.pt")
     if checkpoint.exists():
         ckpt = torch.load(checkpoint, map_location=device, weights_only=False)
-        if ckpt["spec"] != run.to_dict():
-            raise TrainingError(f"{checkpoint} belongs to another configuration of {name}; delete it to start over")
+        if ckpt.get("fingerprint") != fingerprint:
+            stale = checkpoint.with_name("stale.pt")
+            os.replace(checkpoint, stale)
+            tqdm.write(f"[{name}] {checkpoint} was made with other settings or data: kept as {stale}, starting over")
+    if checkpoint.exists():
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
@@ -204,7 +221,7 @@ def train(run: Run, corpus: Corpus, model: torch.nn.Module, out: Path, checkpoin
                    f"train ppl {train_ppl:8.2f} | valid ppl {valid_ppl:8.2f} | lr {lr:.2e} | "
                    f"{tok_s:,.0f} tok/s | eval {ms:.1f} ms/batch")
         state["train_logp"], state["train_tokens"] = 0.0, 0
-        _save({"spec": run.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
+        _save({"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),
                "scheduler": sched.state_dict(), "rng": _rng_state(model, device), "state": state}, checkpoint)
         window_tokens, window_start = 0, time.perf_counter()
     bar.close()
@@ -233,6 +250,7 @@ def train(run: Run, corpus: Corpus, model: torch.nn.Module, out: Path, checkpoin
         writer = csv.DictWriter(f, fieldnames=list(state["curve"][0]))
         writer.writeheader()
         writer.writerows(state["curve"])
+    plot_curve(out / "curve.csv", out / "curve.png", name)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     tqdm.write(f"[{name}] done: {status}; valid ppl {valid_ppl:.2f}, test ppl {test_ppl:.2f}, "
                f"{params:,} params, {state['wall']:.0f} s ({metrics['seconds_per_epoch']:.1f} s/epoch), "
@@ -256,7 +274,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.manual_seed(run.train.seed)  # weight init and dropout; restored from the checkpoint on resume
         corpus = Corpus.load(a.data)
         model = build_model(run, corpus, a.clusters, a.kernels)
-        train(run, corpus, model, a.out, a.checkpoint)
+        data_files = [a.data / "vocab.tsv", a.data / "stats.json", a.clusters]
+        train(run, corpus, model, a.out, a.checkpoint, fingerprint_of(run, *data_files))
     except TrainingError as e:
         sys.exit(f"error: {e}")
 

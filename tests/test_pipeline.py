@@ -81,7 +81,7 @@ def test_brown_config_change_reruns_only_dependents(tiny_all):
     brown = [r for r in runs if r.model == "vlnhmm" and r.settings.constraint == "brown"]
     assert jobs["brown_clusters"] == len({(r.dataset, r.settings.num_clusters) for r in brown})
     assert jobs["train"] == len(brown)
-    assert not {"download_ptb", "download_wt2", "prepare", "kn5", "kernels", "spec"} & set(jobs)
+    assert not {"download_ptb", "download_wt2", "prepare", "kn5", "kernels"} & set(jobs)
 
 
 def test_rerun_one_ablation(tiny_all):
@@ -139,7 +139,7 @@ def test_full_dag_lists_the_expected_jobs(tmp_path):
                     "--directory", str(tmp_path), *targets, profile=None).stdout
     runs = _paper_runs()
     trained = [r for r in runs if r.train is not None]
-    expected = {"download_ptb": 1, "download_wt2": 1, "prepare": 2, "spec": len(runs),
+    expected = {"download_ptb": 1, "download_wt2": 1, "prepare": 2,
                 "kn5": 2, "train": len(trained), "table": 6,
                 "brown_clusters": len({(r.dataset, r.settings.num_clusters) for r in trained
                                        if r.model == "vlnhmm" and r.settings.constraint == "brown"})}

@@ -5,15 +5,23 @@ def the_run(wc):
     return RUNS[f"{wc.dataset}/{wc.name}"]
 
 
-rule spec:
-    """The run's resolved settings; rewritten (and the run redone) when they change."""
-    output: "results/runs/{dataset}/{name}/spec.json"
-    params:
-        spec=lambda wc: the_run(wc).to_json(),
-    wildcard_constraints:
-        name=names_of({"kn5", "ff", "lstm", "vlnhmm"}),
-    run:
-        Path(output[0]).write_text(params.spec)
+def write_specs():
+    """results/runs/{dataset}/{name}/spec.json for every run, rewritten only when it changes.
+
+    Written while the DAG is built (not by a job: that costs seconds per run), so a run's
+    outputs are redone exactly when its resolved settings change (the spec is newer).
+    """
+    for run in RUNS.values():
+        path = Path(run_dir(run)) / "spec.json"
+        text = run.to_json()
+        if not path.exists() or path.read_text() != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
+
+
+write_specs()
 
 
 rule kn5:
@@ -50,6 +58,8 @@ rule train:
     output:
         metrics="results/runs/{dataset}/{name}/metrics.json",
         curve="results/runs/{dataset}/{name}/curve.csv",
+        plot=report("results/runs/{dataset}/{name}/curve.png", category="Training curves",
+                    subcategory="{dataset}", labels={"run": "{dataset}/{name}"}, caption="../report/curve.rst"),
     params:
         clusters=lambda wc, input: f"--clusters {input.clusters}" if "clusters" in input.keys() else "",
         kernels=lambda wc, input: f"--kernels {Path(input.kernels).parent}" if "kernels" in input.keys() else "",
@@ -63,15 +73,6 @@ rule train:
         "OMP_NUM_THREADS={threads} {PYTHON} -m hmm.train --spec {input.spec} --data data/{wildcards.dataset} {params.clusters} "
         "{params.kernels} --out results/runs/{wildcards.dataset}/{wildcards.name} "
         "--checkpoint build/checkpoints/{wildcards.dataset}/{wildcards.name}/ckpt.pt 2>&1 | tee {log}"
-
-
-rule curve_plot:
-    input: "results/runs/{dataset}/{name}/curve.csv"
-    output:
-        report("results/runs/{dataset}/{name}/curve.png", category="Training curves",
-               subcategory="{dataset}", labels={"run": "{dataset}/{name}"},
-               caption="../report/curve.rst")
-    shell: "{PYTHON} -m hmm.curves --csv {input} --png {output} --title {wildcards.dataset}/{wildcards.name}"
 
 
 CURVES = [f"{run_dir(r)}/curve.png" for r in TRAINED.values()]

@@ -12,7 +12,7 @@ def report_inputs(wc):
     runs = runs_for(wc.name)
     return {"specs": [f"{run_dir(r)}/spec.json" for r in runs],
             "metrics": [f"{run_dir(r)}/metrics.json" for r in runs if r.key in IN_DAG],
-            "paper": str(ROOT / "config/paper.yaml")}
+            "paper": str(ROOT / "config/paper.yaml"), "code": str(ROOT / "hmm/report.py")}
 
 
 def not_run(wc):
