@@ -25,7 +25,7 @@ try:
 except ConfigError as err:
     raise WorkflowError(f"config: {err}") from None
 
-GPU = config["gpu_runs"] is True or (config["gpu_runs"] == "auto" and _gpu_present())
+GPU = config["gpu_runs"] == "always" or (config["gpu_runs"] == "auto" and _gpu_present())
 IN_DAG = {key: run for key, run in RUNS.items() if GPU or not run.needs_gpu}
 NOT_RUN = {key: "not run: needs a GPU and none was found (gpu_runs: auto); see README 'Running on a GPU'"
            for key in RUNS if key not in IN_DAG}
