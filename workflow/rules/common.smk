@@ -27,7 +27,7 @@ except ConfigError as err:
 
 GPU = config["gpu_runs"] == "always" or (config["gpu_runs"] == "auto" and _gpu_present())
 IN_DAG = {key: run for key, run in RUNS.items() if GPU or not run.needs_gpu}
-NOT_RUN = {key: "not run: needs a GPU and none was found (gpu_runs: auto); see README 'Running on a GPU'"
+NOT_RUN = {key: "not run: needs a GPU and none was found (gpu_runs: auto); see README, Running on a GPU"
            for key in RUNS if key not in IN_DAG}
 MIRROR = _root_path(config.get("mirror"))
 KENLM_BIN = _root_path(config["kenlm"]["bin_dir"])

@@ -1,5 +1,7 @@
 # The paper's tables and figures: ours beside the paper's numbers (config/paper.yaml).
 
+import shlex
+
 PROFILE_LABEL = config.get("label") or ""
 
 
@@ -16,7 +18,7 @@ def report_inputs(wc):
 
 
 def not_run(wc):
-    return json.dumps({r.key: NOT_RUN[r.key] for r in runs_for(wc.name) if r.key in NOT_RUN})
+    return shlex.quote(json.dumps({r.key: NOT_RUN[r.key] for r in runs_for(wc.name) if r.key in NOT_RUN}))
 
 
 rule table:
@@ -27,13 +29,13 @@ rule table:
     params:
         kind=lambda wc: "table" if wc.name.startswith("table") else "figure",
         not_run=not_run,
-        label=f"--profile '{PROFILE_LABEL}'" if PROFILE_LABEL else "",
+        label=f"--profile {shlex.quote(PROFILE_LABEL)}" if PROFILE_LABEL else "",
         reference=str(ROOT / "results/reference"),
     wildcard_constraints:
         name="table[1-4]|fig[34]",
     shell:
         "{PYTHON} -m hmm.report {params.kind} --name {wildcards.name} --paper {input.paper} --specs {input.specs} "
-        "--reference {params.reference} --not-run '{params.not_run}' {params.label} "
+        "--reference {params.reference} --not-run {params.not_run} {params.label} "
         "--csv {output.csv} --png {output.png}"
 
 
