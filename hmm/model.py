@@ -10,10 +10,18 @@ start, transition and emission distributions over the live states only, and scor
 window exactly (:mod:`hmm.inference`).  Evaluation uses all states with parameters built
 once and cached until the weights change.  Shapes: ``B`` streams, ``T`` steps, ``n`` live
 states per step, ``V`` words, ``h`` hidden size, ``C'`` live states in total.
+
+The transition matrix is the costly part (C'^2 h, C'^2 memory).  In the neural
+parameterization its logits are P Q^T (P: previous-state side [C', h], Q: next-state side),
+so training keeps only the factors and the row normalizers log Z = logsumexp_j P Q^T
+(:func:`hmm.normalizer.row_logsumexp`, by column tiles) and forms just the [n, n] blocks a
+batch reads: log A[u, j] = P_u . Q_j - log Z_u, exactly.  The scalar parameterization and
+transition dropout (a dense mask) keep the dense matrix; evaluation forms it once and caches it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -22,6 +30,7 @@ from torch import nn
 
 from hmm import inference
 from hmm.config import HMMConfig
+from hmm.normalizer import row_logsumexp
 
 
 class ResidualBlock(nn.Module):
@@ -163,9 +172,17 @@ class NeuralParameterization(nn.Module):
     def start_logits(self, states: torch.Tensor) -> torch.Tensor:
         return self.start_out(self.start_mlp(self.embed(states, "start"))).squeeze(-1)
 
+    def transition_prev(self, states: torch.Tensor) -> torch.Tensor:
+        """[..., h] previous-state side P of the transition logits (through the MLP)."""
+        return self.trans_mlp(self.embed(states, "prev"))
+
+    def transition_next(self, states: torch.Tensor) -> torch.Tensor:
+        """[..., h] next-state side Q of the transition logits (raw embedding)."""
+        return self.embed(states, "next")
+
     def transition_logits(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        """[R, C'] logits psi[rows, cols]: previous side through the MLP, next side raw."""
-        return self.trans_mlp(self.embed(rows, "prev")) @ self.embed(cols, "next").T
+        """[R, C'] logits psi[rows, cols] = P[rows] Q[cols]^T."""
+        return self.transition_prev(rows) @ self.transition_next(cols).T
 
     def emission_logits(self, states: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
         """states [G, r], words [G, w] (ids >= 0) -> [G, r, w] logits phi[state, word]."""
@@ -197,6 +214,90 @@ class ScalarParameterization(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------
+# Transition distributions over the live states: dense matrix or factors
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class DenseTransition:
+    """log A [C', C'] as a matrix (rows: previous state, softmax over the live states).
+
+    ``state_rows``: global state ids [R] -> [R, C'] log rows over the live states, for a carry
+    whose states need not be live (training); None where every state is live (evaluation):
+    positions are then global ids.
+    """
+
+    log_probs: torch.Tensor
+    state_rows: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def dense(self) -> torch.Tensor:
+        return self.log_probs
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """global state ids [R] -> [R, C'] log rows over the live states."""
+        return self.log_probs[ids] if self.state_rows is None else self.state_rows(ids)
+
+    def block(self, prev_pos: torch.Tensor, next_pos: torch.Tensor) -> torch.Tensor:
+        """prev_pos [..., r], next_pos [..., n] live positions -> [..., r, n] log A[prev, next]."""
+        return self.log_probs[prev_pos[..., :, None], next_pos[..., None, :]]
+
+    def from_states(self, states: torch.Tensor, next_pos: torch.Tensor) -> torch.Tensor:
+        """states [B, r] global ids, next_pos [B, n] live positions -> [B, r, n] log p(next | state)."""
+        if self.state_rows is None:
+            return self.block(states, next_pos)
+        rows = self.state_rows(states.flatten()).view(*states.shape, -1)  # [B, r, C']
+        return rows.gather(2, next_pos[:, None, :].expand(-1, states.shape[1], -1))
+
+
+@dataclass
+class FactoredTransition:
+    """log A[u, j] = P_u . Q_j - log Z_u, with nothing [C', C'] formed unless ``dense`` is called.
+
+    ``prev`` P [C', h] and ``next`` Q [C', h] of the live states; ``log_norm`` log Z [C'];
+    ``embed_prev``: global state ids [...] -> [..., h] (P of any state, for the carry).
+    """
+
+    prev: torch.Tensor
+    next: torch.Tensor
+    log_norm: torch.Tensor
+    embed_prev: Callable[[torch.Tensor], torch.Tensor]
+
+    def dense(self) -> torch.Tensor:
+        """[C', C'] log A (one C' x C' buffer)."""
+        return self._all_columns(self.prev, self.log_norm)
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """global state ids [R] -> [R, C'] log rows over the live states."""
+        p = self.embed_prev(ids)
+        return self._all_columns(p, row_logsumexp(p, self.next))
+
+    def block(self, prev_pos: torch.Tensor, next_pos: torch.Tensor) -> torch.Tensor:
+        """prev_pos [..., r], next_pos [..., n] live positions -> [..., r, n] log A[prev, next].
+
+        Each distinct pair of position sets (a pair of blocks under brown) is computed once.
+        """
+        r = prev_pos.shape[-1]
+        pairs, which = torch.unique(torch.cat([prev_pos, next_pos], dim=-1).flatten(0, -2), dim=0,
+                                    return_inverse=True)                  # [U, r + n], [N]
+        entries = self._entries(self.prev[pairs[:, :r]], self.log_norm[pairs[:, :r]], pairs[:, r:])
+        return entries[which].view(*prev_pos.shape, next_pos.shape[-1])
+
+    def from_states(self, states: torch.Tensor, next_pos: torch.Tensor) -> torch.Tensor:
+        """states [B, r] global ids, next_pos [B, n] live positions -> [B, r, n] log p(next | state)."""
+        p = self.embed_prev(states)                                        # [B, r, h]
+        log_norm = row_logsumexp(p.flatten(0, 1), self.next).view(states.shape)
+        return self._entries(p, log_norm, next_pos)
+
+    def _all_columns(self, p: torch.Tensor, log_norm: torch.Tensor) -> torch.Tensor:
+        """p [R, h], log_norm [R] -> [R, C'] (normalized in place)."""
+        return (p @ self.next.T).sub_(log_norm[:, None])
+
+    def _entries(self, p: torch.Tensor, log_norm: torch.Tensor, next_pos: torch.Tensor) -> torch.Tensor:
+        """p [..., r, h], log_norm [..., r], next_pos [..., n] -> [..., r, n]."""
+        return p @ self.next[next_pos].transpose(-1, -2) - log_norm[..., None]
+
+
+# ---------------------------------------------------------------------------------------
 # Distributions over the live states, and scoring of windows
 # ---------------------------------------------------------------------------------------
 
@@ -217,21 +318,35 @@ class HMMParams:
 
     live: Live
     log_start: torch.Tensor   # [C']
-    log_trans: torch.Tensor   # [C', C'] rows: previous state, softmax over the live states
+    transition: DenseTransition | FactoredTransition
     log_emit: torch.Tensor    # [V, n]  log p(word | the word's n-th live state)
-    trans_rows: object        # callable: global state ids [R] -> [R, C'] log transition rows
+
+    @property
+    def log_trans(self) -> torch.Tensor:
+        """[C', C'] log transition matrix (formed on demand from factors: tests, inspection)."""
+        return self.transition.dense()
+
+    def trans_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """global state ids [R] -> [R, C'] log transition rows over the live states."""
+        return self.transition.rows(ids)
 
 
 class VLNHMM(nn.Module):
-    """HMM language model; ``forward(x, mask, carry)`` returns (log p of each row [B], carry)."""
+    """HMM language model; ``forward(x, mask, carry)`` returns (log p of each row [B], carry).
+
+    ``lean_transition``: where exact (neural parameterization, no transition dropout) build the
+    transition from its factors and tiled normalizers (see the module docstring); False forms
+    the dense log_softmax in training too (the reference, for tests and benchmarks).
+    """
 
     def __init__(self, cfg: HMMConfig, vocab_size: int, clusters: np.ndarray | None, eos_id: int,
-                 seed: int = 0, scan=inference.TorchScan):
+                 seed: int = 0, scan=inference.TorchScan, lean_transition: bool = True):
         super().__init__()
         cfg.check()
         self.cfg = cfg
         self.eos_id = eos_id
         self.scan = scan
+        self.lean_transition = lean_transition
         self.structure = Structure(cfg, clusters, vocab_size, seed)
         param_cls = NeuralParameterization if cfg.neural else ScalarParameterization
         self.param = param_cls(cfg, vocab_size, self.structure.num_blocks)
@@ -264,24 +379,33 @@ class VLNHMM(nn.Module):
             logits = logits.masked_fill(drop, -torch.inf)
         return logits.log_softmax(dim=-1)
 
+    def _transition(self, live: Live, training: bool) -> DenseTransition | FactoredTransition:
+        """Factors in training where exact and ``lean_transition``; else (and at evaluation) dense."""
+        drop = None
+        if training and self.cfg.transition_dropout > 0:
+            C, device = len(live.states), live.states.device
+            # drawn on the device, seeded from the (checkpointed) CPU generator
+            g = torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,), generator=self.generator)))
+            drop = torch.rand(C, C, generator=g, device=device) < self.cfg.transition_dropout
+        if self.lean_transition and self.cfg.neural and drop is None:
+            p, q = self.param.transition_prev(live.states), self.param.transition_next(live.states)
+            factored = FactoredTransition(p, q, row_logsumexp(p, q), self.param.transition_prev)
+            if training:
+                return factored
+            log_trans = factored.dense()
+        else:
+            log_trans = self._transition_rows(live.states, live, drop)
+            if training:
+                return DenseTransition(log_trans, lambda ids: self._transition_rows(ids, live))
+        return DenseTransition(log_trans)
+
     def build(self, training: bool) -> HMMParams:
         device = next(self.structure.buffers()).device
         keep = self.cfg.kept_per_block if training else self.cfg.states_per_block
         live = sample_live(self.structure, keep, self.generator if training else None, device)
-        drop = None
-        if training and self.cfg.transition_dropout > 0:
-            C = len(live.states)  # drawn on the device, seeded from the (checkpointed) CPU generator
-            g = torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,), generator=self.generator)))
-            drop = torch.rand(C, C, generator=g, device=device) < self.cfg.transition_dropout
-        log_trans = self._transition_rows(live.states, live, drop)
+        transition = self._transition(live, training)
         log_start = self.param.start_logits(live.states).log_softmax(dim=-1)
-        if training:
-            def rows(ids):
-                return self._transition_rows(ids, live)
-        else:
-            def rows(ids):
-                return log_trans[ids]  # every state is live: position == global id
-        return HMMParams(live, log_start, log_trans, self._emission(live), rows)
+        return HMMParams(live, log_start, transition, self._emission(live))
 
     def params_for(self, training: bool) -> HMMParams:
         """Fresh parameters in training; cached ones at evaluation until a weight changes."""
@@ -303,7 +427,7 @@ class VLNHMM(nn.Module):
         """init [B, n] and edges [B, T-1, n, n] of one window (see :mod:`hmm.inference`)."""
         ws = p.live.word_states[x]                     # [B, T, n] positions into the live set
         emit = p.log_emit[x].masked_fill(~mask[..., None], 0.0)
-        trans = p.log_trans[ws[:, :-1, :, None], ws[:, 1:, None, :]]
+        trans = p.transition.block(ws[:, :-1], ws[:, 1:])
         start = p.log_start[ws]                        # [B, T, n]
         if reset:  # after <eos> the next state is drawn from the start distribution
             after_eos = (x[:, :-1] == self.eos_id)[..., None, None]
@@ -314,8 +438,7 @@ class VLNHMM(nn.Module):
         if carry is None:
             prior = start[:, 0]
         else:
-            rows = p.trans_rows(carry.states.flatten()).view(*carry.states.shape, -1)   # [B, n_prev, C']
-            cols = rows.gather(2, ws[:, 0, None, :].expand(-1, rows.shape[1], -1))      # [B, n_prev, n]
+            cols = p.transition.from_states(carry.states, ws[:, 0])    # [B, n_prev, n]
             prior = torch.logsumexp(carry.log_q[..., None] + cols, dim=1)
             if reset:
                 prior = torch.where(carry.after_eos[:, None], start[:, 0], prior)

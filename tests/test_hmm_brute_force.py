@@ -104,8 +104,8 @@ def test_window_log_likelihood_equals_brute_force(name, training):
 @pytest.mark.parametrize("name", ["brown", "brown-dropout", "uniform", "brown-eos-reset", "none"])
 def test_carried_state_across_two_windows_is_exact_at_evaluation(name):
     model = make(name).eval()
-    x, mask = window(2, [4, 4], 4)
-    x2, mask2 = window(3, [3, 0], 3)
+    x, mask = window(2, [3, 3], 3)   # 12 live states at evaluation: 12^5 paths for the longest row
+    x2, mask2 = window(3, [2, 0], 2)
     x2[0, 0] = EOS if name == "brown-eos-reset" else x2[0, 0]
     lp1, carry = model(x, mask, None)
     lp2, carry2 = model(x2, mask2, carry)
@@ -174,7 +174,8 @@ def test_marginal_gradient_equals_autograd(B, S, n):
     assert torch.allclose(log_z, ref)
     (ref * weights).sum().backward()
     assert torch.allclose(ours[0], init.grad)
-    assert torch.allclose(ours[1], torch.nan_to_num(edges.grad))
+    ref_edges = edges.grad if edges.grad is not None else torch.zeros_like(edges)  # S = 0: edges unused
+    assert torch.allclose(ours[1], torch.nan_to_num(ref_edges))
 
 
 def test_marginals_sum_to_one():

@@ -164,3 +164,13 @@ def test_slurm_profile_dry_run(tmp_path):
     jobs = job_counts(text)
     assert jobs["train"] == 3 and jobs["table"] == 1
     assert re.search(r"gpu=1", text)
+
+
+def test_benchmarks_run_on_cpu_in_the_tiny_profile():
+    snakemake("results/bench/scale_cpu.csv", "results/bench/kernel_cpu.csv")
+    scale = pd.read_csv(TINY / "results/bench/scale_cpu.csv")
+    assert set(scale["path"]) == {"reference", "fast"} and (scale["status"] == "ok").all()
+    assert {"train", "eval"} <= set(scale["mode"]) and scale["ms"].gt(0).all()
+    assert (TINY / "results/bench/scale_cpu.png").stat().st_size > 10_000
+    kernel = pd.read_csv(TINY / "results/bench/kernel_cpu.csv")
+    assert len(kernel) > 0

@@ -3,13 +3,16 @@
 BENCH = config["bench"]
 
 
+def kernel_manifest(wc):
+    return f"build/kernels/{'llvm' if wc.device == 'cpu' else 'cuda'}/manifest.json"
+
+
 rule bench_kernels:
-    input: "build/kernels/{target}/manifest.json"
+    input: kernel_manifest
     output:
         csv="results/bench/kernel_{device}.csv",
         png=report("results/bench/kernel_{device}.png", category="Benchmarks", caption="../report/bench.rst"),
     params:
-        target=lambda wc: "llvm" if wc.device == "cpu" else "cuda",
         states=" ".join(map(str, BENCH["kernel_states"])),
     resources:
         gpu=lambda wc: int(wc.device == "cuda"),
@@ -17,15 +20,11 @@ rule bench_kernels:
         device="cpu|cuda",
     shell:
         "{PYTHON} -m hmm.kernels.bench --device {wildcards.device} --states {params.states} "
-        "--kernels build/kernels/{params.target} --out {output.csv}"
-
-
-def scale_kernel_target(wc):
-    return f"build/kernels/{'llvm' if wc.device == 'cpu' else 'cuda'}/manifest.json"
+        "--kernels $(dirname {input}) --out {output.csv}"
 
 
 rule bench_scale:
-    input: scale_kernel_target
+    input: kernel_manifest
     output:
         csv="results/bench/scale_{device}.csv",
         png=report("results/bench/scale_{device}.png", category="Benchmarks", caption="../report/bench.rst"),
