@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 
 from hmm.data import EOS, UNK, Corpus
-from hmm.provenance import provenance
+from hmm.provenance import CPU_NAME, provenance
 
 UNK_WORD = "UNK_WORD"
 
@@ -119,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     metrics["train_tokens"] = tokens["train"]
     metrics["wall_seconds"] = round(time.time() - start, 1)
     metrics["status"] = "measured"
-    metrics["device_name"] = f"cpu ({os.cpu_count()} cores)"
+    metrics["device_name"] = CPU_NAME
     metrics["provenance"] = provenance()
     arpa.unlink()  # large and redundant with the binary
     a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -89,7 +89,7 @@ class HMMConfig:
                                   "(the paper drops transition logits instead: transition_dropout)")
         else:
             if self.states_per_word is not None:
-                raise ConfigError(f"states_per_word applies to constraint uniform only (k = num_states / num_clusters)")
+                raise ConfigError("states_per_word applies to constraint uniform only (k = num_states / num_clusters)")
             if self.constraint == "none" and self.num_clusters != 1:
                 raise ConfigError("constraint none means one block holding every word: set num_clusters: 1")
             if self.num_states % self.num_clusters:

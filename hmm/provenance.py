@@ -1,12 +1,14 @@
 """Where a result came from: commit, date, host (written into every metrics.json)."""
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
 _REPO = Path(__file__).resolve().parent.parent
+CPU_NAME = f"cpu ({os.cpu_count()} cores)"
 
 
 def _git(*args: str) -> str:

@@ -1,6 +1,7 @@
 # Shared definitions: the typed run registry, paths, the GPU switch.
 import json
 import re
+import shlex
 import shutil
 import subprocess
 

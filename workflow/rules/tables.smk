@@ -1,7 +1,5 @@
 # The paper's tables and figures: ours beside the paper's numbers (config/paper.yaml).
 
-import shlex
-
 PROFILE_LABEL = config.get("label") or ""
 
 
