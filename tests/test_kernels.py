@@ -310,3 +310,32 @@ def test_cuda_matches_reference(cuda_dir):
         init, edges = init.cuda(), edges.cuda()
         assert_close_scan(scan.forward(init, edges).cpu(), scan_forward(init.double(), edges.double()).cpu())
         assert_close_scan(scan.backward(edges).cpu(), scan_backward(edges.double()).cpu())
+
+
+def test_trained_model_potentials_match_reference(llvm_dir, small_ptb, tmp_path):
+    """Real potentials: a VLNHMM trained on PTB text (32 states, 4 blocks), scored by the TVM
+    scans and by the float64 reference, at evaluation (n = k = 8) and under dropout (n = k' = 4)."""
+    from hmm.config import resolve_run
+    from hmm.data import Corpus, Windows
+    from hmm.train import build_model, train
+    from hmm.kernels import TVMScan
+    corpus = Corpus.load(small_ptb)
+    vocab = corpus.vocab
+    clusters = tmp_path / "clusters.tsv"
+    clusters.write_text("word\tcluster\tbits\tcount\n" + "".join(
+        f"{w}\t{i % 4}\t0\t{c}\n" for i, (w, c) in enumerate(zip(vocab.tokens, vocab.counts))))
+    run = resolve_run({"name": "k", "dataset": "ptb", "model": "vlnhmm"}, {
+        "train": {"device": "cpu", "evals_per_epoch": 1},
+        "vlnhmm": {"num_states": 32, "num_clusters": 4, "hidden": 16, "epochs": 1}})
+    torch.manual_seed(0)
+    model = build_model(run, corpus, clusters, [])
+    train(run, corpus, model, tmp_path / "out", tmp_path / "ckpt.pt")
+    scan = TVMScan(llvm_dir)
+    x, mask = Windows(corpus.splits["valid"], 16, 32).window(0)
+    for training in (False, True):
+        model.train(training)
+        with torch.no_grad():
+            init, edges = model.potentials(model.params_for(training), x, mask, None, reset=False)
+        assert edges.shape[-1] == (4 if training else 8)
+        assert_close_scan(scan.forward(init, edges), scan_forward(init.double(), edges.double()))
+        assert_close_scan(scan.backward(edges), scan_backward(edges.double()))
