@@ -13,6 +13,17 @@ ROOT = Path(workflow.basedir).resolve()
 sys.path.insert(0, str(ROOT))
 
 configfile: ROOT / "config/config.yaml"
+
+
+# A profile's config overlay (config/<profile>.yaml, e.g. the tiny profile's) sits under the
+# user's --configfile / --config overlays even when those replace the profile's own settings.
+if config.get("profile") and (ROOT / f"config/{config['profile']}.yaml").resolve() not in {
+    Path(f).resolve() for f in workflow.overwrite_configfiles or ()
+}:
+
+    configfile: ROOT / f"config/{config['profile']}.yaml"
+
+
 validate(config, str(ROOT / "config/schema.yaml"))
 
 
@@ -31,3 +42,7 @@ rule all:
         FIGURES,
         CURVES,
     default_target: True
+
+
+onstart:
+    check_gpu_before_jobs(workflow)

@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--order", type=int, default=5)
     p.add_argument("--memory", default="2G", help="lmplz -S")
     p.add_argument("--discount-fallback", action="store_true", help="lmplz --discount_fallback (tiny corpora)")
+    p.add_argument("--spec", type=json.loads, default=None, help="the run's resolved spec (JSON), kept in metrics.json")
     a = p.parse_args(argv)
     corpus = Corpus.load(a.data)
     a.work.mkdir(parents=True, exist_ok=True)
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     metrics["status"] = "measured"
     metrics["device_name"] = CPU_NAME
     metrics["provenance"] = provenance()
+    metrics["spec"] = a.spec
     arpa.unlink()  # large and redundant with the binary
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(metrics, indent=2) + "\n")

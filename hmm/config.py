@@ -30,6 +30,8 @@ class TrainConfig:
     seed: int = 1111
     device: str = "auto"
     max_steps: int | None = None
+    max_seconds: float | None = None
+    matmul_precision: str = "highest"
     eval_batch_size: int = 16
 
 
@@ -130,12 +132,30 @@ class Run:
     def needs_gpu(self) -> bool:
         return self.train is not None and self.train.device != "cpu"
 
+    @property
+    def kernel_target(self) -> str:
+        """The TVM target whose kernels this run loads: llvm on the CPU, cuda on a GPU."""
+        return "llvm" if self.train is not None and self.train.device == "cpu" else "cuda"
+
+    @property
+    def scan_sizes(self) -> set[int]:
+        """Live states per step the run's scans see: k' in training, k at evaluation (VLNHMM only)."""
+        if self.model != "vlnhmm":
+            return set()
+        return {self.settings.kept_per_block, self.settings.states_per_block}
+
     def to_dict(self) -> dict:
         return {
             "name": self.name, "dataset": self.dataset, "model": self.model, "rows": list(self.rows),
             "settings": dataclasses.asdict(self.settings),
             "train": dataclasses.asdict(self.train) if self.train else None,
         }
+
+    def result_spec(self) -> dict:
+        """What the run computes: everything but ``rows`` (which only places it in tables)."""
+        spec = self.to_dict()
+        del spec["rows"]
+        return spec
 
     @classmethod
     def from_dict(cls, d: dict) -> "Run":
@@ -149,6 +169,36 @@ class Run:
     def load(cls, path) -> "Run":
         with open(path) as f:
             return cls.from_dict(json.load(f))
+
+
+# Settings that say where or for how long a run executes, not what it computes.
+EXECUTION_SETTINGS = frozenset({"device", "max_seconds"})
+
+
+def spec_differences(trained: dict, current: dict) -> list[tuple[str, Any, Any]]:
+    """(setting, trained value, current value) for every setting in which two result specs differ.
+
+    Both are :meth:`Run.result_spec` dicts; settings in :data:`EXECUTION_SETTINGS` are ignored.
+    """
+    diffs = [(k, trained.get(k), current.get(k)) for k in ("name", "dataset", "model")
+             if trained.get(k) != current.get(k)]
+    for part in ("settings", "train"):
+        old, new = trained.get(part) or {}, current.get(part) or {}
+        diffs += [(key, old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
+                  if key not in EXECUTION_SETTINGS and old.get(key) != new.get(key)]
+    return diffs
+
+
+def stale_reason(trained: dict | None, current: dict) -> str | None:
+    """None if a result was computed from ``current``; else a status saying what differs."""
+    if trained is None:
+        return "stale: the result does not record the settings it was trained from (rerun it)"
+    diffs = spec_differences(trained, current)
+    if not diffs:
+        return None
+    was = ", ".join(f"{k}={v}" for k, v, _ in diffs)
+    now = ", ".join(f"{k}={v}" for k, _, v in diffs)
+    return f"stale: trained with {was}, the config says {now} (rerun it)"
 
 
 def resolve_run(entry: dict, defaults: dict) -> Run:

@@ -119,19 +119,23 @@ class Corpus:
 class Windows:
     """BPTT windows over one token sequence: ``batch_size`` contiguous streams cut every ``bptt``.
 
-    Stream ``b`` is ``ids[b*L:(b+1)*L]`` with ``L = ceil(n / batch_size)``; the padding
-    (``batch_size*L - n`` positions, all at the end of the last stream) is masked.
-    Yields ``(x [B, t] int64, mask [B, t] bool)``; only the last window may be shorter.
-    Every real token appears exactly once, so ``sum(mask) == n``.
+    The n tokens are split into B = min(batch_size, n) contiguous streams whose lengths differ by
+    at most one (the first n mod B streams are one token longer), so every stream has a token.
+    Shorter streams are padded at their end (masked).  Yields ``(x [B, t] int64, mask [B, t] bool)``;
+    only the last window may be shorter.  Every real token appears exactly once: ``sum(mask) == n``.
     """
 
     def __init__(self, ids: torch.Tensor, batch_size: int, bptt: int):
         n = len(ids)
-        self.length = math.ceil(n / batch_size)
-        pad = batch_size * self.length - n
-        self.x = torch.cat([ids, ids.new_zeros(pad)]).view(batch_size, self.length)
-        self.mask = torch.cat([torch.ones(n, dtype=torch.bool), torch.zeros(pad, dtype=torch.bool)])
-        self.mask = self.mask.view(batch_size, self.length)
+        if n == 0:
+            raise ValueError("no tokens to cut into windows")
+        self.batch_size = B = min(batch_size, n)
+        self.length = math.ceil(n / B)
+        lengths = torch.full((B,), n // B, dtype=torch.long)
+        lengths[: n % B] += 1
+        self.mask = torch.arange(self.length)[None, :] < lengths[:, None]        # [B, L]
+        self.x = ids.new_zeros(B, self.length)
+        self.x[self.mask] = ids                                                 # row-major: streams in order
         self.bptt = bptt
         self.num_tokens = n
 

@@ -40,16 +40,16 @@ def verify(path: Path, expected: str, source: str = "") -> None:
         origin = f" (from {source})" if source else ""
         raise DataError(
             f"checksum mismatch for {path}{origin}:\n  expected sha256 {expected}\n  actual   sha256 {actual}\n"
-            "The file is corrupt, truncated or a different version; it was not kept."
+            "The file is corrupt, truncated or a different version"
         )
 
 
 def _install(part: Path, dest: Path, expected: str, source: str) -> None:
     try:
         verify(part, expected, source)
-    except DataError:
+    except DataError as err:
         part.unlink(missing_ok=True)
-        raise
+        raise DataError(f"{err}; it was not kept.") from None
     part.replace(dest)
 
 
@@ -135,9 +135,14 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if a.verify:
             for s in a.spec["splits"].values():
-                if not (a.out / s["file"]).exists():
-                    raise DataError(f"{a.out / s['file']} is missing; rerun the download rule")
-                verify(a.out / s["file"], s["sha256"])
+                path = a.out / s["file"]
+                if not path.exists():
+                    raise DataError(f"{path} is missing; rerun the pipeline to fetch it again")
+                try:
+                    verify(path, s["sha256"])
+                except DataError as err:
+                    path.unlink()  # so that the next run fetches it again
+                    raise DataError(f"{err}; it was removed: rerun the pipeline to fetch it again.") from None
         else:
             fetch(a.spec, a.out, a.mirror)
     except DataError as e:

@@ -383,10 +383,12 @@ class VLNHMM(nn.Module):
         """Factors in training where exact and ``lean_transition``; else (and at evaluation) dense."""
         drop = None
         if training and self.cfg.transition_dropout > 0:
-            C, device = len(live.states), live.states.device
-            # drawn on the device, seeded from the (checkpointed) CPU generator
+            device = live.states.device
+            # drawn on the device, seeded from the (checkpointed) CPU generator; one row per state
+            # (global id) so the carry's rows get the same mask as the window's transitions
             g = torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,), generator=self.generator)))
-            drop = torch.rand(C, C, generator=g, device=device) < self.cfg.transition_dropout
+            drop = torch.rand(self.cfg.num_states, len(live.states), generator=g, device=device)
+            drop = drop < self.cfg.transition_dropout
         if self.lean_transition and self.cfg.neural and drop is None:
             p, q = self.param.transition_prev(live.states), self.param.transition_next(live.states)
             factored = FactoredTransition(p, q, row_logsumexp(p, q), self.param.transition_prev)
@@ -394,9 +396,10 @@ class VLNHMM(nn.Module):
                 return factored
             log_trans = factored.dense()
         else:
-            log_trans = self._transition_rows(live.states, live, drop)
+            log_trans = self._transition_rows(live.states, live, None if drop is None else drop[live.states])
             if training:
-                return DenseTransition(log_trans, lambda ids: self._transition_rows(ids, live))
+                return DenseTransition(log_trans, lambda ids: self._transition_rows(
+                    ids, live, None if drop is None else drop[ids]))
         return DenseTransition(log_trans)
 
     def build(self, training: bool) -> HMMParams:

@@ -3,12 +3,13 @@
 Every paper row (config/paper.yaml) appears, in paper order, whether or not a run filled it;
 nothing is invented: a row without metrics has empty measured values and says why (``status``).
 A run fills the rows named in its spec's ``rows`` (``tableN/<key>``; table 1 also matches the
-run's dataset); ``fig3`` / ``fig4`` make it a point of that figure.  Metrics come from
-``metrics.json`` next to ``spec.json``; failing that from a reference directory of runs done
-elsewhere (status ``reference: ...`` with their provenance); failing that the row is ``not run``.
+run's dataset); ``fig3`` / ``fig4`` make it a point of that figure.  Metrics come from the run's
+``metrics.json``; failing that from a reference directory of runs done elsewhere (status
+``reference: ...`` with their provenance); failing that the row is ``not run``.  A result whose
+recorded spec differs from the config's is never shown: the row says ``stale: ...`` and what differs.
 
-    python -m hmm.report table --name table1 --paper config/paper.yaml --specs results/runs/*/*/spec.json \
-        [--reference results/reference] [--not-run '{"ptb/vlnhmm-32768": "not run: ..."}'] \
+    python -m hmm.report table --name table1 --paper config/paper.yaml --runs '[{"name": "kn5", ...}]' \
+        [--runs-dir results/runs] [--reference results/reference] [--not-run '{"ptb/vlnhmm-32768": "..."}'] \
         [--profile tiny] --csv results/table1.csv --png results/table1.png
     python -m hmm.report figure --name fig3 ... (same options)
 """
@@ -27,6 +28,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
+
+from hmm.config import stale_reason  # noqa: E402
 
 FIGURE_NOTE = "paper: only the points its tables report (hollow markers); no curve read off the plot"
 
@@ -61,34 +64,54 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def load_runs(spec_paths: list[str | Path], reference: str | Path | None = None,
+def load_runs(specs: list[dict], runs_dir: str | Path, reference: str | Path | None = None,
               not_run: dict[str, str] | None = None) -> list[dict]:
-    """One dict per spec: key (dataset/name), spec, metrics (None if neither local nor reference), status."""
+    """One dict per run spec (the config's, as :meth:`Run.to_dict`): key, spec, metrics, status.
+
+    Metrics come from ``runs_dir/<key>/metrics.json``, else from ``reference/<key>/``; a result
+    trained from other settings than the spec's is not used (status ``stale: ...``).
+    """
     runs = []
-    for path in map(Path, spec_paths):
-        spec = json.loads(path.read_text())
+    for spec in specs:
         key = f"{spec['dataset']}/{spec['name']}"
-        metrics = _read_json(path.parent / "metrics.json")
-        if metrics is not None:
-            status = metrics.get("status") or "status missing"
-        elif reference and (metrics := _read_json(Path(reference) / key / "metrics.json")) is not None:
-            prov = metrics.get("provenance") or {}
-            where = ", ".join(str(v) for v in (metrics.get("device_name"), prov.get("date"),
+        found = [(m, None) for m in [_read_json(Path(runs_dir) / key / "metrics.json")] if m is not None]
+        if reference and (ref := _read_json(Path(reference) / key / "metrics.json")) is not None:
+            prov = ref.get("provenance") or {}
+            where = ", ".join(str(v) for v in (ref.get("device_name"), prov.get("date"),
                                                prov.get("commit") and f"commit {str(prov['commit'])[:10]}") if v)
-            status = f"reference: {metrics.get('status') or 'status missing'} ({where})"
+            found.append((ref, f"reference: {ref.get('status') or 'status missing'} ({where})"))
+        run = {"key": key, "spec": spec, "metrics": None, "status": (not_run or {}).get(key, "not run")}
+        stale = []
+        for metrics, status in found:
+            reason = stale_reason(metrics.get("spec"), _result_spec(spec))
+            if reason is None:
+                run.update(metrics=metrics, status=status or metrics.get("status") or "status missing")
+                break
+            stale.append(reason if status is None else "stale reference " + reason.removeprefix("stale: "))
         else:
-            status = (not_run or {}).get(key, "not run")
-        runs.append({"key": key, "spec": spec, "metrics": metrics, "status": status})
+            if stale:
+                run["status"] = stale[0]
+        runs.append(run)
     return runs
 
 
+def _result_spec(spec: dict) -> dict:
+    return {k: v for k, v in spec.items() if k != "rows"}
+
+
 def _run(run: Any) -> dict:
-    """Accept dicts or objects with spec / metrics / status (key derived from the spec if absent)."""
+    """Accept dicts or objects with spec / metrics / status (key derived from the spec if absent).
+
+    Metrics given without a status are checked against the spec (a stale result is not shown).
+    """
     get = run.get if isinstance(run, dict) else lambda k, d=None: getattr(run, k, d)
-    spec, metrics = get("spec"), get("metrics")
-    status = get("status") or (metrics or {}).get("status") or "not run"
+    spec, metrics, status = get("spec"), get("metrics"), get("status")
+    if metrics is not None and status is None:
+        status = stale_reason(metrics.get("spec"), _result_spec(spec))
+        metrics = None if status else metrics
+        status = status or metrics.get("status")
     return {"key": get("key") or f"{spec['dataset']}/{spec['name']}", "spec": spec, "metrics": metrics,
-            "status": status}
+            "status": status or "not run"}
 
 
 # ---------------------------------------------------------------------------------- frames
@@ -250,7 +273,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("kind", choices=["table", "figure"])
     p.add_argument("--name", required=True)
     p.add_argument("--paper", required=True)
-    p.add_argument("--specs", nargs="*", default=[])
+    p.add_argument("--runs", type=json.loads, default=[], help="JSON list of the runs' specs (Run.to_dict)")
+    p.add_argument("--runs-dir", default="results/runs", help="where each run's metrics.json is")
     p.add_argument("--reference")
     p.add_argument("--not-run", default="{}", help="JSON mapping run key (dataset/name) -> reason")
     p.add_argument("--profile")
@@ -260,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     paper = yaml.safe_load(Path(a.paper).read_text())
     if a.name not in paper or (a.kind == "table") != (a.name in COLUMNS):
         p.error(f"no {a.kind} {a.name!r} in {a.paper}")
-    runs = load_runs(a.specs, a.reference, json.loads(a.not_run))
+    runs = load_runs(a.runs, a.runs_dir, a.reference, json.loads(a.not_run))
     if a.kind == "table":
         df = build_table(a.name, paper, runs)
         notes = [f"Note ({k}): {v}" for k, v in (paper[a.name].get("notes") or {}).items()]

@@ -1,18 +1,21 @@
 """The training loop shared by every trained model (FF, LSTM, VLNHMM).
 
-One run = one ``spec.json`` (a resolved :class:`hmm.config.Run`).  The loop:
+One run = one resolved :class:`hmm.config.Run`.  :class:`Trainer` takes it in named steps:
 
-* each epoch shuffles the training documents (seeded by seed + epoch) and cuts them into
-  ``batch_size`` streams and ``bptt`` windows; the model's carry (HMM posterior, LSTM state,
-  FF context) flows from window to window;
-* loss = -(sum of log p) / tokens in the batch, AdamW, gradient clipping;
-* ``evals_per_epoch`` validation checks per epoch; the lr is multiplied by ``lr_decay``
-  after ``patience`` checks without improvement of the validation NLL;
-* a checkpoint after every check (atomic), resumed automatically: an interrupted run
-  continues from its last check and ends exactly where an uninterrupted run ends;
-* a non-finite loss stops the run, naming the step and batch; the last checkpoint stays;
-* at the end the best weights are scored on valid and test; ``metrics.json`` and
-  ``curve.csv`` (one line per check, plotted as ``curve.png``) are written.
+* ``restore``: resume from the run's checkpoint if it was made from the same settings and data;
+* ``step``: one optimizer step on one BPTT window (loss = -(sum of log p) / tokens, AdamW,
+  gradient clipping); the model's carry (HMM posterior, LSTM state, FF context) flows from
+  window to window; nothing in it waits for the GPU (token counts come from the CPU mask, loss
+  sums and the first non-finite step are kept on the device);
+* ``check``: ``evals_per_epoch`` times an epoch: validation perplexity, lr schedule (multiply
+  by ``lr_decay`` after ``patience`` checks without improvement), best weights, an atomic
+  checkpoint, ``curve.csv`` and a provisional ``metrics.json``;
+* ``finish``: the best weights scored on valid and test; ``metrics.json`` and ``curve.png``.
+
+An interrupted run continues from its last check and ends exactly where an uninterrupted run
+ends.  A non-finite training loss, a validation perplexity that is not finite, a full disk: each
+stops the run with a message naming the step, keeping the last checkpoint.  ``max_steps`` and
+``max_seconds`` end a run early at a check; its status then says ``cut short``.
 
 Perplexity = exp(-sum log p / N), N = every real token including each ``<eos>``.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import hashlib
 import json
 import math
@@ -30,16 +34,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from hmm.config import Run
-from hmm.curves import plot as plot_curve
 from hmm.data import Corpus, Windows
+from hmm.progress import progress, say
 from hmm.provenance import CPU_NAME, provenance
+
+NAN_CHECK_EVERY = 50  # steps between host reads of the device-side non-finite flag
 
 
 class TrainingError(RuntimeError):
-    """The run cannot go on (non-finite loss, no GPU where one is required)."""
+    """The run cannot go on (non-finite loss, no GPU where one is required, full disk)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -80,21 +85,28 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def perplexity(nll: float) -> float:
+    """exp(nll): inf where that overflows a float, NaN for a NaN."""
+    return math.exp(nll) if nll < 709.0 or math.isnan(nll) else math.inf
+
+
 @torch.no_grad()
 def evaluate(model, ids: torch.Tensor, batch_size: int, bptt: int, device) -> tuple[float, float]:
-    """(perplexity, ms per batch) of ``ids`` scored as ``batch_size`` streams with carry."""
+    """(perplexity, ms per batch) of ``ids`` scored as ``batch_size`` streams with carry.
+
+    The perplexity is inf where it overflows and NaN where a score is NaN; callers decide."""
     model.eval()
     windows = Windows(ids, batch_size, bptt)
-    total, carry = 0.0, model.initial_state(batch_size)
+    total, carry = torch.zeros((), dtype=torch.float64, device=device), model.initial_state(windows.batch_size)
     _sync(device)
     start = time.perf_counter()
     for x, mask in windows:
         logp, carry = model(x.to(device), mask.to(device), carry)
-        total += float(logp.sum())
+        total += logp.sum(dtype=torch.float64)
     _sync(device)
     ms = 1000 * (time.perf_counter() - start) / len(windows)
     model.train()
-    return math.exp(-total / windows.num_tokens), ms
+    return perplexity(-float(total) / windows.num_tokens), ms
 
 
 def _provenance(device: torch.device) -> dict:
@@ -102,9 +114,21 @@ def _provenance(device: torch.device) -> dict:
     return provenance() | {"torch": torch.__version__, "device_name": name}
 
 
-def _save(obj, path: Path) -> None:
+def save_atomic(obj, path: Path) -> None:
+    """torch.save to ``path`` through a temporary file: the previous file stays until the new
+    one is complete.  A full disk raises TrainingError naming the path."""
     tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.errno == errno.ENOSPC:
+            kept = f"; the previous {path.name} is kept" if path.exists() else ""
+            raise TrainingError(f"no space left on device while writing {path}{kept}") from None
+        raise TrainingError(f"cannot write {path}: {err.strerror or err}") from None
     os.replace(tmp, path)
 
 
@@ -127,153 +151,281 @@ def _set_rng_state(model, device, state: dict) -> None:
 
 def fingerprint_of(run: Run, *files: Path | None) -> str:
     """What a checkpoint must match to be resumed: the run's settings and its input files."""
-    h = hashlib.sha256(run.to_json().encode())
+    h = hashlib.sha256(json.dumps(run.result_spec(), sort_keys=True).encode())
     for f in files:
         if f is not None:
             h.update(Path(f).read_bytes())
     return h.hexdigest()
 
 
+def write_curve(curve: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(curve[0]))
+        writer.writeheader()
+        writer.writerows(curve)
+
+
+def write_json(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Train ``model`` as ``run`` says (see the module docstring for the steps)."""
+
+    def __init__(self, run: Run, corpus: Corpus, model: torch.nn.Module, out: Path, checkpoint: Path,
+                 fingerprint: str | None = None):
+        cfg = self.cfg = run.train
+        self.run, self.corpus, self.model, self.out, self.checkpoint = run, corpus, model, Path(out), Path(checkpoint)
+        self.fingerprint = fingerprint or fingerprint_of(run)
+        self.device = resolve_device(cfg.device)
+        torch.set_float32_matmul_precision(cfg.matmul_precision)
+        model.to(self.device).train()
+        self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                     fused=self.device.type == "cuda")
+        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, mode="min", factor=cfg.lr_decay,
+                                                                patience=cfg.patience)
+        self.steps_per_epoch = len(Windows(corpus.splits["train"], cfg.batch_size, cfg.bptt))
+        self.check_every = max(1, math.ceil(self.steps_per_epoch / cfg.evals_per_epoch))
+        self.total_steps = math.ceil(cfg.epochs * self.steps_per_epoch)
+        self.last_step = min(self.total_steps, cfg.max_steps) if cfg.max_steps else self.total_steps
+        self.params = sum(p.numel() for p in model.parameters())
+        self.best_path = self.checkpoint.with_name("best.pt")
+        self.valid_batches = len(Windows(corpus.splits["valid"], cfg.eval_batch_size, cfg.bptt))
+        self.state = {"step": 0, "carry": None, "best": math.inf, "best_step": 0, "curve": [], "wall": 0.0,
+                      "train_logp": 0.0, "train_tokens": 0}
+        self.cut_by_time = False
+        self._windows: tuple[int, Windows] | None = None
+        self._reset_device_sums()
+
+    @property
+    def name(self) -> str:
+        return self.run.key
+
+    # -- restore --------------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Continue from the checkpoint if it has this run's fingerprint (else set it aside)."""
+        ckpt_path = self.checkpoint
+        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        if not ckpt_path.exists():
+            return
+        ckpt = torch.load(ckpt_path, map_location=self.device, weights_only=False)
+        if ckpt.get("fingerprint") != self.fingerprint:
+            stale = ckpt_path.with_name("stale.pt")
+            os.replace(ckpt_path, stale)
+            say(f"[{self.name}] {ckpt_path} was made with other settings or data: kept as {stale}, starting over")
+            return
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["scheduler"])
+        _set_rng_state(self.model, self.device, ckpt["rng"])
+        self.state = ckpt["state"]
+        say(f"[{self.name}] resumed from {ckpt_path} at step {self.state['step']:,}/{self.last_step:,}")
+
+    # -- step -------------------------------------------------------------------------------
+
+    def _reset_device_sums(self) -> None:
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)  # sum of log p
+        self.bad_step = torch.zeros((), dtype=torch.long, device=self.device)      # first non-finite step
+
+    def window(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training window of ``step`` (x, mask on the CPU); each epoch reshuffles the documents."""
+        epoch = step // self.steps_per_epoch
+        if self._windows is None or self._windows[0] != epoch:
+            ids = self.corpus.ordered("train", np.random.default_rng(self.cfg.seed + epoch))
+            self._windows = (epoch, Windows(ids, self.cfg.batch_size, self.cfg.bptt))
+        return self._windows[1].window(step % self.steps_per_epoch)
+
+    def step(self, x: torch.Tensor, mask: torch.Tensor, ntok: int) -> torch.Tensor:
+        """One optimizer step on window (x, mask) of ``ntok`` real tokens; returns the loss (on the device)."""
+        if self.state["step"] % self.steps_per_epoch == 0:
+            self.state["carry"] = self.model.initial_state(x.shape[0])
+        logp, carry = self.model(x, mask, self.state["carry"])
+        loss = -logp.sum() / ntok
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
+        self.opt.step()
+        self.state["carry"] = carry
+        self.state["step"] += 1
+        finite = torch.isfinite(loss)
+        self.bad_step = torch.where(~finite & (self.bad_step == 0), self.state["step"], self.bad_step)
+        self.loss_sum += torch.where(finite, -loss.detach().double() * ntok, 0.0)
+        return loss.detach()
+
+    def guard(self) -> None:
+        """Raise if a step since the last guard had a non-finite loss (one host read)."""
+        bad = int(self.bad_step)
+        if bad:
+            epoch, batch = divmod(bad - 1, self.steps_per_epoch)
+            raise TrainingError(f"[{self.name}] non-finite loss at step {bad} (epoch {epoch + 1}, batch {batch + 1}/"
+                                f"{self.steps_per_epoch}); the last checkpoint ({self.checkpoint}) is kept")
+
+    # -- check ------------------------------------------------------------------------------
+
+    def check(self, tokens: int, seconds: float) -> dict:
+        """Validation check after ``tokens`` tokens trained in ``seconds`` since the last one."""
+        self.guard()
+        st, cfg = self.state, self.cfg
+        st["train_logp"] += float(self.loss_sum)
+        st["train_tokens"] += tokens
+        self._reset_device_sums()
+        valid_ppl, ms = evaluate(self.model, self.corpus.splits["valid"], cfg.eval_batch_size, cfg.bptt, self.device)
+        epoch = st["step"] / self.steps_per_epoch
+        if not math.isfinite(valid_ppl):
+            what = "overflows" if valid_ppl == math.inf else "not finite"
+            raise TrainingError(f"[{self.name}] validation perplexity {what} at step {st['step']} (epoch "
+                                f"{math.ceil(epoch)}, {epoch:.2f} epochs done); lr {self.opt.param_groups[0]['lr']:.2e} "
+                                f"may be too high; the last checkpoint ({self.checkpoint}) is kept")
+        train_ppl = perplexity(-st["train_logp"] / st["train_tokens"])
+        lr = self.opt.param_groups[0]["lr"]
+        nll = math.log(valid_ppl)
+        self.sched.step(nll)
+        if nll < st["best"]:
+            st["best"], st["best_step"] = nll, st["step"]
+            save_atomic(self.model.state_dict(), self.best_path)
+        st["wall"] += seconds
+        row = {"step": st["step"], "epoch": round(epoch, 4), "lr": lr, "train_ppl": round(train_ppl, 3),
+               "valid_ppl": round(valid_ppl, 3), "tokens_per_s": round(tokens / max(seconds, 1e-9)),
+               "eval_ms_per_batch": round(ms, 3), "wall_seconds": round(st["wall"], 2)}
+        st["curve"].append(row)
+        say(f"[{self.name}] step {st['step']:>7,} epoch {epoch:6.2f} | train ppl {train_ppl:8.2f} | "
+            f"valid ppl {valid_ppl:8.2f} | lr {lr:.2e} | {row['tokens_per_s']:,} tok/s | eval {ms:.1f} ms/batch")
+        st["train_logp"], st["train_tokens"] = 0.0, 0
+        save_atomic({"fingerprint": self.fingerprint, "model": self.model.state_dict(),
+                     "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                     "rng": _rng_state(self.model, self.device), "state": st}, self.checkpoint)
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_curve(st["curve"], self.out / "curve.csv")
+        write_json(self.metrics(status=f"incomplete: last check at step {st['step']:,} of {self.last_step:,} "
+                                       f"({epoch:.2f} of {cfg.epochs:g} epochs); no test score yet"),
+                   self.out / "metrics.json")
+        return row
+
+    # -- finish -----------------------------------------------------------------------------
+
+    def metrics(self, status: str, valid_ppl: float | None = None, test_ppl: float | None = None,
+                eval_ms: float | None = None) -> dict:
+        st = self.state
+        epochs = st["step"] / self.steps_per_epoch
+        best = next((c for c in st["curve"] if c["step"] == st["best_step"]), None)
+        metrics = {
+            "run": self.name, "model": self.run.model, "params": self.params, "status": status,
+            "train_ppl": best and best["train_ppl"],
+            "valid_ppl": valid_ppl if valid_ppl is not None else best and best["valid_ppl"],
+            "test_ppl": test_ppl,
+            "train_ppl_note": "running training perplexity (under dropout) of the check with the best valid ppl",
+            "best_step": st["best_step"], "steps": st["step"], "epochs": round(epochs, 4),
+            "steps_per_epoch": self.steps_per_epoch, "wall_seconds": round(st["wall"], 1),
+            "seconds_per_epoch": round(st["wall"] / epochs, 2) if epochs else None,
+            "eval_ms_per_batch": None if eval_ms is None else round(eval_ms, 3),
+            "eval_batch": [self.cfg.eval_batch_size, self.cfg.bptt], "device": self.device.type,
+            "backend": getattr(self.run.settings, "backend", "torch"),
+            "matmul_precision": self.cfg.matmul_precision,
+            "spec": self.run.result_spec(), "provenance": _provenance(self.device),
+        }
+        metrics["device_name"] = metrics["provenance"]["device_name"]
+        return metrics
+
+    def finish(self) -> dict:
+        """Score the best weights on valid and test; write metrics.json, curve.csv and curve.png."""
+        st, cfg = self.state, self.cfg
+        self.model.load_state_dict(torch.load(self.best_path, map_location=self.device, weights_only=True))
+        valid_ppl, _ = evaluate(self.model, self.corpus.splits["valid"], cfg.eval_batch_size, cfg.bptt, self.device)
+        # timed on test: the valid pass has built the cached evaluation parameters (warm timing)
+        test_ppl, ms = evaluate(self.model, self.corpus.splits["test"], cfg.eval_batch_size, cfg.bptt, self.device)
+        epochs = st["step"] / self.steps_per_epoch
+        if st["step"] >= self.total_steps:
+            status = "measured"
+        elif self.cut_by_time:
+            status = f"cut short: time, max_seconds {cfg.max_seconds:g} ({epochs:.2f} of {cfg.epochs:g} epochs)"
+        else:
+            status = f"cut short: max_steps {cfg.max_steps:,} ({epochs:.2f} of {cfg.epochs:g} epochs)"
+        metrics = self.metrics(status, valid_ppl, test_ppl, ms)
+        write_curve(st["curve"], self.out / "curve.csv")
+        write_json(metrics, self.out / "metrics.json")
+        try:
+            from hmm.curves import plot as plot_curve
+        except ImportError:  # a node without matplotlib/pandas: the CSV is the record
+            pass
+        else:
+            plot_curve(self.out / "curve.csv", self.out / "curve.png", self.name)
+        say(f"[{self.name}] done: {status}; valid ppl {valid_ppl:.2f}, test ppl {test_ppl:.2f}, "
+            f"{self.params:,} params, {st['wall']:.0f} s ({metrics['seconds_per_epoch']} s/epoch), "
+            f"eval {ms:.2f} ms/batch")
+        return metrics
+
+    # -- the whole run ----------------------------------------------------------------------
+
+    def _deadline_near(self, clock_start: float, segment: float) -> bool:
+        """max_seconds: stop when the next segment and the final scoring would not fit."""
+        if self.cfg.max_seconds is None:
+            return False
+        last_eval = self.state["curve"][-1]["eval_ms_per_batch"] / 1e3 if self.state["curve"] else 0.0
+        finish = 3 * last_eval * self.valid_batches  # final valid + test passes, with some slack
+        return self.state["wall"] + (time.perf_counter() - clock_start) + segment + finish > self.cfg.max_seconds
+
+    def fit(self) -> dict:
+        self.restore()
+        say(f"[{self.name}] {self.run.model}: {self.params:,} parameters on {self.device}; "
+            f"{self.steps_per_epoch:,} steps/epoch, validation every {self.check_every:,} steps, "
+            f"{self.last_step:,} steps")
+        bar = progress(total=self.last_step, initial=self.state["step"], desc=self.name, unit="step")
+        tokens, start = 0, time.perf_counter()
+        segment = 0.0  # seconds of the last segment between checks
+        while self.state["step"] < self.last_step:
+            x, mask = self.window(self.state["step"])
+            ntok = int(mask.sum())  # on the CPU: no wait for the GPU
+            self.step(x.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True), ntok)
+            tokens += ntok
+            bar.update(1)
+            step = self.state["step"]
+            at_check = step % self.check_every == 0 or step == self.last_step
+            if not at_check and step % NAN_CHECK_EVERY == 0:
+                self.guard()
+            if not at_check and self._deadline_near(start, 0.0):
+                at_check = self.cut_by_time = True  # out of time inside a segment: check now
+            if not at_check:
+                continue
+            _sync(self.device)
+            segment = time.perf_counter() - start
+            self.check(tokens, segment)
+            tokens, start = 0, time.perf_counter()
+            if step < self.last_step and self._deadline_near(start, segment):
+                self.cut_by_time = True
+            if self.cut_by_time:
+                break
+        bar.close()
+        return self.finish()
+
+
 def train(run: Run, corpus: Corpus, model: torch.nn.Module, out: Path, checkpoint: Path,
           fingerprint: str | None = None) -> dict:
     """Train ``model`` as ``run`` says; resume from ``checkpoint`` if it has the same fingerprint."""
-    cfg = run.train
-    fingerprint = fingerprint or fingerprint_of(run)
-    device = resolve_device(cfg.device)
-    model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.lr_decay, patience=cfg.patience)
-    steps_per_epoch = len(Windows(corpus.splits["train"], cfg.batch_size, cfg.bptt))
-    check_every = max(1, math.ceil(steps_per_epoch / cfg.evals_per_epoch))
-    total_steps = math.ceil(cfg.epochs * steps_per_epoch)
-    last_step = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
-    params = sum(p.numel() for p in model.parameters())
-    name = run.key
-    state = {"step": 0, "carry": None, "best": math.inf, "best_step": 0, "curve": [], "wall": 0.0,
-             "train_logp": 0.0, "train_tokens": 0}
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    best_path = checkpoint.with_name("best.pt")
-    if checkpoint.exists():
-        ckpt = torch.load(checkpoint, map_location=device, weights_only=False)
-        if ckpt.get("fingerprint") != fingerprint:
-            stale = checkpoint.with_name("stale.pt")
-            os.replace(checkpoint, stale)
-            tqdm.write(f"[{name}] {checkpoint} was made with other settings or data: kept as {stale}, starting over")
-    if checkpoint.exists():
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(model, device, ckpt["rng"])
-        state = ckpt["state"]
-        tqdm.write(f"[{name}] resumed from {checkpoint} at step {state['step']:,}/{last_step:,}")
-    tqdm.write(f"[{name}] {run.model}: {params:,} parameters on {device}; {steps_per_epoch:,} steps/epoch, "
-               f"validation every {check_every:,} steps, {last_step:,} steps")
-
-    start = time.perf_counter() - state["wall"]
-    window_tokens, window_start = 0, time.perf_counter()
-    bar = tqdm(total=last_step, initial=state["step"], desc=name, unit="step", dynamic_ncols=True,
-               disable=None, mininterval=2.0)
-    epoch, windows = -1, None
-    while state["step"] < last_step:
-        step = state["step"]
-        if step // steps_per_epoch != epoch:
-            epoch = step // steps_per_epoch
-            windows = Windows(corpus.ordered("train", np.random.default_rng(cfg.seed + epoch)), cfg.batch_size, cfg.bptt)
-        batch = step % steps_per_epoch
-        if batch == 0:
-            state["carry"] = model.initial_state(cfg.batch_size)
-        x, mask = (t.to(device) for t in windows.window(batch))
-        logp, carry = model(x, mask, state["carry"])
-        ntok = int(mask.sum())
-        loss = -logp.sum() / ntok
-        if not torch.isfinite(loss):
-            raise TrainingError(f"[{name}] non-finite loss {loss.item()} at step {step + 1} (epoch {epoch + 1}, "
-                                f"batch {batch + 1}/{steps_per_epoch}); the last checkpoint ({checkpoint}) is kept")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        opt.step()
-        state["carry"], state["step"] = carry, step + 1
-        state["train_logp"] += -loss.item() * ntok
-        state["train_tokens"] += ntok
-        window_tokens += ntok
-        bar.update(1)
-        if state["step"] % check_every and state["step"] != last_step:
-            continue
-        # -- validation check -----------------------------------------------------------
-        _sync(device)
-        tok_s = window_tokens / (time.perf_counter() - window_start)
-        valid_ppl, ms = evaluate(model, corpus.splits["valid"], cfg.eval_batch_size, cfg.bptt, device)
-        train_ppl = math.exp(-state["train_logp"] / state["train_tokens"])
-        lr = opt.param_groups[0]["lr"]
-        nll = math.log(valid_ppl)
-        sched.step(nll)
-        if nll < state["best"]:
-            state["best"], state["best_step"] = nll, state["step"]
-            _save(model.state_dict(), best_path)
-        state["wall"] = time.perf_counter() - start
-        state["curve"].append({"step": state["step"], "epoch": round(state["step"] / steps_per_epoch, 4),
-                               "lr": lr, "train_ppl": round(train_ppl, 3), "valid_ppl": round(valid_ppl, 3),
-                               "tokens_per_s": round(tok_s), "eval_ms_per_batch": round(ms, 3),
-                               "wall_seconds": round(state["wall"], 2)})
-        tqdm.write(f"[{name}] step {state['step']:>7,} epoch {state['step'] / steps_per_epoch:6.2f} | "
-                   f"train ppl {train_ppl:8.2f} | valid ppl {valid_ppl:8.2f} | lr {lr:.2e} | "
-                   f"{tok_s:,.0f} tok/s | eval {ms:.1f} ms/batch")
-        state["train_logp"], state["train_tokens"] = 0.0, 0
-        _save({"fingerprint": fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),
-               "scheduler": sched.state_dict(), "rng": _rng_state(model, device), "state": state}, checkpoint)
-        window_tokens, window_start = 0, time.perf_counter()
-    bar.close()
-
-    model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
-    valid_ppl, _ = evaluate(model, corpus.splits["valid"], cfg.eval_batch_size, cfg.bptt, device)
-    # timed on test: the valid pass has built the cached evaluation parameters (warm timing)
-    test_ppl, ms = evaluate(model, corpus.splits["test"], cfg.eval_batch_size, cfg.bptt, device)
-    epochs_done = state["step"] / steps_per_epoch
-    best_check = next(c for c in state["curve"] if c["step"] == state["best_step"])
-    status = "measured" if last_step == total_steps else \
-        f"cut short: max_steps {cfg.max_steps:,} ({epochs_done:.2f} of {cfg.epochs:g} epochs)"
-    metrics = {
-        "run": name, "model": run.model, "params": params, "status": status,
-        "train_ppl": best_check["train_ppl"], "valid_ppl": valid_ppl, "test_ppl": test_ppl,
-        "train_ppl_note": "running training perplexity (under dropout) of the check with the best valid ppl",
-        "best_step": state["best_step"], "steps": state["step"], "epochs": round(epochs_done, 4),
-        "steps_per_epoch": steps_per_epoch, "wall_seconds": round(state["wall"], 1),
-        "seconds_per_epoch": round(state["wall"] / epochs_done, 2), "eval_ms_per_batch": round(ms, 3),
-        "eval_batch": [cfg.eval_batch_size, cfg.bptt], "device": device.type,
-        "backend": getattr(run.settings, "backend", "torch"), "provenance": _provenance(device),
-    }
-    metrics["device_name"] = metrics["provenance"]["device_name"]
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "curve.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(state["curve"][0]))
-        writer.writeheader()
-        writer.writerows(state["curve"])
-    plot_curve(out / "curve.csv", out / "curve.png", name)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    tqdm.write(f"[{name}] done: {status}; valid ppl {valid_ppl:.2f}, test ppl {test_ppl:.2f}, "
-               f"{params:,} params, {state['wall']:.0f} s ({metrics['seconds_per_epoch']:.1f} s/epoch), "
-               f"eval {ms:.2f} ms/batch")
-    return metrics
+    return Trainer(run, corpus, model, out, checkpoint, fingerprint).fit()
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Train and evaluate one run (FF, LSTM or VLNHMM).")
-    p.add_argument("--spec", required=True, type=Path, help="spec.json of the run")
+    p.add_argument("--spec", required=True, help="the run's resolved spec: JSON text, or a spec.json file")
     p.add_argument("--data", required=True, type=Path, help="prepared dataset directory")
     p.add_argument("--clusters", type=Path, help="Brown cluster file (vlnhmm, constraint brown)")
     p.add_argument("--kernels", type=Path, nargs="*", default=[], help="TVM kernel directories (backend tvm)")
     p.add_argument("--out", required=True, type=Path, help="directory for metrics.json and curve.csv")
     p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file (resumed if present)")
     a = p.parse_args(argv)
-    run = Run.load(a.spec)
+    run = Run.from_dict(json.loads(a.spec if a.spec.lstrip().startswith("{") else Path(a.spec).read_text()))
     try:
         resolve_device(run.train.device)
         torch.manual_seed(run.train.seed)  # weight init and dropout; restored from the checkpoint on resume
         corpus = Corpus.load(a.data)
         model = build_model(run, corpus, a.clusters, a.kernels)
         data_files = [a.data / "vocab.tsv", a.data / "stats.json", a.clusters]
+        a.out.mkdir(parents=True, exist_ok=True)
+        write_json(run.to_dict(), a.out / "spec.json")
         train(run, corpus, model, a.out, a.checkpoint, fingerprint_of(run, *data_files))
     except TrainingError as e:
         sys.exit(f"error: {e}")

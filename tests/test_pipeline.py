@@ -73,6 +73,16 @@ def test_nothing_to_do_after_a_run(tiny_all):
     assert "Nothing to be done" in snakemake("-n", "all").stdout
 
 
+def test_a_deleted_kernel_library_is_rebuilt(tiny_all):
+    """Kernel libraries are tracked outputs: deleting one reruns the kernel rule (and what used it)."""
+    lib = TINY / "build/kernels/llvm/scan_n4.so"
+    lib.unlink()
+    jobs = job_counts(snakemake("-n", "build/kernels/llvm/manifest.json").stdout)
+    assert jobs.get("kernels_llvm") == 1
+    snakemake("--cores", "2", "build/kernels/llvm/manifest.json")
+    assert lib.exists()
+
+
 def test_brown_config_change_reruns_only_dependents(tiny_all, tmp_path):
     overlay = tmp_path / "alpha.yaml"
     overlay.write_text("brown: {alpha: 2.0e-4}\n")

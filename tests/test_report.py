@@ -58,19 +58,19 @@ def rendered(tmp_path_factory):
         d.mkdir(parents=True)
         spec = {"name": name, "dataset": dataset, "model": model, "rows": rows, "settings": settings,
                 "train": None if model == "kn5" else {"seed": 1111}}
-        (d / "spec.json").write_text(json.dumps(spec))
-        specs.append(str(d / "spec.json"))
+        specs.append(spec)
+        trained = {k: v for k, v in spec.items() if k != "rows"}  # what a run records in its metrics
         if local:
-            (d / "metrics.json").write_text(json.dumps(local))
+            (d / "metrics.json").write_text(json.dumps(local | {"spec": trained}))
         if ref:
             (tmp / "reference" / key).mkdir(parents=True)
-            (tmp / "reference" / key / "metrics.json").write_text(json.dumps(ref))
+            (tmp / "reference" / key / "metrics.json").write_text(json.dumps(ref | {"spec": trained}))
     out = {}
     for name in ["table1", "table2", "table3", "table4", "fig3", "fig4"]:
         kind = "table" if name.startswith("table") else "figure"
         csv, png = tmp / f"{name}.csv", tmp / f"{name}.png"
-        main([kind, "--name", name, "--paper", str(PAPER_YAML), "--specs", *specs,
-              "--reference", str(tmp / "reference"), "--not-run", json.dumps(NOT_RUN), "--profile", "tiny",
+        main([kind, "--name", name, "--paper", str(PAPER_YAML), "--runs", json.dumps(specs),
+              "--runs-dir", str(tmp / "runs"), "--reference", str(tmp / "reference"), "--not-run", json.dumps(NOT_RUN), "--profile", "tiny",
               "--csv", str(csv), "--png", str(png)])
         # keep_default_na=False: "None" is a table 3 constraint, not a missing value
         out[name] = (pd.read_csv(csv, keep_default_na=False, na_values=[""]), png)

@@ -16,9 +16,27 @@ def _root_path(value):
     return None if value is None else (ROOT / value).resolve()
 
 
-def _gpu_present():
-    smi = shutil.which("nvidia-smi")
-    return smi is not None and subprocess.run([smi, "-L"], capture_output=True).returncode == 0
+_GPU = []
+
+
+def gpu_present():
+    """Whether nvidia-smi finds a GPU (asked once, and only where some run needs a GPU)."""
+    if not _GPU:
+        smi = shutil.which("nvidia-smi")
+        _GPU.append(smi is not None and subprocess.run([smi, "-L"], capture_output=True).returncode == 0)
+    return _GPU[0]
+
+
+def check_gpu_before_jobs(workflow):
+    """gpu_runs: always on a machine without a GPU, executing locally: stop before any job runs."""
+    if config["gpu_runs"] != "always" or not workflow.local_exec:
+        return
+    need = sorted({str(job) for job in workflow.dag.needrun_jobs() if job.resources.get("gpu", 0)})
+    if need and not gpu_present():
+        raise WorkflowError(
+            f"gpu_runs: always, but this machine has no GPU (nvidia-smi finds none) and {len(need)} job(s) "
+            "need one. Run them on a GPU machine or cluster (profiles/gpu, profiles/slurm), use the tiny "
+            "profile (--profile profiles/tiny), set gpu_runs: auto to leave them out, or device: cpu for a run.")
 
 
 try:
@@ -26,8 +44,8 @@ try:
 except ConfigError as err:
     raise WorkflowError(f"config: {err}") from None
 
-GPU = config["gpu_runs"] == "always" or (config["gpu_runs"] == "auto" and _gpu_present())
-IN_DAG = {key: run for key, run in RUNS.items() if GPU or not run.needs_gpu}
+IN_DAG = {key: run for key, run in RUNS.items() if not run.needs_gpu or config["gpu_runs"] == "always"
+          or (config["gpu_runs"] == "auto" and gpu_present())}
 NOT_RUN = {key: "not run: needs a GPU and none was found (gpu_runs: auto); see README, Running on a GPU"
            for key in RUNS if key not in IN_DAG}
 MIRROR = _root_path(config.get("mirror"))
@@ -48,18 +66,9 @@ def names_of(models):
     return "|".join(map(re.escape, names)) or "(?!)"
 
 
-def kernel_states(run):
-    """Live states per step a TVM run needs kernels for: k' in training, k at evaluation."""
-    s = run.settings
-    return {s.kept_per_block, s.states_per_block}
-
-
-for _run in RUNS.values():
-    if getattr(_run.settings, "backend", "torch") == "tvm":
-        missing = kernel_states(_run) - set(config["kernels"]["states"])
-        if missing:
-            raise WorkflowError(f"config: run {_run.key} uses backend tvm with {sorted(missing)} live states per step; "
-                                f"add them to kernels.states (now {config['kernels']['states']})")
+# Kernels for every live-state count any configured run needs (k' in training, k at evaluation)
+# and the kernel benchmark's sizes
+KERNEL_STATES = sorted(set(config["bench"]["kernel_states"]).union(*(run.scan_sizes for run in RUNS.values())))
 
 
 wildcard_constraints:

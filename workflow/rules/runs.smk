@@ -5,31 +5,17 @@ def the_run(wc):
     return RUNS[f"{wc.dataset}/{wc.name}"]
 
 
-def write_specs():
-    """results/runs/{dataset}/{name}/spec.json for every run, rewritten only when it changes.
-
-    Written while the DAG is built (not by a job: that costs seconds per run), so a run's
-    outputs are redone exactly when its resolved settings change (the spec is newer).
-    """
-    for run in RUNS.values():
-        path = Path(run_dir(run)) / "spec.json"
-        text = run.to_json()
-        if not path.exists() or path.read_text() != text:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(text)
-            tmp.replace(path)
-
-
-write_specs()
+def spec_of(wc):
+    """The run's resolved settings as JSON: a params rerun trigger (a changed setting reruns it)."""
+    return json.dumps(the_run(wc).result_spec(), sort_keys=True)
 
 
 rule kn5:
     input:
-        spec="results/runs/{dataset}/{name}/spec.json",
         data="data/{dataset}/stats.json",
     output: "results/runs/{dataset}/{name}/metrics.json"
     params:
+        spec=spec_of,
         order=lambda wc: the_run(wc).settings.order,
         memory=config["kenlm"]["memory"],
         fallback="--discount-fallback" if config["kenlm"]["discount_fallback"] else "",
@@ -39,16 +25,16 @@ rule kn5:
     shell:
         "{PYTHON} -m baselines.kn5 --data data/{wildcards.dataset} --bin-dir {KENLM_BIN} "
         "--work build/kenlm/{wildcards.dataset}/{wildcards.name} --out {output} --order {params.order} "
-        "--memory {params.memory} {params.fallback} 2>&1 | tee {log}"
+        "--memory {params.memory} {params.fallback} --spec {params.spec:q} 2>&1 | tee {log}"
 
 
 def train_inputs(wc):
     run = the_run(wc)
-    inputs = {"spec": f"results/runs/{wc.dataset}/{wc.name}/spec.json", "data": f"data/{wc.dataset}/stats.json"}
+    inputs = {"data": f"data/{wc.dataset}/stats.json"}
     if run.model == "vlnhmm" and run.settings.constraint == "brown":
         inputs["clusters"] = f"data/{wc.dataset}/clusters/brown-{run.settings.num_clusters}.tsv"
-    if run.model == "vlnhmm" and run.settings.backend == "tvm":
-        inputs["kernels"] = f"build/kernels/{'llvm' if run.train.device == 'cpu' else 'cuda'}/manifest.json"
+    if run.scan_sizes and run.settings.backend == "tvm":
+        inputs["kernels"] = f"build/kernels/{run.kernel_target}/manifest.json"
     return inputs
 
 
@@ -61,6 +47,7 @@ rule train:
         plot=report("results/runs/{dataset}/{name}/curve.png", category="Training curves",
                     subcategory="{dataset}", labels={"run": "{dataset}/{name}"}, caption="../report/curve.rst"),
     params:
+        spec=spec_of,
         clusters=lambda wc, input: f"--clusters {input.clusters}" if "clusters" in input.keys() else "",
         kernels=lambda wc, input: f"--kernels {Path(input.kernels).parent}" if "kernels" in input.keys() else "",
     resources:
@@ -70,7 +57,7 @@ rule train:
     threads: lambda wc: 2 if the_run(wc).needs_gpu else 1
     log: "logs/runs/{dataset}/{name}.log"
     shell:
-        "OMP_NUM_THREADS={threads} {PYTHON} -m hmm.train --spec {input.spec} --data data/{wildcards.dataset} {params.clusters} "
+        "OMP_NUM_THREADS={threads} {PYTHON} -m hmm.train --spec {params.spec:q} --data data/{wildcards.dataset} {params.clusters} "
         "{params.kernels} --out results/runs/{wildcards.dataset}/{wildcards.name} "
         "--checkpoint build/checkpoints/{wildcards.dataset}/{wildcards.name}/ckpt.pt 2>&1 | tee {log}"
 

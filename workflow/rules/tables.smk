@@ -10,8 +10,7 @@ def runs_for(name):
 
 def report_inputs(wc):
     runs = runs_for(wc.name)
-    return {"specs": [f"{run_dir(r)}/spec.json" for r in runs],
-            "metrics": [f"{run_dir(r)}/metrics.json" for r in runs if r.key in IN_DAG],
+    return {"metrics": [f"{run_dir(r)}/metrics.json" for r in runs if r.key in IN_DAG],
             "paper": str(ROOT / "config/paper.yaml"), "code": str(ROOT / "hmm/report.py")}
 
 
@@ -25,6 +24,7 @@ rule table:
         csv="results/{name}.csv",
         png=report("results/{name}.png", category="Tables and figures", caption="../report/tables.rst"),
     params:
+        runs=lambda wc: json.dumps([r.to_dict() for r in runs_for(wc.name)], sort_keys=True),
         kind=lambda wc: "table" if wc.name.startswith("table") else "figure",
         not_run=not_run,
         label=f"--profile {shlex.quote(PROFILE_LABEL)}" if PROFILE_LABEL else "",
@@ -32,7 +32,7 @@ rule table:
     wildcard_constraints:
         name="table[1-4]|fig[34]",
     shell:
-        "{PYTHON} -m hmm.report {params.kind} --name {wildcards.name} --paper {input.paper} --specs {input.specs} "
+        "{PYTHON} -m hmm.report {params.kind} --name {wildcards.name} --paper {input.paper} --runs {params.runs:q} "
         "--reference {params.reference} --not-run {params.not_run} {params.label} "
         "--csv {output.csv} --png {output.png}"
 
