@@ -93,12 +93,13 @@ def run(model, training):
     return logp.detach(), {n: p.grad for n, p in model.named_parameters()}
 
 
-def close(got, ref, dtype):
-    """float64: elementwise allclose(1e-5); float32: max error <= 1e-5 of the tensor's scale
-    (a float32 gradient sums many terms, so entries near zero carry the scale's rounding)."""
+def close(got, ref, dtype, scale=None):
+    """float64: elementwise allclose(1e-5); float32: max error <= 1e-5 of ``scale`` (default:
+    the tensor's max |ref|, at least 1)."""
     if dtype == torch.float64:
         return torch.allclose(got, ref, rtol=1e-5, atol=1e-5)
-    return (got - ref).abs().max() <= 1e-5 * max(ref.abs().max().item(), 1.0)
+    scale = max(ref.abs().max().item(), 1.0) if scale is None else scale
+    return (got - ref).abs().max() <= 1e-5 * scale
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -112,8 +113,12 @@ def test_lean_training_equals_dense_reference(name, dtype, monkeypatch):
     (lp_lean, g_lean), (lp_dense, g_dense) = run(lean, True), run(dense, True)
     assert close(lp_lean, lp_dense, dtype)
     assert g_lean.keys() == g_dense.keys()
+    # float32: relative to the whole gradient's scale.  Every parameter's gradient sums terms of
+    # that scale, so one that is zero in exact arithmetic (e.g. the bias of the LayerNorm that
+    # makes Q: shift-invariant softmax rows) is float32 noise, order-dependent, not ~1e-5 of itself.
+    scale = max(g.abs().max().item() for g in g_dense.values())
     for n in g_lean:
-        assert close(g_lean[n], g_dense[n], dtype), n
+        assert close(g_lean[n], g_dense[n], dtype, scale), n
 
 
 @pytest.mark.parametrize("name", ["brown-dropout", "uniform"])
