@@ -1,59 +1,171 @@
-"""Row log-normalizers of a product of two embedding sets, by column tiles.
+"""Row log-normalizers of the factored transition, never forming the [R, C] logits.
 
-    log_z = row_logsumexp(p, q)      # p [R, h], q [C, h] -> log_z [R]
-    log_z[i] = logsumexp_j (p[i] . q[j])
+    log_z = row_logsumexp(p, q, precision="fp32", impl=None)   # P [R, h], Q [C, h] -> log Z [R]
+    log Z_u = logsumexp_j P_u . Q_j
 
-The [R, C] logits are never held: the forward pass folds column tiles of width ``tile`` into
-a running logsumexp, and the backward pass recomputes each tile, so the extra memory is
-O(R * tile) instead of O(R * C).  With g = dL/dlog_z and the softmax weights
-w[i, j] = exp(p[i] . q[j] - log_z[i]):
+Two implementations of the same numbers:
 
-    dL/dp[i] = g[i] sum_j w[i, j] q[j]          dL/dq[j] = sum_i g[i] w[i, j] p[i]
+* ``impl="triton"``: fused kernels (:mod:`hmm.fused_normalizer`), logits tiles kept on chip,
+  online logsumexp; the default for CUDA tensors (not float64) when triton is installed.
+* ``impl="torch"``: column tiles of width ``tile`` (default: ``TILE``, read at call time) folded
+  into a running logsumexp in PyTorch; the reference, and the default elsewhere (CPU).
 
-Under CUDA autocast the tile products run in the autocast dtype and every reduction in the
-inputs' dtype; the backward pass replays the forward's autocast state.
+Both recompute the tiles in the backward pass.  With g = dL/dlog Z and the softmax weights
+w[u, j] = exp(P_u . Q_j - log Z_u):
+
+    dL/dP_u = g_u sum_j w[u, j] Q_j          dL/dQ_j = sum_u g_u w[u, j] P_u
+
+Precision contract.  Both paths first round the operands with ``round_operand(x, precision)``:
+
+    "fp32"  identity (the torch path computes in the inputs' dtype, at least float32)
+    "tf32"  float32 with the mantissa rounded to 10 bits, round to nearest even
+    "bf16"  float32 holding bfloat16 values (round to nearest even)
+
+Every product of two rounded operands is exact in float32 (11 x 11 or 8 x 8 significand bits),
+so every path computes the float32 logits P_u . Q_j and their logsumexp from the same exact
+products; paths differ only in the order of the float32 sums (tensor cores multiply
+pre-rounded operands exactly).  A caller that forms entries log A[u, j] = P_u . Q_j - log Z_u
+itself must use ``round_operand(P, precision) @ round_operand(Q, precision).T`` with the same
+``precision`` as a float32 product (no autocast; for "fp32" torch's default "highest" float32
+matmul precision) so that its rows still sum to 1 within float32 rounding.  Rounding is
+straight-through: its gradient is the identity.  Autocast does not apply inside the normalizer;
+the tensor-core operand format is chosen by ``precision`` alone.
 """
 from __future__ import annotations
+
+import importlib.util
 
 import torch
 from torch.autograd.function import once_differentiable
 
 TILE = 1024
+PRECISIONS = ("fp32", "tf32", "bf16")
+IMPLS = ("triton", "torch")
+_TF32_DROPPED_BITS = 13            # float32 has 23 mantissa bits, TF32 keeps 10
 
 
-class _RowLogSumExp(torch.autograd.Function):
+def _round_tf32(x: torch.Tensor) -> torch.Tensor:
+    """float32 -> float32 with the mantissa rounded to 10 bits (nearest, ties to even).
+
+    Adding 0xFFF plus the kept last bit to the bit pattern and clearing the 13 dropped bits
+    rounds the magnitude (a carry into the exponent is the correct round-up; the largest finite
+    values round to inf as in TF32).  inf and nan are returned unchanged.
+    """
+    bits = x.view(torch.int32)
+    keep_lsb = (bits >> _TF32_DROPPED_BITS) & 1
+    low_mask = (1 << _TF32_DROPPED_BITS) - 1
+    rounded = ((bits + (low_mask >> 1) + keep_lsb) & ~low_mask).view(torch.float32)
+    return torch.where(torch.isfinite(x), rounded, x)
+
+
+def _round(x: torch.Tensor, precision: str) -> torch.Tensor:
+    if precision == "fp32":
+        return x
+    if x.dtype != torch.float32:
+        raise TypeError(f"round_operand({precision!r}) takes float32, got {x.dtype}")
+    return _round_tf32(x) if precision == "tf32" else x.to(torch.bfloat16).float()
+
+
+class _RoundOperand(torch.autograd.Function):
+    """Rounding with an identity (straight-through) gradient."""
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, p: torch.Tensor, q: torch.Tensor, tile: int) -> torch.Tensor:
-        log_z = torch.full((len(p),), -torch.inf, dtype=p.dtype, device=p.device)
-        for start in range(0, len(q), tile):
-            logits = (p @ q[start:start + tile].T).to(p.dtype)          # [R, tile]
-            log_z = torch.logaddexp(log_z, logits.logsumexp(dim=1))
-        ctx.tile = tile
-        ctx.save_for_backward(p, q, log_z)
+    def forward(ctx, x: torch.Tensor, precision: str) -> torch.Tensor:
+        return _round(x, precision)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+def round_operand(x: torch.Tensor, precision: str) -> torch.Tensor:
+    """x [...] -> x rounded to the operand format of ``precision`` (see the module docstring).
+
+    "fp32": x itself (any dtype); "tf32" / "bf16": float32 x -> float32 of TF32 / bfloat16
+    values.  Differentiable with the identity gradient.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return x
+    return _RoundOperand.apply(x, precision)
+
+
+# ---------------------------------------------------------------------------------------
+# The torch path: column tiles
+# ---------------------------------------------------------------------------------------
+
+def _torch_operands(p: torch.Tensor, q: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rounded operands: float32 (tf32 / bf16), or the inputs' common dtype, at least float32 (fp32)."""
+    if precision == "fp32":
+        dtype = torch.promote_types(torch.promote_types(p.dtype, q.dtype), torch.float32)
+        return p.detach().to(dtype), q.detach().to(dtype)
+    return _round(p.detach().float(), precision), _round(q.detach().float(), precision)
+
+
+class _TiledRowLogSumExp(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, p: torch.Tensor, q: torch.Tensor, precision: str, tile: int) -> torch.Tensor:
+        a, b = _torch_operands(p, q, precision)
+        with torch.autocast(a.device.type, enabled=False):
+            log_z = torch.full((len(a),), -torch.inf, dtype=a.dtype, device=a.device)
+            for start in range(0, len(b), tile):
+                log_z = torch.logaddexp(log_z, (a @ b[start:start + tile].T).logsumexp(dim=1))   # [R, tile]
+        ctx.tile, ctx.dtypes = tile, (p.dtype, q.dtype)
+        ctx.save_for_backward(a, b, log_z)
         return log_z
 
     @staticmethod
     @once_differentiable
-    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad: torch.Tensor):
-        p, q, log_z = ctx.saved_tensors
-        grad_p, grad_q = torch.zeros_like(p), torch.empty_like(q)
-        for start in range(0, len(q), ctx.tile):
-            q_tile = q[start:start + ctx.tile]
-            w = (p @ q_tile.T).to(p.dtype).sub_(log_z[:, None]).exp_().mul_(grad[:, None])   # [R, tile]
-            grad_p.addmm_(w, q_tile)
-            grad_q[start:start + ctx.tile] = w.T @ p
-        return grad_p, grad_q, None
+        a, b, log_z = ctx.saved_tensors
+        grad_p, grad_q = torch.zeros_like(a), torch.empty_like(b)
+        with torch.autocast(a.device.type, enabled=False):
+            for start in range(0, len(b), ctx.tile):
+                b_tile = b[start:start + ctx.tile]
+                w = (a @ b_tile.T).sub_(log_z[:, None]).exp_().mul_(grad[:, None])     # [R, tile]
+                grad_p.addmm_(w, b_tile)
+                grad_q[start:start + ctx.tile] = w.T @ a
+        return grad_p.to(ctx.dtypes[0]), grad_q.to(ctx.dtypes[1]), None, None
 
 
-def row_logsumexp(p: torch.Tensor, q: torch.Tensor, tile: int | None = None) -> torch.Tensor:
-    """p [R, h], q [C, h] -> [R] logsumexp_j (p[i] . q[j]), differentiable in p and q.
+# ---------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------
 
-    ``tile``: columns per tile (default: the module's ``TILE``, read at call time).
+def triton_available() -> bool:
+    """Whether the triton package is installed (imported only when the Triton path runs)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def default_impl(p: torch.Tensor, q: torch.Tensor) -> str:
+    """"triton" for CUDA tensors other than float64 when triton is installed, else "torch"."""
+    on_cuda = p.is_cuda and q.is_cuda and torch.float64 not in (p.dtype, q.dtype)
+    return "triton" if on_cuda and triton_available() else "torch"
+
+
+def row_logsumexp(p: torch.Tensor, q: torch.Tensor, precision: str = "fp32", impl: str | None = None,
+                  tile: int | None = None) -> torch.Tensor:
+    """p [R, h], q [C, h] -> [R] log Z_u = logsumexp_j P_u . Q_j of the rounded operands.
+
+    ``precision``: "fp32" | "tf32" | "bf16" (module docstring).  ``impl``: None (``default_impl``;
+    torch whenever ``tile`` is given), "triton" (CPU tensors only under TRITON_INTERPRET=1) or
+    "torch".  ``tile``: columns per tile of the torch path (default ``TILE``).  Differentiable
+    in p and q.  Returns float32 (float64 for float64 inputs on the torch path with "fp32").
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if impl is None:
+        impl = "torch" if tile is not None else default_impl(p, q)
+    if impl == "triton":
+        if tile is not None:
+            raise ValueError("tile applies to impl='torch' only (the Triton kernels have block_r / block_c)")
+        from hmm import fused_normalizer
+        return fused_normalizer.row_logsumexp(p, q, precision)
+    if impl != "torch":
+        raise ValueError(f"impl must be None or one of {IMPLS}, got {impl!r}")
     tile = TILE if tile is None else tile
     if tile < 1:
         raise ValueError(f"tile must be >= 1, got {tile}")
-    return _RowLogSumExp.apply(p, q, tile)
+    return _TiledRowLogSumExp.apply(p, q, precision, tile)
