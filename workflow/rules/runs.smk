@@ -34,7 +34,10 @@ def train_inputs(wc):
     if run.model == "vlnhmm" and run.settings.constraint == "brown":
         inputs["clusters"] = f"data/{wc.dataset}/clusters/brown-{run.settings.num_clusters}.tsv"
     if run.scan_sizes and run.settings.backend == "tvm":
-        inputs["kernels"] = f"build/kernels/{run.kernel_target}/manifest.json"
+        target = run.kernel_target
+        inputs["kernels"] = [f"build/kernels/{target}/manifest.json"] + [
+            f"build/kernels/{target}/scan_n{n}{'' if target == 'llvm' else '_' + arch}.so"
+            for n in sorted(run.scan_sizes) for arch in (config["kernels"]["cuda_archs"][-1:])]
     return inputs
 
 
@@ -49,7 +52,7 @@ rule train:
     params:
         spec=spec_of,
         clusters=lambda wc, input: f"--clusters {input.clusters}" if "clusters" in input.keys() else "",
-        kernels=lambda wc, input: f"--kernels {Path(input.kernels).parent}" if "kernels" in input.keys() else "",
+        kernels=lambda wc, input: f"--kernels {Path(input.kernels[0]).parent}" if "kernels" in input.keys() else "",
     resources:
         gpu=lambda wc: int(the_run(wc).needs_gpu),
     wildcard_constraints:
