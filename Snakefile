@@ -1,7 +1,8 @@
 # The VLNHMM reproduction pipeline (Chiu & Rush 2020).  Stages live in workflow/rules/*.smk.
 #   snakemake --cores 8 --resources gpu=1 results/table1.csv      one table (full data)
 #   snakemake --profile profiles/tiny all                          everything, tiny data, CPU
-# See README.md for the targets and config/config.yaml for the settings.
+# See README.md for the targets and config/README.md for every run setting.
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,16 @@ min_version("9.0")
 
 ROOT = Path(workflow.basedir).resolve()
 sys.path.insert(0, str(ROOT))
+
+
+envvars:
+    "PATH",
+
+
+# Jobs run `python -m ...` with the interpreter (virtual environment) that runs snakemake.
+PATH = os.environ["PATH"]
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{PATH}"
+
 
 configfile: ROOT / "config/config.yaml"
 
@@ -37,11 +48,11 @@ include: "workflow/rules/bench.smk"
 
 
 rule all:
+    default_target: True
     input:
         TABLES,
         FIGURES,
         CURVES,
-    default_target: True
 
 
 onstart:

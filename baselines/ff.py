@@ -25,7 +25,7 @@ from torch import nn
 class FFLM(nn.Module):
     """``forward(x, mask, carry)`` returns (log p of each row's real tokens [B], new carry [B, K])."""
 
-    def __init__(self, vocab_size: int, order: int = 5, hidden: int = 256, dropout: float = 0.3):
+    def __init__(self, vocab_size: int, order: int, hidden: int, dropout: float):
         super().__init__()
         self.context = order - 1
         self.emb = nn.Embedding(vocab_size, hidden)
@@ -36,8 +36,6 @@ class FFLM(nn.Module):
         nn.init.uniform_(self.emb.weight, -0.1, 0.1)
         nn.init.uniform_(self.pads, -0.1, 0.1)
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     def initial_state(self, batch_size: int) -> None:
         return None

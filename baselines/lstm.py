@@ -25,7 +25,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 class LSTMLM(nn.Module):
     """``forward(x, mask, carry)`` returns (log p of each row's real tokens [B], new (h, c))."""
 
-    def __init__(self, vocab_size: int, layers: int = 2, hidden: int = 256, dropout: float = 0.3):
+    def __init__(self, vocab_size: int, layers: int, hidden: int, dropout: float):
         super().__init__()
         self.emb = nn.Embedding(vocab_size, hidden)
         self.lstm = nn.LSTM(hidden, hidden, layers, dropout=dropout, batch_first=True)
@@ -33,8 +33,6 @@ class LSTMLM(nn.Module):
         self.drop = nn.Dropout(dropout)
         nn.init.uniform_(self.emb.weight, -0.1, 0.1)
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     def initial_state(self, batch_size: int) -> None:
         return None

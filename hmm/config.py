@@ -1,72 +1,146 @@
-"""Typed run configuration: the pipeline's ``runs:`` registry resolved into dataclasses.
+"""The VLNHMM's settings, and the typed-settings machinery every config class uses.
 
-A run's settings are ``defaults.train`` (training loop), then ``defaults.<model>``, then the
-run's own overrides.  Every key must belong to the run's model or to the training loop.
-This module has no heavy imports: the Snakefile loads it to build the DAG.
+A setting is declared once, as a dataclass field made by :func:`setting`: its type (the
+annotation; ``Literal[...]`` for choices), its default (the paper's value), its allowed range
+and a one-line doc.  ``__post_init__`` calls :func:`check_fields`, so an object that exists is
+valid; rules that tie settings together live in the class (``HMMConfig._check_rules``).
+Paper notation: |Z| = ``num_states``, M = ``num_clusters``, k = |Z| / M states per block,
+lambda = ``state_dropout``, k' = (1 - lambda) k live states per block in training.
+This module imports nothing heavy: the Snakefile uses it to build the DAG.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
+import types
+import typing
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 
 class ConfigError(ValueError):
-    """A run's configuration is inconsistent (raised before any job runs)."""
+    """An inconsistent or mistyped configuration (raised before any job runs)."""
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    batch_size: int = 16
-    bptt: int = 32
-    lr: float = 1e-3
-    epochs: float = 50
-    weight_decay: float = 0.0
-    clip: float | None = 5.0
-    evals_per_epoch: int = 4
-    lr_decay: float = 0.25
-    patience: int = 8
-    seed: int = 1111
-    device: str = "auto"
-    max_steps: int | None = None
-    max_seconds: float | None = None
-    matmul_precision: str = "highest"
-    eval_batch_size: int = 16
+def setting(default: Any = dataclasses.MISSING, doc: str = "", *, min: float | None = None,
+            max: float | None = None, below: float | None = None, above: float | None = None):
+    """A dataclass field with its doc and range: ``min <= value <= max``, ``above < value < below``."""
+    return dataclasses.field(default=default, metadata={"doc": doc, "min": min, "max": max,
+                                                        "below": below, "above": above})
 
 
-@dataclass(frozen=True)
-class KN5Config:
-    order: int = 5
+def _describe(hint) -> str:
+    """'an integer', 'one of a, b', 'true or false' ... for error messages and the settings doc."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return " or ".join(_describe(a) for a in inner) + " or null"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[hint]
 
 
-@dataclass(frozen=True)
-class FFConfig:
-    order: int = 5
-    hidden: int = 256
-    dropout: float = 0.3
+def _coerce(value: Any, hint) -> tuple[bool, Any]:
+    """(ok, value converted to the hint's type) -- ints are accepted for floats, "1e-3" too."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return value in args, value
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return type(None) in args, None
+        return _coerce(value, next(a for a in args if a is not type(None)))
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
+        return isinstance(value, (int, float)) and not isinstance(value, bool), float(value) \
+            if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    return isinstance(value, hint), value
 
 
-@dataclass(frozen=True)
-class LSTMConfig:
-    layers: int = 2
-    hidden: int = 256
-    dropout: float = 0.3
+def _range_text(meta: dict) -> str:
+    parts = [f">= {meta['min']:g}" if meta.get("min") is not None else "",
+             f"> {meta['above']:g}" if meta.get("above") is not None else "",
+             f"<= {meta['max']:g}" if meta.get("max") is not None else "",
+             f"< {meta['below']:g}" if meta.get("below") is not None else ""]
+    return " and ".join(p for p in parts if p)
+
+
+def check_fields(obj) -> None:
+    """Check (and coerce) every field of a frozen dataclass against its type and range."""
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        ok, value = _coerce(value, hints[f.name])
+        meta = f.metadata
+        if ok and isinstance(value, (int, float)) and not isinstance(value, bool):
+            ok = not ((meta.get("min") is not None and value < meta["min"])
+                      or (meta.get("max") is not None and value > meta["max"])
+                      or (meta.get("below") is not None and value >= meta["below"])
+                      or (meta.get("above") is not None and value <= meta["above"]))
+        if not ok:
+            rng = _range_text(meta)
+            raise ConfigError(f"`{f.name}` must be {_describe(hints[f.name])}{' ' + rng if rng else ''}, "
+                              f"got {getattr(obj, f.name)!r}")
+        object.__setattr__(obj, f.name, value)
+
+
+def from_dict(cls, values: dict, where: str = ""):
+    """``cls(**values)``, with unknown keys and bad values reported by name (and ``where``)."""
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - names)
+    prefix = f"{where}: " if where else ""
+    if unknown:
+        raise ConfigError(f"{prefix}unknown setting(s) {', '.join(unknown)} (settings: {', '.join(sorted(names))})")
+    try:
+        return cls(**values)
+    except ConfigError as err:
+        raise ConfigError(f"{prefix}{err}") from None
+    except TypeError as err:  # a required setting is missing
+        raise ConfigError(f"{prefix}{err}") from None
+
+
+def settings_table(cls, title: str) -> str:
+    """A markdown table of the class's settings: name, type, default, doc (for config/README.md)."""
+    hints = typing.get_type_hints(cls)
+    rows = [f"### {title}", "", "| setting | type | default | meaning |", "|---|---|---|---|"]
+    for f in fields(cls):
+        rng = _range_text(f.metadata)
+        default = "required" if f.default is dataclasses.MISSING else (
+            "null" if f.default is None else str(f.default).lower() if isinstance(f.default, bool) else f.default)
+        rows.append(f"| `{f.name}` | {_describe(hints[f.name])}{' ' + rng if rng else ''} | {default} | "
+                    f"{f.metadata.get('doc', '')} |")
+    return "\n".join(rows) + "\n"
 
 
 @dataclass(frozen=True)
 class HMMConfig:
-    num_states: int = 32768
-    num_clusters: int = 128
-    constraint: str = "brown"
-    states_per_word: int | None = None
-    state_repr: str = "independent"
-    neural: bool = True
-    hidden: int = 256
-    state_dropout: float = 0.5
-    transition_dropout: float = 0.0
-    eos_reset: str = "none"
-    backend: str = "torch"
+    """The VLNHMM (paper sections 3-5, A.4); defaults are the paper's Table 1 model."""
+
+    num_states: int = setting(32768, "|Z|: hidden states", min=1)
+    num_clusters: int = setting(128, "M: emission blocks = Brown clusters (1 with constraint none)", min=1)
+    constraint: Literal["brown", "uniform", "none"] = setting(
+        "brown", "which states may emit a word: its Brown cluster's block, random states per word, or all")
+    states_per_word: int | None = setting(None, "constraint uniform only: random states per word", min=1)
+    state_repr: Literal["independent", "factored"] = setting(
+        "independent", "state embeddings: one per state, or block embedding + state embedding (Table 4)")
+    neural: bool = setting(True, "residual-MLP parameterization; false = free logits (Table 2, - neural)")
+    hidden: int = setting(256, "h: embedding and MLP width", min=1)
+    state_dropout: float = setting(0.5, "lambda: share of each block's states dropped per batch", min=0, below=1)
+    transition_dropout: float = setting(0.0, "share of transition logits dropped per batch (uniform ablation)",
+                                        min=0, below=1)
+    eos_reset: Literal["none", "train", "always"] = setting(
+        "none", "after <eos> draw the next state from the start distribution: never, in training, always")
+    backend: Literal["torch", "tvm"] = setting("torch", "forward/backward scans: plain PyTorch or TVM kernels")
+
+    def __post_init__(self):
+        check_fields(self)
+        self._check_rules()
 
     @property
     def states_per_block(self) -> int:
@@ -80,9 +154,13 @@ class HMMConfig:
         """k' = (1 - state_dropout) k: live states of one step during training."""
         return round(self.states_per_block * (1 - self.state_dropout))
 
-    def check(self) -> None:
+    @property
+    def scan_sizes(self) -> set[int]:
+        """Live states per step the scans see: k' in training, k at evaluation."""
+        return {self.kept_per_block, self.states_per_block}
+
+    def _check_rules(self) -> None:
         """Raise ConfigError for combinations the model does not define."""
-        k = self.states_per_block
         if self.constraint == "uniform":
             if not self.states_per_word or self.states_per_word > self.num_states:
                 raise ConfigError("constraint uniform needs 1 <= states_per_word <= num_states")
@@ -96,6 +174,7 @@ class HMMConfig:
                 raise ConfigError("constraint none means one block holding every word: set num_clusters: 1")
             if self.num_states % self.num_clusters:
                 raise ConfigError(f"num_states {self.num_states} is not a multiple of num_clusters {self.num_clusters}")
+        k = self.states_per_block
         kept = k * (1 - self.state_dropout)
         if abs(kept - round(kept)) > 1e-9 or round(kept) < 1:
             raise ConfigError(f"state_dropout {self.state_dropout} must keep a whole number >= 1 of the {k} states per block")
@@ -105,136 +184,3 @@ class HMMConfig:
             raise ConfigError("state_repr factored needs neural: true and an even hidden size")
         if not self.neural and self.state_repr != "independent":
             raise ConfigError("neural: false has no state embeddings: leave state_repr independent")
-
-
-MODELS = {"kn5": KN5Config, "ff": FFConfig, "lstm": LSTMConfig, "vlnhmm": HMMConfig}
-TRAINED = {"ff", "lstm", "vlnhmm"}
-
-
-def _names(cls) -> set[str]:
-    return {f.name for f in fields(cls)}
-
-
-@dataclass(frozen=True)
-class Run:
-    name: str
-    dataset: str
-    model: str
-    settings: Any
-    train: TrainConfig | None
-    rows: tuple[str, ...] = ()
-
-    @property
-    def key(self) -> str:
-        return f"{self.dataset}/{self.name}"
-
-    @property
-    def needs_gpu(self) -> bool:
-        return self.train is not None and self.train.device != "cpu"
-
-    @property
-    def kernel_target(self) -> str:
-        """The TVM target whose kernels this run loads: llvm on the CPU, cuda on a GPU."""
-        return "llvm" if self.train is not None and self.train.device == "cpu" else "cuda"
-
-    @property
-    def scan_sizes(self) -> set[int]:
-        """Live states per step the run's scans see: k' in training, k at evaluation (VLNHMM only)."""
-        if self.model != "vlnhmm":
-            return set()
-        return {self.settings.kept_per_block, self.settings.states_per_block}
-
-    def to_dict(self) -> dict:
-        return {
-            "name": self.name, "dataset": self.dataset, "model": self.model, "rows": list(self.rows),
-            "settings": dataclasses.asdict(self.settings),
-            "train": dataclasses.asdict(self.train) if self.train else None,
-        }
-
-    def result_spec(self) -> dict:
-        """What the run computes: everything but ``rows`` (which only places it in tables)."""
-        spec = self.to_dict()
-        del spec["rows"]
-        return spec
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Run":
-        return cls(d["name"], d["dataset"], d["model"], MODELS[d["model"]](**d["settings"]),
-                   TrainConfig(**d["train"]) if d["train"] else None, tuple(d.get("rows", ())))
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
-
-    @classmethod
-    def load(cls, path) -> "Run":
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
-
-
-# Settings that say where or for how long a run executes, not what it computes.
-EXECUTION_SETTINGS = frozenset({"device", "max_seconds"})
-
-
-def spec_differences(trained: dict, current: dict) -> list[tuple[str, Any, Any]]:
-    """(setting, trained value, current value) for every setting in which two result specs differ.
-
-    Both are :meth:`Run.result_spec` dicts; settings in :data:`EXECUTION_SETTINGS` are ignored.
-    """
-    diffs = [(k, trained.get(k), current.get(k)) for k in ("name", "dataset", "model")
-             if trained.get(k) != current.get(k)]
-    for part in ("settings", "train"):
-        old, new = trained.get(part) or {}, current.get(part) or {}
-        diffs += [(key, old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
-                  if key not in EXECUTION_SETTINGS and old.get(key) != new.get(key)]
-    return diffs
-
-
-def stale_reason(trained: dict | None, current: dict) -> str | None:
-    """None if a result was computed from ``current``; else a status saying what differs."""
-    if trained is None:
-        return "stale: the result does not record the settings it was trained from (rerun it)"
-    diffs = spec_differences(trained, current)
-    if not diffs:
-        return None
-    was = ", ".join(f"{k}={v}" for k, v, _ in diffs)
-    now = ", ".join(f"{k}={v}" for k, _, v in diffs)
-    return f"stale: trained with {was}, the config says {now} (rerun it)"
-
-
-def resolve_run(entry: dict, defaults: dict) -> Run:
-    """One ``runs:`` entry with its defaults applied, as a typed Run."""
-    entry = dict(entry)
-    name, dataset, model = entry.pop("name"), entry.pop("dataset"), entry.pop("model")
-    rows = tuple(entry.pop("rows", ()))
-    where = f"run {dataset}/{name}"
-    model_cls = MODELS[model]
-    model_keys, train_keys = _names(model_cls), _names(TrainConfig) if model in TRAINED else set()
-    merged: dict = {}
-    if model in TRAINED:
-        merged.update(defaults.get("train", {}))
-    merged.update(defaults.get(model, {}))
-    for key in entry:
-        if key not in model_keys | train_keys:
-            raise ConfigError(f"{where}: `{key}` is not a setting of model {model} "
-                              f"(its settings: {', '.join(sorted(model_keys | train_keys))})")
-    merged.update(entry)
-    settings = model_cls(**{k: v for k, v in merged.items() if k in model_keys})
-    train = TrainConfig(**{k: v for k, v in merged.items() if k in train_keys}) if model in TRAINED else None
-    if isinstance(settings, HMMConfig):
-        try:
-            settings.check()
-        except ConfigError as e:
-            raise ConfigError(f"{where}: {e}") from None
-    return Run(name, dataset, model, settings, train, rows)
-
-
-def resolve_runs(config: dict) -> list[Run]:
-    runs = [resolve_run(e, config["defaults"]) for e in config["runs"]]
-    seen: set[str] = set()
-    for run in runs:
-        if run.dataset not in config["datasets"]:
-            raise ConfigError(f"run {run.key}: unknown dataset {run.dataset!r} (datasets: {', '.join(config['datasets'])})")
-        if run.key in seen:
-            raise ConfigError(f"run {run.key} is defined twice")
-        seen.add(run.key)
-    return runs

@@ -29,15 +29,10 @@ kernels run on CPU tensors in Triton's interpreter (slow; for tests).  Triton 3.
 multiplies bfloat16 dot operands as raw 16-bit integers, so under it they are upcast to float32
 first (exact); it also rounds float32 -> bfloat16 toward zero (w only, in the backward).
 
-Benchmark: ``python -m hmm.fused_normalizer --bench --R 16384 --C 16384 --h 256 --precision bf16``
+Benchmark: ``python -m bench.normalizer --R 16384 --C 16384 --h 256 --precision bf16``
 times the torch tiles against the kernels (forward, forward + backward) and prints CSV rows.
 """
 from __future__ import annotations
-
-import argparse
-import csv
-import sys
-import time
 
 import torch
 import triton
@@ -257,80 +252,3 @@ def row_logsumexp(p: torch.Tensor, q: torch.Tensor, precision: str = "fp32",
     _check(p, q, precision, block)
     blocks = TILES[precision] if block is None else (tuple(block), tuple(block))
     return _FusedRowLogSumExp.apply(p, q, precision, blocks)
-
-
-# ---------------------------------------------------------------------------------------
-# Benchmark
-# ---------------------------------------------------------------------------------------
-
-def _time_ms(fn, repeats: int, device: torch.device) -> float:
-    """Median wall time of fn() in ms (CUDA-synchronized), after one warm-up call."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(1e3 * (time.perf_counter() - start))
-    return sorted(times)[len(times) // 2]
-
-
-def bench(R: int, C: int, h: int, precision: str, device: str, repeats: int = 5) -> list[dict]:
-    """Times the torch tiles and the Triton kernels on random P [R, h], Q [C, h].
-
-    Rows: impl, precision, R, C, h, device, fwd_ms, fwd_bwd_ms and max_abs_diff of log Z
-    against the torch tiles (same rounded operands).
-    """
-    from hmm import normalizer
-    dev = torch.device(device)
-    g = torch.Generator().manual_seed(0)
-    p = (torch.randn(R, h, generator=g) / h ** 0.5).to(dev).requires_grad_()
-    q = torch.randn(C, h, generator=g).to(dev).requires_grad_()
-    ref = normalizer.row_logsumexp(p, q, precision, impl="torch").detach()
-    rows = []
-    for impl in ("torch", "triton"):
-        fn = (lambda: normalizer.row_logsumexp(p, q, precision, impl="torch")) if impl == "torch" else \
-            (lambda: row_logsumexp(p, q, precision))
-
-        def step():
-            fn().sum().backward()
-
-        with torch.no_grad():
-            fwd = _time_ms(fn, repeats, dev)
-            diff = (fn() - ref).abs().max().item()
-        rows.append(dict(impl=impl, precision=precision, R=R, C=C, h=h, device=str(dev),
-                         fwd_ms=round(fwd, 4), fwd_bwd_ms=round(_time_ms(step, repeats, dev), 4),
-                         max_abs_diff=diff))
-    return rows
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bench", action="store_true", help="time torch tiles vs Triton and print CSV")
-    ap.add_argument("--R", type=int, nargs="+", default=[16384])
-    ap.add_argument("--C", type=int, default=16384)
-    ap.add_argument("--h", type=int, default=256)
-    ap.add_argument("--precision", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--out", help="also write the CSV rows to this file")
-    args = ap.parse_args(argv)
-    if not args.bench:
-        ap.print_help()
-        return
-    rows = [row for R in args.R for prec in args.precision
-            for row in bench(R, args.C, args.h, prec, args.device, args.repeats)]
-    streams = [sys.stdout] + ([open(args.out, "w", newline="")] if args.out else [])
-    for stream in streams:
-        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    for stream in streams[1:]:
-        stream.close()
-
-
-if __name__ == "__main__":
-    main()

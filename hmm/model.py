@@ -64,11 +64,12 @@ class Structure(nn.Module):
         self.constraint = cfg.constraint
         self.num_states = cfg.num_states
         self.k = cfg.states_per_block
+        cpu = torch.device("cpu")  # index tables are built on the CPU (also under a meta device context)
         if cfg.constraint == "uniform":
             g = torch.Generator().manual_seed(seed)
-            states = torch.rand(vocab_size, cfg.num_states, generator=g).argsort(dim=1)[:, : self.k]
+            states = torch.rand(vocab_size, cfg.num_states, generator=g, device=cpu).argsort(dim=1)[:, : self.k]
             self.register_buffer("word_states", states.sort(dim=1).values)
-            used = torch.zeros(cfg.num_states, dtype=torch.bool)
+            used = torch.zeros(cfg.num_states, dtype=torch.bool, device=cpu)
             used[self.word_states.flatten()] = True
             if not used.all():
                 raise ValueError(f"uniform constraint: {int((~used).sum())} states emit no word; use more states_per_word")
@@ -79,13 +80,13 @@ class Structure(nn.Module):
             raise ValueError("the brown constraint needs a cluster id for every vocabulary word")
         if clusters.max() + 1 != cfg.num_clusters:
             raise ValueError(f"the cluster file has {clusters.max() + 1} clusters, the model num_clusters {cfg.num_clusters}")
-        block = torch.as_tensor(clusters, dtype=torch.long)
+        block = torch.as_tensor(clusters, dtype=torch.long, device=cpu)
         sizes = torch.bincount(block, minlength=cfg.num_clusters)
         order = torch.argsort(block, stable=True)  # words grouped by block, vocabulary order inside
-        slot = torch.arange(vocab_size) - torch.repeat_interleave(torch.cumsum(sizes, 0) - sizes, sizes)
-        block_words = torch.full((cfg.num_clusters, int(sizes.max())), -1, dtype=torch.long)
+        slot = torch.arange(vocab_size, device=cpu) - torch.repeat_interleave(torch.cumsum(sizes, 0) - sizes, sizes)
+        block_words = torch.full((cfg.num_clusters, int(sizes.max())), -1, dtype=torch.long, device=cpu)
         block_words[block[order], slot] = order
-        pos = torch.empty(vocab_size, dtype=torch.long)
+        pos = torch.empty(vocab_size, dtype=torch.long, device=cpu)
         pos[order] = slot
         self.register_buffer("block_of_word", block)
         self.register_buffer("word_slot", pos)      # the word's column in block_words
@@ -342,7 +343,6 @@ class VLNHMM(nn.Module):
     def __init__(self, cfg: HMMConfig, vocab_size: int, clusters: np.ndarray | None, eos_id: int,
                  seed: int = 0, scan=inference.TorchScan, lean_transition: bool = True):
         super().__init__()
-        cfg.check()
         self.cfg = cfg
         self.eos_id = eos_id
         self.scan = scan
@@ -353,8 +353,6 @@ class VLNHMM(nn.Module):
         self.generator = torch.Generator().manual_seed(seed)  # state dropout draws (checkpointed)
         self._cache: tuple[tuple, HMMParams] | None = None
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
 
     # -- building the distributions -------------------------------------------------------
 

@@ -1,25 +1,49 @@
-"""Shared fixtures: the real data from the local mirror (../shared/data), fetched and prepared once."""
+"""Shared fixtures: real data, fetched through the pipeline's own checksummed path.
+
+``tiny_raw`` / ``small_ptb``: the prefixes kept in the repository (.test/data), so most tests run
+on a fresh clone with nothing beside it.  ``raw``: the full corpora from the local mirror
+../shared/data; tests that need them are skipped, with the reason, where it is absent.
+"""
 from pathlib import Path
 
 import pytest
 import yaml
 
-from hmm.data import prepare
-from hmm.fetch import fetch
+from pipeline.data import prepare
+from pipeline.fetch import fetch
 
 ROOT = Path(__file__).resolve().parent.parent
 MIRROR = (ROOT / "../shared/data").resolve()
+TEST_DATA = ROOT / ".test/data"
 CONFIG = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+TINY = yaml.safe_load((ROOT / "config/tiny.yaml").read_text())
+
+
+def dataset_spec(dataset: str, tiny: bool) -> dict:
+    """The dataset's config entry (tiny: with the in-repository prefixes' checksums)."""
+    spec = dict(CONFIG["datasets"][dataset])
+    if tiny:
+        spec["splits"] = TINY["datasets"][dataset]["splits"]
+    return spec
 
 
 @pytest.fixture(scope="session")
 def raw(tmp_path_factory) -> Path:
-    """Both datasets' raw files, copied from the mirror and checked against the pinned SHA-256."""
+    """Both full datasets' raw files, copied from the mirror and checked against the pinned SHA-256."""
     if not MIRROR.is_dir():
-        pytest.fail(f"the data mirror {MIRROR} is missing (tests expect ../shared/data beside the repository)")
+        pytest.skip(f"the full-data mirror {MIRROR} is absent (put the PTB / WikiText-2 files there)")
     out = tmp_path_factory.mktemp("raw")
-    for spec in CONFIG["datasets"].values():
-        fetch(spec, out, MIRROR)
+    for name in CONFIG["datasets"]:
+        fetch(dataset_spec(name, tiny=False), out, MIRROR)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_raw(tmp_path_factory) -> Path:
+    """The in-repository prefixes of both datasets, fetched and checked like the full data."""
+    out = tmp_path_factory.mktemp("tiny_raw")
+    for name in CONFIG["datasets"]:
+        fetch(dataset_spec(name, tiny=True), out, TEST_DATA)
     return out
 
 
@@ -28,8 +52,8 @@ def raw_paths(raw: Path, dataset: str) -> dict:
 
 
 @pytest.fixture(scope="session")
-def small_ptb(raw, tmp_path_factory) -> Path:
+def small_ptb(tiny_raw, tmp_path_factory) -> Path:
     """The first 300 / 50 / 50 lines of PTB, prepared."""
     out = tmp_path_factory.mktemp("small_ptb")
-    prepare(raw_paths(raw, "ptb"), out, "lines", {"train": 300, "valid": 50, "test": 50})
+    prepare(raw_paths(tiny_raw, "ptb"), out, "lines", {"train": 300, "valid": 50, "test": 50})
     return out

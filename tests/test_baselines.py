@@ -1,4 +1,4 @@
-"""The FF and LSTM baselines: parameter counts, window invariance, padding, brute force, training mode."""
+"""The FF and LSTM baselines: window invariance, padding, brute force, training mode (counts: test_params)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,7 +7,8 @@ from baselines.ff import FFLM
 from baselines.lstm import LSTMLM
 
 V, B, T = 50, 3, 23
-MODELS = {"ff": lambda: FFLM(V, hidden=16), "lstm": lambda: LSTMLM(V, hidden=16)}
+MODELS = {"ff": lambda: FFLM(V, order=5, hidden=16, dropout=0.3),
+          "lstm": lambda: LSTMLM(V, layers=2, hidden=16, dropout=0.3)}
 
 
 def leaves(carry):
@@ -23,13 +24,6 @@ def make(name, seed=0):
 def data(seed=1):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(V, (B, T), generator=g), torch.ones(B, T, dtype=torch.bool)
-
-
-@pytest.mark.parametrize("cls,vocab,count", [
-    (FFLM, 10_000, 2_889_216), (FFLM, 33_278, 8_848_384),
-    (LSTMLM, 10_000, 3_622_672), (LSTMLM, 33_278, 9_605_118)])
-def test_parameter_count(cls, vocab, count):
-    assert cls(vocab).num_parameters() == count
 
 
 @pytest.mark.parametrize("width", [1, 5])

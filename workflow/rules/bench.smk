@@ -3,40 +3,48 @@
 BENCH = config["bench"]
 
 
-def kernel_manifest(wc):
-    return f"build/kernels/{'llvm' if wc.device == 'cpu' else 'cuda'}/manifest.json"
-
-
 rule bench_kernels:
-    input: kernel_manifest
+    input:
+        kernel_manifest,
     output:
         csv="results/bench/kernel_{device}.csv",
         png=report("results/bench/kernel_{device}.png", category="Benchmarks", caption="../report/bench.rst"),
-    params:
-        states=" ".join(map(str, BENCH["kernel_states"])),
-    resources:
-        gpu=lambda wc: int(wc.device == "cuda"),
+    log:
+        "logs/bench/kernel_{device}.log",
     wildcard_constraints:
         device="cpu|cuda",
+    conda:
+        ENV
+    resources:
+        gpu=lambda wc: int(wc.device == "cuda"),
+    params:
+        states=" ".join(map(str, BENCH["kernel_states"])),
+        kernels=lambda wc, input: os.path.dirname(input[0]),
     shell:
-        "{PYTHON} -m hmm.kernels.bench --device {wildcards.device} --states {params.states} "
-        "--kernels $(dirname {input}) --out {output.csv}"
+        "python -m bench.kernels --device {wildcards.device} --states {params.states} "
+        "--kernels {params.kernels} --out {output.csv} > {log} 2>&1"
 
 
 rule bench_scale:
-    input: kernel_manifest
+    input:
+        kernel_manifest,
     output:
         csv="results/bench/scale_{device}.csv",
         png=report("results/bench/scale_{device}.png", category="Benchmarks", caption="../report/bench.rst"),
+    log:
+        "logs/bench/scale_{device}.log",
+    wildcard_constraints:
+        device="cpu|cuda",
+    conda:
+        ENV
+    resources:
+        gpu=lambda wc: int(wc.device == "cuda"),
     params:
         states=lambda wc: " ".join(map(str, BENCH["scale_states"][wc.device])),
         clusters=BENCH["scale_num_clusters"],
         steps=BENCH["scale_steps"],
-    resources:
-        gpu=lambda wc: int(wc.device == "cuda"),
-    wildcard_constraints:
-        device="cpu|cuda",
+        kernels=lambda wc, input: os.path.dirname(input[0]),
     shell:
-        "{PYTHON} -m hmm.bench_scale --device {wildcards.device} --states {params.states} "
+        "python -m bench.scale --device {wildcards.device} --states {params.states} "
         "--num-clusters {params.clusters} --steps {params.steps} --backend tvm "
-        "--kernels $(dirname {input}) --out {output.csv}"
+        "--kernels {params.kernels} --out {output.csv} > {log} 2>&1"

@@ -2,17 +2,23 @@
 
 
 rule brown_clusters:
-    input: "data/{dataset}/stats.json"
+    input:
+        "data/{dataset}/stats.json",
     output:
         clusters="data/{dataset}/clusters/brown-{num_clusters}.tsv",
         summary="data/{dataset}/clusters/brown-{num_clusters}.md",
-    params:
-        alpha=config["brown"]["alpha"],
+    log:
+        "logs/clusters/{dataset}-brown-{num_clusters}.log",
     wildcard_constraints:
         num_clusters=r"\d+",
+    conda:
+        ENV
     threads: 1
-    log: "logs/clusters/{dataset}-brown-{num_clusters}.log"
+    params:
+        alpha=config["brown"]["alpha"],
+        data=lambda wc, input: os.path.dirname(input[0]),
     shell:
         # one numba thread: its spinning workers slow down 100x when jobs share the cores
-        "NUMBA_NUM_THREADS={threads} OMP_NUM_THREADS={threads} {PYTHON} -m hmm.clusters --data data/{wildcards.dataset} --num-clusters {wildcards.num_clusters} "
-        "--alpha {params.alpha} --out {output.clusters} --summary {output.summary} > {log} 2>&1 && tail -n 1 {log}"
+        "NUMBA_NUM_THREADS={threads} OMP_NUM_THREADS={threads} python -m pipeline.clusters --data {params.data} "
+        "--num-clusters {wildcards.num_clusters} --alpha {params.alpha} --out {output.clusters} "
+        "--summary {output.summary} > {log} 2>&1 && tail -n 1 {log}"

@@ -1,37 +1,45 @@
 # Raw data (download or local mirror, SHA-256 verified) and tokenized splits.
 
 
-def raw_files(dataset):
-    return {s: f"data/raw/{spec['file']}" for s, spec in config["datasets"][dataset]["splits"].items()}
-
-
 for _name, _spec in config["datasets"].items():
 
     rule:
-        name: f"download_{_name}"
-        output: list(raw_files(_name).values())
+        name:
+            f"download_{_name}"
+        output:
+            list(raw_files(_name).values()),
+        log:
+            f"logs/download/{_name}.log",
+        conda:
+            ENV
         params:
-            spec=json.dumps(_spec),
+            spec=json.dumps(_spec, sort_keys=True),
             mirror=f"--mirror {MIRROR}" if MIRROR else "",
-        log: f"logs/download/{_name}.log"
-        message: f"Fetching {_name} ({'mirror ' + str(MIRROR) if MIRROR else 'download'}) and checking SHA-256"
-        shell: "{PYTHON} -m hmm.fetch --spec '{params.spec}' --out data/raw {params.mirror} 2>&1 | tee {log}"
+        message:
+            f"Fetching {_name} ({'mirror ' + MIRROR if MIRROR else 'download'}) and checking SHA-256"
+        shell:
+            "python -m pipeline.fetch --spec {params.spec:q} --out data/raw {params.mirror} 2>&1 | tee {log}"
 
 
 rule prepare:
     """Vocabulary (train words + <eos>) and int token files; re-verifies the raw checksums."""
-    input: lambda wc: raw_files(wc.dataset).values()
+    input:
+        lambda wc: raw_files(wc.dataset).values(),
     output:
         vocab="data/{dataset}/vocab.tsv",
         stats="data/{dataset}/stats.json",
         ids=expand("data/{{dataset}}/{split}{ext}", split=SPLITS, ext=(".npy", ".docs.npy")),
+    log:
+        "logs/prepare/{dataset}.log",
+    conda:
+        ENV
     params:
-        spec=lambda wc: json.dumps(config["datasets"][wc.dataset]),
+        spec=dataset_spec,
         files=lambda wc: " ".join(f"--{s} {f}" for s, f in raw_files(wc.dataset).items()),
         documents=lambda wc: config["datasets"][wc.dataset]["documents"],
         max_lines=lambda wc: json.dumps(config["max_lines"] | config["datasets"][wc.dataset].get("max_lines", {})),
-    log: "logs/prepare/{dataset}.log"
+        out=lambda wc, output: os.path.dirname(output.stats),
     shell:
-        "({PYTHON} -m hmm.fetch --verify --spec '{params.spec}' --out data/raw && "
-        "{PYTHON} -m hmm.data {params.files} --out data/{wildcards.dataset} "
-        "--documents {params.documents} --max-lines '{params.max_lines}') 2>&1 | tee {log}"
+        "(python -m pipeline.fetch --verify --spec {params.spec:q} --out data/raw && "
+        "python -m pipeline.data {params.files} --out {params.out} "
+        "--documents {params.documents} --max-lines {params.max_lines:q}) 2>&1 | tee {log}"

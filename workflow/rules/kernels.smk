@@ -7,23 +7,32 @@ rule kernels_llvm:
     output:
         manifest="build/kernels/llvm/manifest.json",
         libraries=expand("build/kernels/llvm/scan_n{n}.so", n=KERNEL_STATES),
+    log:
+        "logs/kernels/llvm.log",
+    conda:
+        ENV
     params:
         states=" ".join(map(str, KERNEL_STATES)),
-    log: "logs/kernels/llvm.log"
+        out=lambda wc, output: os.path.dirname(output.manifest),
     shell:
-        "{PYTHON} -m hmm.kernels.build --target llvm --states {params.states} "
-        "--out build/kernels/llvm > {log} 2>&1 && tail -n 1 {log}"
+        "python -m hmm.kernels.build --target llvm --states {params.states} --out {params.out} "
+        "> {log} 2>&1 && tail -n 1 {log}"
 
 
 rule kernels_cuda:
     output:
         manifest="build/kernels/cuda/manifest.json",
-        libraries=expand("build/kernels/cuda/scan_n{n}_{arch}.{ext}", n=KERNEL_STATES,
-                         arch=config["kernels"]["cuda_archs"], ext=("so", "cu", "fatbin")),
+        libraries=expand(
+            "build/kernels/cuda/scan_n{n}_{arch}.{ext}", n=KERNEL_STATES, arch=CUDA_ARCHS, ext=("so", "cu", "fatbin")
+        ),
+    log:
+        "logs/kernels/cuda.log",
+    conda:
+        ENV
     params:
         states=" ".join(map(str, KERNEL_STATES)),
-        archs=" ".join(config["kernels"]["cuda_archs"]),
-    log: "logs/kernels/cuda.log"
+        archs=" ".join(CUDA_ARCHS),
+        out=lambda wc, output: os.path.dirname(output.manifest),
     shell:
-        "{PYTHON} -m hmm.kernels.build --target cuda --states {params.states} --arch {params.archs} "
-        "--out build/kernels/cuda > {log} 2>&1 && tail -n 1 {log}"
+        "python -m hmm.kernels.build --target cuda --states {params.states} --arch {params.archs} "
+        "--out {params.out} > {log} 2>&1 && tail -n 1 {log}"

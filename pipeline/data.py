@@ -5,7 +5,7 @@ by ``<eos>``; blank lines are data (a lone ``<eos>``).  The vocabulary is the se
 tokens, ordered by descending count, ties broken by code point.  Words of valid/test that
 are not in it become ``<unk>`` (happens only on the prefixes of the tiny profile).
 
-Prepared split on disk (``python -m hmm.data``):  ``{split}.npy`` int32 token ids,
+Prepared split on disk (``python -m pipeline.data``):  ``{split}.npy`` int32 token ids,
 ``{split}.docs.npy`` int64 start offsets of documents (PTB: lines, WikiText-2: articles;
 training shuffles whole documents), ``vocab.tsv`` (token, train count), ``stats.json``.
 """

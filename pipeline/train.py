@@ -1,6 +1,6 @@
 """The training loop shared by every trained model (FF, LSTM, VLNHMM).
 
-One run = one resolved :class:`hmm.config.Run`.  :class:`Trainer` takes it in named steps:
+One run = one resolved :class:`pipeline.config.Run`.  :class:`Trainer` takes it in named steps:
 
 * ``restore``: resume from the run's checkpoint if it was made from the same settings and data;
 * ``step``: one optimizer step on one BPTT window (loss = -(sum of log p) / tokens, AdamW,
@@ -35,10 +35,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hmm.config import Run
-from hmm.data import Corpus, Windows
-from hmm.progress import progress, say
-from hmm.provenance import CPU_NAME, provenance
+from pipeline.config import Run
+from pipeline.data import Corpus, Windows
+from pipeline.models import build_model, count_parameters
+from pipeline.progress import progress, say
+from pipeline.provenance import CPU_NAME, provenance
+from pipeline.timing import synchronize
 
 NAN_CHECK_EVERY = 50  # steps between host reads of the device-side non-finite flag
 
@@ -58,33 +60,6 @@ def resolve_device(name: str) -> torch.device:
         "(snakemake --profile profiles/tiny ...) or set `device: cpu` for this run in the config.")
 
 
-def build_model(run: Run, corpus: Corpus, clusters: Path | None, kernels: list[Path]) -> torch.nn.Module:
-    vocab_size = len(corpus.vocab)
-    if run.model == "ff":
-        from baselines.ff import FFLM
-        return FFLM(vocab_size, run.settings.order, run.settings.hidden, run.settings.dropout)
-    if run.model == "lstm":
-        from baselines.lstm import LSTMLM
-        return LSTMLM(vocab_size, run.settings.layers, run.settings.hidden, run.settings.dropout)
-    if run.model == "vlnhmm":
-        from hmm import inference
-        from hmm.clusters import load_clusters
-        from hmm.model import VLNHMM
-        cfg = run.settings
-        scan = inference.TorchScan
-        if cfg.backend == "tvm":
-            from hmm.kernels import TVMScan
-            scan = TVMScan(*kernels)
-        cluster_ids = load_clusters(clusters, corpus.vocab) if cfg.constraint == "brown" else None
-        return VLNHMM(cfg, vocab_size, cluster_ids, corpus.vocab.index["<eos>"], seed=run.train.seed, scan=scan)
-    raise ValueError(f"model {run.model!r} is not trained by this loop")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def perplexity(nll: float) -> float:
     """exp(nll): inf where that overflows a float, NaN for a NaN."""
     return math.exp(nll) if nll < 709.0 or math.isnan(nll) else math.inf
@@ -98,12 +73,12 @@ def evaluate(model, ids: torch.Tensor, batch_size: int, bptt: int, device) -> tu
     model.eval()
     windows = Windows(ids, batch_size, bptt)
     total, carry = torch.zeros((), dtype=torch.float64, device=device), model.initial_state(windows.batch_size)
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     for x, mask in windows:
         logp, carry = model(x.to(device), mask.to(device), carry)
         total += logp.sum(dtype=torch.float64)
-    _sync(device)
+    synchronize(device)
     ms = 1000 * (time.perf_counter() - start) / len(windows)
     model.train()
     return perplexity(-float(total) / windows.num_tokens), ms
@@ -190,7 +165,7 @@ class Trainer:
         self.check_every = max(1, math.ceil(self.steps_per_epoch / cfg.evals_per_epoch))
         self.total_steps = math.ceil(cfg.epochs * self.steps_per_epoch)
         self.last_step = min(self.total_steps, cfg.max_steps) if cfg.max_steps else self.total_steps
-        self.params = sum(p.numel() for p in model.parameters())
+        self.params = count_parameters(model)
         self.best_path = self.checkpoint.with_name("best.pt")
         self.valid_batches = len(Windows(corpus.splits["valid"], cfg.eval_batch_size, cfg.bptt))
         self.state = {"step": 0, "carry": None, "best": math.inf, "best_step": 0, "curve": [], "wall": 0.0,
@@ -348,7 +323,7 @@ class Trainer:
         write_curve(st["curve"], self.out / "curve.csv")
         write_json(metrics, self.out / "metrics.json")
         try:
-            from hmm.curves import plot as plot_curve
+            from pipeline.curves import plot as plot_curve
         except ImportError:  # a node without matplotlib/pandas: the CSV is the record
             pass
         else:
@@ -390,7 +365,7 @@ class Trainer:
                 at_check = self.cut_by_time = True  # out of time inside a segment: check now
             if not at_check:
                 continue
-            _sync(self.device)
+            synchronize(self.device)
             segment = time.perf_counter() - start
             self.check(tokens, segment)
             tokens, start = 0, time.perf_counter()
@@ -411,22 +386,25 @@ def train(run: Run, corpus: Corpus, model: torch.nn.Module, out: Path, checkpoin
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Train and evaluate one run (FF, LSTM or VLNHMM).")
     p.add_argument("--spec", required=True, help="the run's resolved spec: JSON text, or a spec.json file")
-    p.add_argument("--data", required=True, type=Path, help="prepared dataset directory")
-    p.add_argument("--clusters", type=Path, help="Brown cluster file (vlnhmm, constraint brown)")
-    p.add_argument("--kernels", type=Path, nargs="*", default=[], help="TVM kernel directories (backend tvm)")
-    p.add_argument("--out", required=True, type=Path, help="directory for metrics.json and curve.csv")
-    p.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file (resumed if present)")
+    p.add_argument("--data", type=Path, help="prepared dataset directory (default: the run's, data/<dataset>)")
+    p.add_argument("--clusters", type=Path, help="Brown cluster file (default: the run's)")
+    p.add_argument("--kernel-root", type=Path, default=Path("build/kernels"), help="parent of llvm/ and cuda/")
+    p.add_argument("--out", type=Path, help="directory for metrics.json and curve.csv (default: the run's)")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint file, resumed if present (default: the run's)")
     a = p.parse_args(argv)
     run = Run.from_dict(json.loads(a.spec if a.spec.lstrip().startswith("{") else Path(a.spec).read_text()))
+    inputs = run.inputs()
+    data = a.data or Path(inputs["data"]).parent
+    clusters = a.clusters or (Path(inputs["clusters"]) if "clusters" in inputs else None)
+    out, checkpoint = a.out or Path(run.out_dir), a.checkpoint or Path(run.checkpoint)
     try:
         resolve_device(run.train.device)
         torch.manual_seed(run.train.seed)  # weight init and dropout; restored from the checkpoint on resume
-        corpus = Corpus.load(a.data)
-        model = build_model(run, corpus, a.clusters, a.kernels)
-        data_files = [a.data / "vocab.tsv", a.data / "stats.json", a.clusters]
-        a.out.mkdir(parents=True, exist_ok=True)
-        write_json(run.to_dict(), a.out / "spec.json")
-        train(run, corpus, model, a.out, a.checkpoint, fingerprint_of(run, *data_files))
+        corpus = Corpus.load(data)
+        model = build_model(run, corpus, clusters, a.kernel_root)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(run.to_dict(), out / "spec.json")
+        train(run, corpus, model, out, checkpoint, fingerprint_of(run, data / "vocab.tsv", data / "stats.json", clusters))
     except TrainingError as e:
         sys.exit(f"error: {e}")
 

@@ -1,15 +1,15 @@
 """Cost of a VLNHMM training step and evaluation batch against the number of states |Z|.
 
-    python -m hmm.bench_scale --device cpu --states 256 512 1024 2048 4096 --num-clusters 16 16 16 32 64 \\
+    python -m bench.scale --device cpu --states 256 512 1024 2048 4096 --num-clusters 16 16 16 32 64 \\
         --vocab 10000 --steps 3 --backend tvm --kernels build/kernels/llvm --out results/bench/scale_cpu.csv
-    python -m hmm.bench_scale --device cuda --states 4096 8192 16384 32768 65536 131072 262144 \\
+    python -m bench.scale --device cuda --states 4096 8192 16384 32768 65536 131072 262144 \\
         --num-clusters 128 --vocab 10000 --backend tvm --kernels build/kernels/cuda --out results/bench/scale_cuda.csv
 
 Setup per |Z| (M blocks, k = |Z| / M states per block, k' = (1 - dropout) k kept in training,
 C' = M k' live states): a VLNHMM (hidden h, state dropout) on synthetic text with a realistic
 vocabulary: V words in M random clusters of ~V/M words, Zipf word frequencies, ``<eos>`` about
 every 22 tokens; B streams x T tokens per window, the carry passed between windows, AdamW and
-gradient clipping at 5 as in :mod:`hmm.train`.  Both paths run in the same process on the
+gradient clipping at 5 as in :mod:`pipeline.train`.  Both paths run in the same process on the
 same initial weights and windows:
 
     reference  dense log_softmax of the [C', C'] transition logits, PyTorch scan (``lean_transition=False``)
@@ -122,7 +122,7 @@ def mib(tensors) -> float:
 
 
 def train_step(model, opt, batch, carry, clock, autocast):
-    """One step as hmm.train takes it: (carry, (ms forward, ms backward, ms clip + AdamW))."""
+    """One step as pipeline.train takes it: (carry, (ms forward, ms backward, ms clip + AdamW))."""
     x, mask = batch
     t0 = clock()
     with autocast():
@@ -322,7 +322,6 @@ def run(args) -> list[dict]:
     rows = []
     for states, M in zip(args.states, clusters):
         cfg = HMMConfig(num_states=states, num_clusters=M, hidden=args.hidden, state_dropout=args.dropout)
-        cfg.check()
         data = synthetic(args.vocab, M, args.batch, args.bptt, 4, args.seed)
         common = {"device": args.device, "threads": torch.get_num_threads(), "precision": precision, "states": states, "clusters": M,
                   "k": cfg.states_per_block, "kept": cfg.kept_per_block, "vocab": args.vocab,

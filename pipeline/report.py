@@ -8,10 +8,10 @@ run's dataset); ``fig3`` / ``fig4`` make it a point of that figure.  Metrics com
 ``reference: ...`` with their provenance); failing that the row is ``not run``.  A result whose
 recorded spec differs from the config's is never shown: the row says ``stale: ...`` and what differs.
 
-    python -m hmm.report table --name table1 --paper config/paper.yaml --runs '[{"name": "kn5", ...}]' \
+    python -m pipeline.report table --name table1 --paper config/paper.yaml --runs '[{"name": "kn5", ...}]' \
         [--runs-dir results/runs] [--reference results/reference] [--not-run '{"ptb/vlnhmm-32768": "..."}'] \
         [--profile tiny] --csv results/table1.csv --png results/table1.png
-    python -m hmm.report figure --name fig3 ... (same options)
+    python -m pipeline.report figure --name fig3 ... (same options)
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-from hmm.config import stale_reason  # noqa: E402
+from pipeline.config import stale_reason  # noqa: E402
 
 FIGURE_NOTE = "paper: only the points its tables report (hollow markers); no curve read off the plot"
 
@@ -269,7 +269,7 @@ def render_figure(df: pd.DataFrame, name: str, paper: dict, profile: str | None,
 
 # ---------------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m hmm.report", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m pipeline.report", description=__doc__.split("\n")[0])
     p.add_argument("kind", choices=["table", "figure"])
     p.add_argument("--name", required=True)
     p.add_argument("--paper", required=True)

@@ -1,6 +1,6 @@
 """Brown clusters of the training vocabulary: they define the HMM's emission blocks.
 
-``python -m hmm.clusters`` clusters the train token stream (the same ids the models see,
+``python -m pipeline.clusters`` clusters the train token stream (the same ids the models see,
 ``<eos>`` included, so ``<eos>`` gets a cluster of its own choosing) with the
 ``brown-clustering`` package and writes a TSV: ``word  cluster  bits  count``, one row per
 vocabulary word in vocabulary order.  Clusters are numbered by their position in the
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hmm.data import Corpus, Vocab
+from pipeline.data import Corpus, Vocab
 
 
 def _common_prefix(codes: list[str]) -> str:
@@ -83,7 +83,7 @@ def summary(vocab: Vocab, cluster: np.ndarray, seconds: float, examples: int = 1
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Brown-cluster a prepared dataset's training vocabulary.")
-    p.add_argument("--data", required=True, type=Path, help="prepared dataset directory (python -m hmm.data)")
+    p.add_argument("--data", required=True, type=Path, help="prepared dataset directory (python -m pipeline.data)")
     p.add_argument("--num-clusters", required=True, type=int)
     p.add_argument("--alpha", type=float, default=1e-4, help="add-alpha smoothing of the bigram counts")
     p.add_argument("--out", required=True, type=Path)

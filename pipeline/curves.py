@@ -1,6 +1,6 @@
-"""Plot one run's training curve (curve.csv written by hmm.train): ppl and lr per check.
+"""Plot one run's training curve (curve.csv written by pipeline.train): ppl and lr per check.
 
-    python -m hmm.curves --csv results/runs/ptb/ff/curve.csv --png results/runs/ptb/ff/curve.png --title ptb/ff
+    python -m pipeline.curves --csv results/runs/ptb/ff/curve.csv --png results/runs/ptb/ff/curve.png --title ptb/ff
 """
 from __future__ import annotations
 

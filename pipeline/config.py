@@ -1,0 +1,278 @@
+"""The pipeline's run registry: the config's ``runs:`` resolved into typed, validated runs.
+
+A run's settings are its model's dataclass defaults (the paper's values), the model's training
+defaults (:data:`TRAIN_DEFAULTS`), the config's ``defaults.train`` and ``defaults.<model>``
+overrides, then the run's own.  Every setting is declared once, in its dataclass
+(:class:`hmm.config.HMMConfig`, :class:`TrainConfig` and the baselines' below), and checked
+there; this module adds the rules between runs (unique names, known datasets) and derives
+what the workflow needs from a run (its input files, kernel target, GPU, scan sizes).
+It imports nothing heavy: the Snakefile uses it to build the DAG.
+
+    python -m pipeline.config --doc    # config/README.md: every setting with type, default, meaning
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from hmm.config import ConfigError, HMMConfig, check_fields, from_dict, setting, settings_table
+from hmm.kernels import target_for
+
+__all__ = ["ConfigError", "Run", "TrainConfig", "resolve_run", "resolve_runs", "stale_reason"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop shared by FF, LSTM and VLNHMM (paper A.3)."""
+
+    batch_size: int = setting(doc="streams per batch (B)", min=1)
+    bptt: int = setting(doc="tokens per window (T)", min=1)
+    lr: float = setting(doc="AdamW learning rate", above=0)
+    epochs: float = setting(doc="passes over the training data", above=0)
+    weight_decay: float = setting(0.0, "AdamW weight decay", min=0)
+    clip: float | None = setting(5.0, "gradient norm clip (null: none)", above=0)
+    evals_per_epoch: int = setting(4, "validation checks per epoch", min=1)
+    lr_decay: float = setting(0.25, "lr multiplier after `patience` checks without improvement", above=0, max=1)
+    patience: int = setting(8, "checks without improvement before the lr decays", min=0)
+    seed: int = setting(1111, "seed of weights, dropout draws and data order", min=0)
+    device: Literal["auto", "cuda", "cpu"] = setting("auto", "auto = CUDA, stopping at once if there is none")
+    max_steps: int | None = setting(None, "stop after this many steps (status: cut short)", min=1)
+    max_seconds: float | None = setting(None, "stop at the last check that fits this wall time (cut short)",
+                                        above=0)
+    matmul_precision: Literal["highest", "high", "medium"] = setting(
+        "highest", "float32 matmuls: highest = fp32, high = TF32, medium = bf16 (torch's names)")
+    eval_batch_size: int = setting(16, "streams when scoring valid and test", min=1)
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class KN5Config:
+    """KenLM modified Kneser-Ney n-gram model (Table 1)."""
+
+    order: int = setting(5, "n-gram order", min=2, max=6)
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class FFConfig:
+    """256-d feed-forward 5-gram model (paper A.3)."""
+
+    order: int = setting(5, "n-gram order: the model sees order - 1 previous words", min=2)
+    hidden: int = setting(256, "embedding and hidden width", min=1)
+    dropout: float = setting(0.3, "dropout on embeddings and activations", min=0, below=1)
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class LSTMConfig:
+    """2 x 256 LSTM (paper A.3)."""
+
+    layers: int = setting(2, "LSTM layers", min=1)
+    hidden: int = setting(256, "embedding and hidden width", min=1)
+    dropout: float = setting(0.3, "dropout on embeddings, between layers and on outputs", min=0, below=1)
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+MODELS = {"kn5": KN5Config, "ff": FFConfig, "lstm": LSTMConfig, "vlnhmm": HMMConfig}
+# The training loop's defaults that differ by model (paper A.3); the rest are TrainConfig's.
+TRAIN_DEFAULTS = {
+    "ff": {"batch_size": 128, "bptt": 64, "lr": 1e-3, "epochs": 100},
+    "lstm": {"batch_size": 16, "bptt": 32, "lr": 1e-3, "epochs": 50},
+    "vlnhmm": {"batch_size": 16, "bptt": 32, "lr": 1e-2, "epochs": 50},
+}
+# Settings that say where or for how long a run executes, not what it computes.
+EXECUTION_SETTINGS = frozenset({"device", "max_seconds"})
+
+
+def _names(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One experiment: ``settings`` of its model, ``train`` (None for KenLM), the paper ``rows`` it fills."""
+
+    name: str
+    dataset: str
+    model: str
+    settings: Any
+    train: TrainConfig | None
+    rows: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}/{self.name}"
+
+    @property
+    def needs_gpu(self) -> bool:
+        return self.train is not None and self.train.device != "cpu"
+
+    @property
+    def kernel_target(self) -> str:
+        """The TVM target whose kernels this run loads."""
+        return target_for(self.train.device if self.train else "cpu")
+
+    @property
+    def scan_sizes(self) -> set[int]:
+        """Live states per step of the run's HMM scans (empty for other models)."""
+        return self.settings.scan_sizes if isinstance(self.settings, HMMConfig) else set()
+
+    @property
+    def out_dir(self) -> str:
+        return f"results/runs/{self.key}"
+
+    @property
+    def checkpoint(self) -> str:
+        return f"build/checkpoints/{self.key}/ckpt.pt"
+
+    def inputs(self, cuda_arch: str = "sm_90") -> dict[str, Any]:
+        """The files the run reads, relative to the working directory (the rule's inputs).
+
+        ``cuda_arch``: whose CUDA libraries a tvm run on a GPU depends on (any built arch loads)."""
+        inputs: dict[str, Any] = {"data": f"data/{self.dataset}/stats.json"}
+        if isinstance(self.settings, HMMConfig) and self.settings.constraint == "brown":
+            inputs["clusters"] = f"data/{self.dataset}/clusters/brown-{self.settings.num_clusters}.tsv"
+        if isinstance(self.settings, HMMConfig) and self.settings.backend == "tvm":
+            suffix = "" if self.kernel_target == "llvm" else f"_{cuda_arch}"
+            kdir = f"build/kernels/{self.kernel_target}"
+            inputs["kernels"] = [f"{kdir}/manifest.json"] + [f"{kdir}/scan_n{n}{suffix}.so"
+                                                             for n in sorted(self.scan_sizes)]
+        return inputs
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "dataset": self.dataset, "model": self.model, "rows": list(self.rows),
+            "settings": dataclasses.asdict(self.settings),
+            "train": dataclasses.asdict(self.train) if self.train else None,
+        }
+
+    def result_spec(self) -> dict:
+        """What the run computes: everything but ``rows`` (which only places it in tables)."""
+        spec = self.to_dict()
+        del spec["rows"]
+        return spec
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Run":
+        where = f"run {d.get('dataset')}/{d.get('name')}"
+        return cls(d["name"], d["dataset"], d["model"], from_dict(MODELS[d["model"]], d["settings"], where),
+                   from_dict(TrainConfig, d["train"], where) if d["train"] else None, tuple(d.get("rows", ())))
+
+
+def resolve_run(entry: dict, defaults: dict | None = None) -> Run:
+    """One ``runs:`` entry with its defaults applied, as a typed Run."""
+    entry, defaults = dict(entry), defaults or {}
+    name, dataset, model = entry.pop("name"), entry.pop("dataset"), entry.pop("model")
+    rows = tuple(entry.pop("rows", ()))
+    where = f"run {dataset}/{name}"
+    if model not in MODELS:
+        raise ConfigError(f"{where}: unknown model {model!r} (models: {', '.join(MODELS)})")
+    model_cls = MODELS[model]
+    trained = model in TRAIN_DEFAULTS
+    model_keys, train_keys = _names(model_cls), _names(TrainConfig) if trained else set()
+    merged = dict(TRAIN_DEFAULTS.get(model, {}))
+    for scope, values in ((f"defaults.train", defaults.get("train") if trained else None),
+                          (f"defaults.{model}", defaults.get(model)), (where, entry)):
+        unknown = sorted(set(values or {}) - model_keys - train_keys)
+        if unknown:
+            raise ConfigError(f"{scope}: {', '.join(f'`{k}`' for k in unknown)} is not a setting of model {model} "
+                              f"(its settings: {', '.join(sorted(model_keys | train_keys))})")
+        merged.update(values or {})
+    settings = from_dict(model_cls, {k: v for k, v in merged.items() if k in model_keys}, where)
+    train = from_dict(TrainConfig, {k: v for k, v in merged.items() if k in train_keys}, where) if trained else None
+    return Run(name, dataset, model, settings, train, rows)
+
+
+def resolve_runs(config: dict) -> list[Run]:
+    """Every run of the config; names unique per dataset and telling the model apart."""
+    runs = [resolve_run(e, config.get("defaults")) for e in config["runs"]]
+    seen: set[str] = set()
+    model_of: dict[str, str] = {}
+    for run in runs:
+        if run.dataset not in config["datasets"]:
+            raise ConfigError(f"run {run.key}: unknown dataset {run.dataset!r} (datasets: {', '.join(config['datasets'])})")
+        if run.key in seen:
+            raise ConfigError(f"run {run.key} is defined twice")
+        if model_of.setdefault(run.name, run.model) != run.model:
+            raise ConfigError(f"run name {run.name!r} is used by models {model_of[run.name]} and {run.model}; "
+                              "a name must tell the model (the workflow routes a name to one rule)")
+        seen.add(run.key)
+    return runs
+
+
+def name_pattern(runs: list[Run], models: set[str]) -> str:
+    """A regex matching exactly the names of the runs of these models (a rule's wildcard constraint)."""
+    names = sorted({r.name for r in runs if r.model in models})
+    return "|".join(map(re.escape, names)) or "(?!)"
+
+
+def kernel_states(runs: list[Run], extra: list[int] = ()) -> list[int]:
+    """Every live-state count any run's scans need (plus ``extra``, e.g. benchmark sizes)."""
+    return sorted(set(extra).union(*(run.scan_sizes for run in runs)))
+
+
+def spec_differences(trained: dict, current: dict) -> list[tuple[str, Any, Any]]:
+    """(setting, trained value, current value) for every setting in which two result specs differ.
+
+    Both are :meth:`Run.result_spec` dicts; settings in :data:`EXECUTION_SETTINGS` are ignored.
+    """
+    diffs = [(k, trained.get(k), current.get(k)) for k in ("name", "dataset", "model")
+             if trained.get(k) != current.get(k)]
+    for part in ("settings", "train"):
+        old, new = trained.get(part) or {}, current.get(part) or {}
+        diffs += [(key, old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
+                  if key not in EXECUTION_SETTINGS and old.get(key) != new.get(key)]
+    return diffs
+
+
+def stale_reason(trained: dict | None, current: dict) -> str | None:
+    """None if a result was computed from ``current``; else a status saying what differs."""
+    if trained is None:
+        return "stale: the result does not record the settings it was trained from (rerun it)"
+    diffs = spec_differences(trained, current)
+    if not diffs:
+        return None
+    was = ", ".join(f"{k}={v}" for k, v, _ in diffs)
+    now = ", ".join(f"{k}={v}" for k, _, v in diffs)
+    return f"stale: trained with {was}, the config says {now} (rerun it)"
+
+
+def settings_doc() -> str:
+    """config/README.md: every run setting, generated from the dataclasses."""
+    head = ("# Run settings\n\nGenerated by `python -m pipeline.config --doc > config/README.md` from the "
+            "dataclasses that declare them (a test keeps it current).  A run in `config/config.yaml` may set any "
+            "setting of its model and, for trained models, of the training loop; `defaults.<model>` and "
+            "`defaults.train` set them for every run.  Defaults are the paper's.\n\n"
+            "Training defaults that differ by model: "
+            + "; ".join(f"{m}: " + ", ".join(f"{k} {v:g}" for k, v in d.items()) for m, d in TRAIN_DEFAULTS.items())
+            + ".\n\n")
+    return head + "\n".join(settings_table(cls, title) for cls, title in (
+        (HMMConfig, "vlnhmm"), (TrainConfig, "training loop (ff, lstm, vlnhmm)"), (FFConfig, "ff"),
+        (LSTMConfig, "lstm"), (KN5Config, "kn5")))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="The run settings (see the module docstring).")
+    ap.add_argument("--doc", action="store_true", help="print config/README.md")
+    a = ap.parse_args(argv)
+    if a.doc:
+        print(settings_doc(), end="")
+
+
+if __name__ == "__main__":
+    main()
