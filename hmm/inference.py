@@ -1,22 +1,67 @@
 """Exact inference for HMMs whose live states are gathered per step, in log space.
 
 This module is the reference that every faster backend (TVM kernels, fused paths) is
-tested against.  Shapes: ``B`` streams, ``T`` steps, ``n`` live states per step
-(``n = k`` states of the word's block, or ``k' = (1 - dropout) k`` in training).
+tested against.  Shapes: ``B`` streams, ``S = T - 1`` edges of a window of ``T`` tokens,
+``n`` live states per step (``n = k`` states of the word's block, or ``k' = (1 - dropout) k``
+in training), ``U`` transition blocks.
 
-The potentials of one window are
+Block form (what the scans read): the potentials of one window are
 
-    init  [B, n]          log p(z_1 = j) + log p(x_1 | z_1 = j)
-    edges [B, T-1, n, n]  log p(z_{t+1} = j | z_t = u) + log p(x_{t+1} | z_{t+1} = j)
+    init  [B, n]        log p(z_1 = j) + log p(x_1 | z_1 = j)
+    table [U, n, n]     log transition blocks: table[g, u, j] = log p(z_{t+1} = j | z_t = u)
+    index [B, S] int    which block edge t uses; -1 = padding
+    emit  [B, S, n]     log p(x_{t+1} | z_{t+1} = j), the emission of token t+1 for edge t
 
-Positions after a row's last token are padding: their edge is the log-identity
-(0 on the diagonal, -inf elsewhere), so alpha is carried unchanged to column T-1 and
-``logsumexp(alpha[:, -1])`` is the row's log-likelihood.  A row with no token at all
-has no meaningful score; callers mask it.
+and imply the edges
+
+    edges[b, t, u, j] = table[index[b, t], u, j] + emit[b, t, j]      (index >= 0)
+                      = 0 if u == j else -inf                           (index == -1)
+
+Positions after a row's last token are padding (index -1): the log-identity edge carries
+alpha unchanged to the last column and the emission is ignored, so
+``logsumexp(alpha[:, -1])`` is the row's log-likelihood.  The scans carry the message by copy,
+which equals the log-identity edge except that a NaN stays in its state instead of spreading
+to all (NaN + -inf is NaN); every output a NaN reaches is NaN either way.  A row with no token at all has no
+meaningful score; callers mask it.  Edges are never materialised by the scans; only the
+inspection helpers (:func:`block_edges`, :func:`marginals_blocks`) and the autograd
+reference build them one step at a time or in full.
+
+Edge form (transitional, until hmm.model builds blocks): ``init [B, n]`` and explicit
+``edges [B, S, n, n]``; :func:`log_partition`, :func:`log_partition_autograd` and
+:func:`marginals` take it and run the block form with one table block per edge.
+
+NaN in any potential gives NaN in every output it reaches (torch.logsumexp propagates NaN),
+so a non-finite-loss check fires; -inf entries are ordinary (probability 0).
 """
 from __future__ import annotations
 
 import torch
+
+GRAD_CHUNK_ELEMENTS = 2**24   # at most this many floats of [edges, n, n] terms at a time (64 MiB)
+
+
+def log_identity(n: int, like: torch.Tensor) -> torch.Tensor:
+    """[n, n]: 0 on the diagonal, -inf elsewhere (dtype and device of ``like``)."""
+    return torch.full((n, n), -torch.inf, dtype=like.dtype, device=like.device).fill_diagonal_(0.0)
+
+
+def step_edges(table: torch.Tensor, index_t: torch.Tensor, emit_t: torch.Tensor) -> torch.Tensor:
+    """The implied edges of one step. table [U, n, n], index_t [B], emit_t [B, n] -> [B, n, n]."""
+    n = table.shape[-1]
+    if table.shape[0] == 0:  # every step is padding
+        return log_identity(n, emit_t).expand(len(index_t), n, n)
+    edge = table[index_t.clamp(min=0).long()] + emit_t[:, None, :]
+    return torch.where((index_t >= 0)[:, None, None], edge, log_identity(n, emit_t))
+
+
+def block_edges(table: torch.Tensor, index: torch.Tensor, emit: torch.Tensor) -> torch.Tensor:
+    """All implied edges [B, S, n, n] (for tests and inspection; the scans never build them)."""
+    B, S, n = emit.shape
+    steps = [step_edges(table, index[:, t], emit[:, t]) for t in range(S)]
+    return torch.stack(steps, dim=1) if steps else emit.new_zeros(B, 0, n, n)
+
+
+# ------------------------------------------------------------------------------ edge form
 
 
 def scan_forward(init: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
@@ -44,67 +89,174 @@ def scan_backward(edges: torch.Tensor) -> torch.Tensor:
     return torch.stack(betas[::-1], dim=1)
 
 
+# ----------------------------------------------------------------------------- block form
+
+
+def _with_pad_block(table: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(table + one block of zeros [U+1, n, n], index with -1 -> U [B, S] int64).  Padding rows
+    then compute a finite, discarded step: no NaN and no gradient leaks from it into autograd."""
+    U, n, _ = table.shape
+    padded = torch.cat([table, table.new_zeros(1, n, n)])
+    return padded, torch.where(index < 0, U, index).long()
+
+
+def scan_forward_blocks(init: torch.Tensor, table: torch.Tensor, index: torch.Tensor,
+                        emit: torch.Tensor) -> torch.Tensor:
+    """Forward messages on the implied edges, one [B, n, n] block gather per step; padding copies.
+
+    init [B, n], table [U, n, n], index [B, S], emit [B, S, n] -> alpha [B, S+1, n];
+    alpha[:, t+1, j] = logsumexp_u(alpha[:, t, u] + table[index[:, t], u, j]) + emit[:, t, j].
+    """
+    table, rows = _with_pad_block(table, index)
+    alphas = [init]
+    for t in range(index.shape[1]):
+        step = torch.logsumexp(alphas[-1].unsqueeze(-1) + table[rows[:, t]], dim=-2) + emit[:, t]
+        alphas.append(torch.where((index[:, t] >= 0)[:, None], step, alphas[-1]))
+    return torch.stack(alphas, dim=1)
+
+
+def scan_backward_blocks(table: torch.Tensor, index: torch.Tensor, emit: torch.Tensor) -> torch.Tensor:
+    """Backward messages on the implied edges; padding copies. table [U, n, n], index [B, S],
+    emit [B, S, n] -> beta [B, S+1, n];
+    beta[:, t, u] = logsumexp_j(table[index[:, t], u, j] + emit[:, t, j] + beta[:, t+1, j])."""
+    B, S, n = emit.shape
+    table, rows = _with_pad_block(table, index)
+    beta = emit.new_zeros(B, n)
+    betas = [beta]
+    for t in range(S - 1, -1, -1):
+        step = torch.logsumexp(table[rows[:, t]] + (emit[:, t] + beta).unsqueeze(-2), dim=-1)
+        beta = torch.where((index[:, t] >= 0)[:, None], step, beta)
+        betas.append(beta)
+    return torch.stack(betas[::-1], dim=1)
+
+
 class TorchScan:
-    """The reference backend: plain PyTorch, any device."""
+    """The reference backend: plain PyTorch, any device (block form)."""
 
     name = "torch"
-    forward = staticmethod(scan_forward)
-    backward = staticmethod(scan_backward)
+    forward = staticmethod(scan_forward_blocks)
+    backward = staticmethod(scan_backward_blocks)
 
 
-def log_partition_autograd(init: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    """log Z [B] by the forward algorithm, differentiated by autograd (the reference gradient)."""
-    return torch.logsumexp(scan_forward(init, edges)[:, -1], dim=-1)
+def _posterior(log_joint: torch.Tensor, log_z: torch.Tensor) -> torch.Tensor:
+    """exp(log_joint - log Z) with log_z broadcast from the front; 0 for rows with log Z = -inf
+    (an impossible window has no posterior; -inf - -inf would give NaN).  NaN stays NaN."""
+    log_z = log_z.reshape(log_z.shape + (1,) * (log_joint.dim() - log_z.dim()))
+    return torch.exp(log_joint - log_z).masked_fill(torch.isneginf(log_z), 0.0)
 
 
-def _safe_exp(x: torch.Tensor) -> torch.Tensor:
-    # exp(-inf - (-inf)) would be exp(nan); impossible entries get probability 0.
-    return torch.exp(torch.nan_to_num(x, nan=-torch.inf))
+def _grad_table(alpha, beta, table, index, emit, log_z, grad_log_z) -> torch.Tensor:
+    """d/d table [U, n, n]: for every non-padding edge (b, t) with g = index[b, t], add
+    grad_log_z[b] * exp((alpha[b, t, u] - log Z[b]) + table[g, u, j] + (emit[b, t, j] + beta[b, t+1, j])),
+    in chunks of GRAD_CHUNK_ELEMENTS floats of terms (one [chunk, n, n] buffer, updated in place)."""
+    S, n = index.shape[1], table.shape[-1]
+    grad = torch.zeros_like(table)
+    flat = index.reshape(-1)
+    edges = (flat >= 0).nonzero().squeeze(1)
+    chunk = max(1, GRAD_CHUNK_ELEMENTS // (n * n))
+    # log Z = -inf (impossible window): no posterior, the row contributes 0 (not -inf - -inf).
+    before = torch.where(torch.isneginf(log_z)[:, None, None], -torch.inf, alpha[:, :-1] - log_z[:, None, None])
+    after = emit + beta[:, 1:]                                          # [B, S, n]
+    for pos in edges.split(chunk):
+        b, t = pos // S, pos % S
+        g = flat[pos].long()
+        terms = table.index_select(0, g)
+        terms.add_(before[b, t, :, None]).add_(after[b, t, None, :]).exp_().mul_(grad_log_z[b, None, None])
+        grad.index_add_(0, g, terms)
+    return grad
 
 
-class _LogPartition(torch.autograd.Function):
+class _LogPartitionBlocks(torch.autograd.Function):
     """log Z with the gradient given by posterior marginals (expected counts).
 
-    d log Z / d init[j]       = p(z_1 = j | x)
-    d log Z / d edges[t,u,j]  = p(z_{t+1} = u, z_{t+2} = j | x)
+    d log Z / d init[j]        = p(z_1 = j | x)
+    d log Z / d emit[t, j]     = p(z_{t+2} = j | x)                         (0 at padding)
+    d log Z / d table[g, u, j] = sum over edges t using block g of p(z_{t+1} = u, z_{t+2} = j | x)
     so the backward pass needs only a backward scan, never a graph through the forward.
     """
 
     @staticmethod
-    def forward(ctx, init, edges, scan):
-        alpha = scan.forward(init.contiguous(), edges.contiguous())
+    def forward(ctx, init, table, index, emit, scan):
+        alpha = scan.forward(init, table, index, emit)
         log_z = torch.logsumexp(alpha[:, -1], dim=-1)
         ctx.scan = scan
-        ctx.save_for_backward(alpha, edges, log_z)
+        ctx.save_for_backward(alpha, table, index, emit, log_z)
         return log_z, alpha[:, -1]
 
     @staticmethod
     def backward(ctx, grad_log_z, _grad_last):
-        alpha, edges, log_z = ctx.saved_tensors
-        beta = ctx.scan.backward(edges.contiguous())
-        g = grad_log_z[:, None, None, None]
-        shift = log_z[:, None, None, None]
-        grad_edges = g * _safe_exp(alpha[:, :-1, :, None] + edges + beta[:, 1:, None, :] - shift)
-        grad_init = grad_log_z[:, None] * _safe_exp(alpha[:, 0] + beta[:, 0] - log_z[:, None])
-        return grad_init, grad_edges, None
+        alpha, table, index, emit, log_z = ctx.saved_tensors
+        beta = ctx.scan.backward(table, index, emit)
+        grad_init = grad_emit = grad_table = None
+        if ctx.needs_input_grad[0]:
+            grad_init = grad_log_z[:, None] * _posterior(alpha[:, 0] + beta[:, 0], log_z)
+        if ctx.needs_input_grad[3]:
+            unary = _posterior(alpha[:, 1:] + beta[:, 1:], log_z)
+            grad_emit = (grad_log_z[:, None, None] * unary).masked_fill((index < 0)[..., None], 0.0)
+        if ctx.needs_input_grad[1]:
+            grad_table = _grad_table(alpha, beta, table, index, emit, log_z, grad_log_z)
+        return grad_init, grad_table, None, grad_emit, None
 
 
-def log_partition(init: torch.Tensor, edges: torch.Tensor, scan=TorchScan) -> tuple[torch.Tensor, torch.Tensor]:
+def log_partition_blocks(init: torch.Tensor, table: torch.Tensor, index: torch.Tensor, emit: torch.Tensor,
+                         scan=TorchScan) -> tuple[torch.Tensor, torch.Tensor]:
     """(log Z [B], alpha at the last column [B, n]); gradient by marginals via ``scan``.
 
-    ``scan`` is any backend with ``forward(init, edges)`` and ``backward(edges)`` as defined
-    by :func:`scan_forward` and :func:`scan_backward`.  The returned alpha is for carrying
-    the filtered posterior into the next window and gets no gradient.
+    init [B, n], table [U, n, n], index [B, S] (int32 or int64, -1 = padding), emit [B, S, n].
+    ``scan`` is any backend with ``forward(init, table, index, emit)`` and
+    ``backward(table, index, emit)`` as defined by :func:`scan_forward_blocks` and
+    :func:`scan_backward_blocks`.  The returned alpha is for carrying the filtered posterior
+    into the next window and gets no gradient.
     """
-    log_z, last = _LogPartition.apply(init, edges, scan)
+    index = index.to(torch.int32)  # once, for both scans
+    log_z, last = _LogPartitionBlocks.apply(init.contiguous(), table.contiguous(), index.contiguous(),
+                                            emit.contiguous(), scan)
     return log_z, last.detach()
 
 
-def marginals(init: torch.Tensor, edges: torch.Tensor, scan=TorchScan) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior unary [B, T, n] and edge [B, T-1, n, n] marginals (for inspection and tests)."""
-    alpha = scan.forward(init, edges)
-    beta = scan.backward(edges)
+def log_partition_blocks_autograd(init: torch.Tensor, table: torch.Tensor, index: torch.Tensor,
+                                  emit: torch.Tensor) -> torch.Tensor:
+    """log Z [B] by the forward algorithm, differentiated by autograd (the reference gradient)."""
+    return torch.logsumexp(scan_forward_blocks(init, table, index, emit)[:, -1], dim=-1)
+
+
+def marginals_blocks(init: torch.Tensor, table: torch.Tensor, index: torch.Tensor, emit: torch.Tensor,
+                     scan=TorchScan) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior unary [B, S+1, n] and edge [B, S, n, n] marginals on the implied edges (for
+    inspection and tests; builds all edges)."""
+    alpha = scan.forward(init, table, index, emit)
+    beta = scan.backward(table, index, emit)
     log_z = torch.logsumexp(alpha[:, -1], dim=-1)
-    unary = _safe_exp(alpha + beta - log_z[:, None, None])
-    pair = _safe_exp(alpha[:, :-1, :, None] + edges + beta[:, 1:, None, :] - log_z[:, None, None, None])
-    return unary, pair
+    edges = block_edges(table, index, emit)
+    pair = _posterior(alpha[:, :-1, :, None] + edges + beta[:, 1:, None, :], log_z)
+    return _posterior(alpha + beta, log_z), pair
+
+
+# ------------------------------------------------------- edge form, transitional adapters
+
+
+def edges_as_blocks(edges: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Transitional: explicit edges [B, S, n, n] as (table = edges [B*S, n, n] (a view),
+    index = arange [B, S] int32, emit = 0 [B, S, n]); padding edges stay explicit identities."""
+    B, S, n, _ = edges.shape
+    index = torch.arange(B * S, dtype=torch.int32, device=edges.device).view(B, S)
+    return edges.reshape(B * S, n, n), index, edges.new_zeros(B, S, n)
+
+
+def log_partition_edges(init: torch.Tensor, edges: torch.Tensor, scan=TorchScan) -> tuple[torch.Tensor, torch.Tensor]:
+    """Transitional (until hmm.model builds blocks): :func:`log_partition_blocks` on explicit
+    edges [B, S, n, n]; the gradient reaches ``edges`` through the table view."""
+    return log_partition_blocks(init, *edges_as_blocks(edges), scan=scan)
+
+
+log_partition = log_partition_edges  # transitional name used by hmm.model
+
+
+def log_partition_autograd(init: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """Transitional edge form of :func:`log_partition_blocks_autograd`."""
+    return torch.logsumexp(scan_forward(init, edges)[:, -1], dim=-1)
+
+
+def marginals(init: torch.Tensor, edges: torch.Tensor, scan=TorchScan) -> tuple[torch.Tensor, torch.Tensor]:
+    """Transitional edge form of :func:`marginals_blocks`: unary [B, T, n], edge [B, T-1, n, n]."""
+    return marginals_blocks(init, *edges_as_blocks(edges), scan=scan)

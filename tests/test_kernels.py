@@ -1,16 +1,20 @@
 """TVM scan kernels (hmm.kernels) against the PyTorch reference (hmm.inference).
 
-Scans are compared with a float64 reference elementwise: |got - ref| <= 1e-5 * max(|ref|, 1),
-with exactly the same -inf entries and no NaN.  Gradients (marginals) are compared with the
-float64 autograd reference as max|got - ref| / max|ref| <= 1e-5 on log-normalised potentials;
-on raw potentials, where alpha reaches ~200 and float32 rounding of alpha + beta - log Z alone
-gives ~1e-5, the TVM gradient must be within twice the float32 PyTorch path's error.
+The kernels read block-form potentials: init [B, n], table [U, n, n], index [B, S] (-1 =
+padding), emit [B, S, n].  Scans are compared with the float64 block-form PyTorch scans
+(themselves checked against the edge-form scans on the implied edges) elementwise:
+|got - ref| <= 1e-5 * max(|ref|, 1), with exactly the same -inf and NaN entries.  Gradients
+(marginals) are compared with the float64 autograd reference as max|got - ref| / max|ref| <= 1e-5
+on log-normalised potentials; on raw potentials, where alpha reaches ~200 and float32 rounding of
+alpha + beta - log Z alone gives ~1e-5, the TVM gradient must be within twice the float32
+PyTorch path's error.
 
 S = 0 (a window of one token) is meaningful: alpha = init, beta = 0, log Z = logsumexp(init).
 
 CUDA: the build (TVM codegen + nvcc fatbin) runs here; the exact CUDA source that ships is
 executed by a CPU emulation of CUDA threads, blocks and barriers (g++); the GPU loading path
-is exercised up to the driver with a stub libcuda.  Runs on a GPU only where torch sees one.
+is exercised up to the driver with a stub libcuda.  Runs on a GPU only where torch sees one;
+``HMM_CUDA_KERNELS=DIR`` makes the GPU test use prebuilt kernels (no compiler needed).
 """
 from __future__ import annotations
 
@@ -26,14 +30,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from hmm.inference import TorchScan, log_partition, log_partition_autograd, scan_backward, scan_forward
+from hmm import inference
+from hmm.inference import (TorchScan, block_edges, log_partition_blocks, log_partition_blocks_autograd,
+                           scan_backward, scan_forward)
 from hmm.kernels import KernelError, TVMScan
 from hmm.kernels import build as kbuild
+from hmm.kernels import check as kcheck
+from hmm.kernels import runtime as krt
 
 ROOT = Path(__file__).resolve().parents[1]
 LLVM_STATES = [4, 8, 16, 64, 128, 256]
 CUDA_STATES = [4, 32, 128]
 NEG = float("-inf")
+NAN = float("nan")
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +58,7 @@ def scan(llvm_dir):
 
 
 @pytest.fixture(scope="session")
-def cuda_dir(tmp_path_factory):
+def cuda_build(tmp_path_factory):
     if shutil.which("nvcc") is None:
         pytest.skip("nvcc not on PATH: the CUDA build compiles fatbins ahead of time")
     out = tmp_path_factory.mktemp("kernels") / "cuda"
@@ -57,101 +66,199 @@ def cuda_dir(tmp_path_factory):
     return out
 
 
-def potentials(B, S, n, seed=0, normalised=False, dead_column=True):
-    """init [B, n], edges [B, S, n, n] with random -inf entries, padding identity edges at
-    the end of row 0, and a whole -inf row (and column) in one edge.
+@pytest.fixture(scope="session")
+def cuda_kernels(request):
+    """CUDA kernels to run on a GPU: $HMM_CUDA_KERNELS (prebuilt, nothing compiled) or a build."""
+    prebuilt = os.environ.get("HMM_CUDA_KERNELS")
+    return Path(prebuilt) if prebuilt else request.getfixturevalue("cuda_build")
 
-    dead_column=False keeps every state reachable (the -inf column aside, state 0 leads
-    everywhere), as the float64 autograd reference is NaN for unreachable states."""
+
+def potentials(B, S, n, U=5, seed=0, normalised=False, dead_column=True):
+    """init [B, n], table [U, n, n], index [B, S] int32, emit [B, S, n] with random -inf
+    entries, blocks shared between edges, padding (-1) at the end of row 0, and in edge
+    (B-1, 0) a block with a whole -inf row (and column).
+
+    dead_column=False keeps every state reachable (no -inf emission, row 0 of every block
+    finite), as the float64 autograd reference is NaN where a logsumexp has only -inf terms."""
     g = torch.Generator().manual_seed(seed)
     init = torch.randn(B, n, generator=g) * 2
-    edges = torch.randn(B, S, n, n, generator=g) * 2
+    table = torch.randn(U, n, n, generator=g) * 2
+    emit = torch.randn(B, S, n, generator=g) * 2
     if normalised:
-        init, edges = init.log_softmax(-1), edges.log_softmax(-1)
+        init, table, emit = init.log_softmax(-1), table.log_softmax(-1), emit.log_softmax(-1)
+    index = torch.randint(0, U - 1, (B, S), generator=g, dtype=torch.int32)
     init[torch.rand(B, n, generator=g) < 0.25] = NEG
     init[:, 0] = 0.0 if normalised else init[:, 0].nan_to_num(neginf=0.0)  # some state stays alive
-    edges[torch.rand(B, S, n, n, generator=g) < 0.3] = NEG
-    edges[..., 0, 0] = 0.0  # state 0 always reachable
-    if not dead_column:
-        edges[..., 0, :] = edges[..., 0, :].nan_to_num(neginf=-1.0)
-    if S >= 2:
-        eye = torch.full((n, n), NEG).fill_diagonal_(0.0)
-        edges[0, S // 2:] = eye  # row 0 ends early: padding is the log-identity
-    if S >= 1 and n >= 4:
-        edges[B - 1, 0, 1, :] = NEG  # state 1 has no successor
+    table[torch.rand(U, n, n, generator=g) < 0.3] = NEG
+    table[:, 0, 0] = 0.0  # state 0 always reachable
+    if dead_column:
+        emit[torch.rand(B, S, n, generator=g) < 0.1] = NEG
+        emit[..., 0] = 0.0
+    else:
+        table[:, 0, :] = table[:, 0, :].nan_to_num(neginf=-1.0)
+    if S >= 2 and B >= 1:
+        index[0, S // 2:] = -1  # row 0 ends early: padding
+        emit[0, S // 2:] = NAN if dead_column else 0.0  # ignored at padding
+    if S >= 1 and n >= 4 and B >= 1:
+        index[B - 1, 0] = U - 1  # the last block is used once, by this edge
+        table[U - 1, 1, :] = NEG  # state 1 has no successor
         if dead_column:
-            edges[B - 1, 0, :, 2] = NEG  # state 2 unreachable: alpha = -inf there
-    return init, edges
+            table[U - 1, :, 2] = NEG  # state 2 unreachable: alpha = -inf there
+    return init, table, index, emit
+
+
+def reference(init, table, index, emit):
+    """float64 alpha, beta of the block-form PyTorch scans (hmm.inference.TorchScan)."""
+    return (TorchScan.forward(init.double(), table.double(), index, emit.double()),
+            TorchScan.backward(table.double(), index, emit.double()))
 
 
 def assert_close_scan(got, ref, tol=1e-5):
     assert got.shape == ref.shape and got.dtype == torch.float32
-    assert not got.isnan().any(), "NaN in kernel output"
-    assert torch.equal(torch.isneginf(got), torch.isneginf(ref)), "-inf pattern differs"
+    assert torch.equal(got.isnan(), ref.isnan()), "NaN pattern differs"
+    assert torch.equal(got.isneginf(), ref.isneginf()), "-inf pattern differs"
     fin = torch.isfinite(ref)
     err = ((got.double()[fin] - ref[fin]).abs() / ref[fin].abs().clamp_min(1.0)).max().item() if fin.any() else 0.0
     assert err <= tol, f"relative error {err:.3g} > {tol}"
 
 
 def rel_err(got, ref):
-    return ((got.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+    return ((got.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item() if ref.numel() else 0.0
 
 
-SHAPES = [(16, 31, 128), (16, 31, 256), (3, 1, 4), (2, 0, 8), (5, 7, 16), (4, 9, 64)]
+SHAPES = [(6, 11, 256), (8, 15, 128), (3, 1, 4), (2, 0, 8), (0, 3, 8), (5, 7, 16), (4, 9, 64)]
 
 
 @pytest.mark.parametrize("B,S,n", SHAPES)
 def test_scans_match_reference(scan, B, S, n):
-    init, edges = potentials(B, S, n)
-    assert_close_scan(scan.forward(init, edges), scan_forward(init.double(), edges.double()))
-    assert_close_scan(scan.backward(edges), scan_backward(edges.double()))
+    init, table, index, emit = potentials(B, S, n)
+    alpha, beta = reference(init, table, index, emit)
+    assert_close_scan(scan.forward(init, table, index, emit), alpha)
+    assert_close_scan(scan.backward(table, index, emit), beta)
+
+
+@pytest.mark.parametrize("B,S,n", [(4, 9, 8), (2, 0, 4), (0, 2, 4)])
+def test_block_reference_matches_edge_reference(B, S, n):
+    """hmm.inference's block-form scans (TorchScan) equal the edge-form scans on the implied
+    edges (NaN emissions at padding are ignored by both)."""
+    init, table, index, emit = _double(*potentials(B, S, n))
+    edges = block_edges(table, index, emit)
+    assert not edges.isnan().any()
+    torch.testing.assert_close(TorchScan.forward(init, table, index, emit), scan_forward(init, edges))
+    torch.testing.assert_close(TorchScan.backward(table, index, emit), scan_backward(edges))
 
 
 def test_all_minus_inf_gives_minus_inf(scan):
-    init, edges = potentials(3, 4, 8)
+    init, table, index, emit = potentials(3, 4, 8)
     init[1] = NEG  # nothing alive at all in stream 1
-    edges[2] = NEG  # every transition impossible in stream 2
-    alpha, beta = scan.forward(init, edges), scan.backward(edges)
+    emit[2] = NEG  # every emission impossible in stream 2
+    alpha, beta = scan.forward(init, table, index, emit), scan.backward(table, index, emit)
     assert torch.isneginf(alpha[1]).all() and torch.isneginf(alpha[2, 1:]).all()
     assert torch.isneginf(beta[2, :-1]).all() and (beta[2, -1] == 0).all()
-    assert_close_scan(alpha, scan_forward(init.double(), edges.double()))
-    assert_close_scan(beta, scan_backward(edges.double()))
+    assert_close_scan(alpha, reference(init, table, index, emit)[0])
+    assert_close_scan(beta, reference(init, table, index, emit)[1])
 
 
-def _grads(init, edges, fn):
-    i, e = init.clone().requires_grad_(), edges.clone().requires_grad_()
-    fn(i, e).sum().backward()
-    return i.grad, torch.zeros_like(e) if e.grad is None else e.grad  # None: S = 0
+NAN_CASES = {  # a NaN in init, in one entry of the block edge (2, 1) uses, or in one emission
+    "init": lambda i, t, x, e: i.__setitem__((1, e.shape[-1] - 1), NAN),
+    "table": lambda i, t, x, e: t.__setitem__((int(x[2, 1]), 1, e.shape[-1] - 1), NAN),
+    "emit": lambda i, t, x, e: e.__setitem__((2, 4, e.shape[-1] - 2), NAN)}
 
 
-@pytest.mark.parametrize("B,S,n", [(16, 31, 128), (16, 31, 256), (3, 1, 4), (2, 0, 8), (4, 9, 64)])
+@pytest.mark.parametrize("where", NAN_CASES)
+def test_nan_in_gives_nan_out(scan, where):
+    """A NaN potential gives NaN in exactly the outputs where the float64 reference has NaN
+    (torch.logsumexp propagates NaN), and so a NaN log Z for the streams it reaches."""
+    init, table, index, emit = potentials(4, 6, 16, seed=4)
+    NAN_CASES[where](init, table, index, emit)
+    alpha, beta = reference(init, table, index, emit)
+    assert alpha.isnan().any() or beta.isnan().any()
+    assert_close_scan(scan.forward(init, table, index, emit), alpha)
+    assert_close_scan(scan.backward(table, index, emit), beta)
+    ref_log_z = torch.logsumexp(alpha[:, -1], -1)
+    for backend in (scan, TorchScan):
+        log_z = log_partition_blocks(init, table, index, emit, scan=backend)[0]
+        assert torch.equal(log_z.isnan(), ref_log_z.isnan()) and log_z.isnan().any()
+
+
+def _grads(fn, init, table, index, emit):
+    leaves = [x.clone().requires_grad_() for x in (init, table, emit)]
+    fn(leaves[0], leaves[1], index, leaves[2]).sum().backward()
+    return [torch.zeros_like(x) if x.grad is None else x.grad for x in leaves]  # None: S = 0 or B = 0
+
+
+def _double(*xs):
+    return [x.double() if x.is_floating_point() else x for x in xs]
+
+
+@pytest.mark.parametrize("B,S,n", [(3, 5, 256), (3, 1, 4), (2, 0, 8), (0, 2, 8), (4, 9, 64)])
 def test_gradients_match_autograd(scan, B, S, n):
-    # The float64 autograd reference is NaN where a whole column is -inf (logsumexp of nothing).
+    # The float64 autograd reference is NaN where a logsumexp has only -inf terms.
     for normalised in (True, False):
-        init, edges = potentials(B, S, n, seed=1, normalised=normalised, dead_column=False)
-        ref = _grads(init.double(), edges.double(), log_partition_autograd)
-        got = _grads(init, edges, lambda i, e: log_partition(i, e, scan=scan)[0])
-        errs = [rel_err(g, r) for g, r in zip(got, ref) if r.numel()]
+        pots = potentials(B, S, n, seed=1, normalised=normalised, dead_column=False)
+        ref = _grads(log_partition_blocks_autograd, *_double(*pots))
+        got = _grads(lambda *a: log_partition_blocks(*a, scan=scan)[0], *pots)
+        errs = [rel_err(g, r) for g, r in zip(got, ref)]
         assert all(not g.isnan().any() for g in got)
         if normalised:
             assert max(errs) <= 1e-5, errs
         else:
-            torch32 = _grads(init, edges, lambda i, e: log_partition(i, e, scan=TorchScan)[0])
-            bound = [max(1e-5, 2 * rel_err(g, r)) for g, r in zip(torch32, ref) if r.numel()]
+            torch32 = _grads(lambda *a: log_partition_blocks(*a, scan=TorchScan)[0], *pots)
+            bound = [max(1e-5, 2 * rel_err(g, r)) for g, r in zip(torch32, ref)]
             assert all(e <= b for e, b in zip(errs, bound)), (errs, bound)
 
 
+def test_gradient_chunks_and_weights(monkeypatch):
+    """grad_table accumulated a few edges at a time (index_add_) equals autograd, with a
+    weighted sum of log Z (each row's incoming gradient) and int64 index."""
+    monkeypatch.setattr(inference, "GRAD_CHUNK_ELEMENTS", 3 * 8 * 8)
+    init, table, index, emit = _double(*potentials(5, 6, 8, U=3, seed=5, dead_column=False))
+    w = torch.rand(5, dtype=torch.float64)
+    ours = _grads(lambda *a: log_partition_blocks(*a)[0] * w, init, table, index.long(), emit)
+    ref = _grads(lambda *a: log_partition_blocks_autograd(*a) * w, init, table, index, emit)
+    for g, r in zip(ours, ref):
+        torch.testing.assert_close(g, r)
+
+
 def test_marginals_with_dead_state_have_no_nan(scan):
-    init, edges = potentials(4, 6, 16, seed=2)
-    got = _grads(init, edges, lambda i, e: log_partition(i, e, scan=scan)[0])
-    ref = _grads(init.double(), edges.double(), lambda i, e: log_partition(i, e, scan=TorchScan)[0])
+    pots = potentials(4, 6, 16, seed=2)  # (with NaN emissions at padding, which must not matter)
+    got = _grads(lambda *a: log_partition_blocks(*a, scan=scan)[0], *pots)
+    ref = _grads(lambda *a: log_partition_blocks(*a, scan=TorchScan)[0], *_double(*pots))
     for g, r in zip(got, ref):
         assert not g.isnan().any() and rel_err(g, r) <= 1e-5
 
 
+def test_edge_form_adapter(scan):
+    """Transitional log_partition(init, edges, scan): TVM gradient = float64 edge-form autograd."""
+    init, table, index, emit = potentials(3, 4, 8, seed=6, normalised=True, dead_column=False)
+    edges = block_edges(table, index, emit)
+    got = _grads(lambda i, t, _, e: inference.log_partition(i, t, scan)[0], init, edges, None, emit)
+    ref = _grads(lambda i, t, _, e: inference.log_partition_autograd(i, t), *_double(init, edges), None, emit)
+    assert max(rel_err(g, r) for g, r in zip(got[:2], ref[:2])) <= 1e-5
+
+
+def test_input_checks(scan):
+    init, table, index, emit = potentials(2, 3, 8)
+    bad = index.clone()
+    bad[1, 1] = 5
+    with pytest.raises(ValueError, match=r"index values must be in \[-1, U=5\), got min -1, max 5"):
+        scan.forward(init, table, bad, emit)
+    with pytest.raises(ValueError, match="index must be int32 or int64"):
+        scan.backward(table, index.float(), emit)
+    with pytest.raises(ValueError, match=r"emit must be float32 \[2, 3, 8\]"):
+        scan.backward(table, index, emit.double())
+    with pytest.raises(ValueError, match=r"init must be float32 \[2, 8\]"):
+        scan.forward(init[:1], table, index, emit)
+    huge = torch.zeros(1, 8, 8).expand(2**31 // 64, 8, 8)  # a view: no memory
+    with pytest.raises(ValueError, match="reaches 2\\^31"):
+        scan.backward(huge, index, emit)
+    assert_close_scan(scan.forward(init, table, index.long(), emit), reference(init, table, index, emit)[0])
+
+
 def test_missing_n_raises_kernel_error(scan):
-    with pytest.raises(KernelError, match=r"n=32 .*snakemake --cores 2 build/kernels/llvm/manifest.json"):
-        scan.forward(torch.zeros(2, 32), torch.zeros(2, 3, 32, 32))
+    with pytest.raises(KernelError, match=r"n=32 .*rebuild: snakemake --cores 2 --forcerun kernels_llvm "
+                                          r"build/kernels/llvm/manifest.json \(or delete build/kernels/llvm"):
+        scan.forward(*potentials(2, 3, 32))
 
 
 def test_missing_directory_raises_kernel_error(tmp_path, llvm_dir):
@@ -160,7 +267,45 @@ def test_missing_directory_raises_kernel_error(tmp_path, llvm_dir):
     shutil.copytree(llvm_dir, tmp_path / "k")
     (tmp_path / "k" / kbuild.library_name(8)).unlink()
     with pytest.raises(KernelError, match=r"missing scan_n8.so .*snakemake"):
-        TVMScan.load(tmp_path / "k").backward(torch.zeros(1, 2, 8, 8))
+        TVMScan.load(tmp_path / "k").backward(*potentials(1, 2, 8)[1:])
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+CORRUPTIONS = {"flipped_byte": lambda d: _flip_byte(d / "scan_n4.so"),
+               "truncated": lambda d: (d / "scan_n4.so").write_bytes((d / "scan_n4.so").read_bytes()[:(d / "scan_n4.so").stat().st_size // 2]),
+               "other_n": lambda d: shutil.copyfile(d / "scan_n8.so", d / "scan_n4.so")}
+
+
+@pytest.mark.parametrize("how", CORRUPTIONS)
+def test_corrupt_library_raises_kernel_error(tmp_path, llvm_dir, how):
+    """A flipped byte (silently wrong numbers), a truncated file (bus error) or another n's
+    library (mismatched strides) are refused before TVM sees them, with one clear message."""
+    kdir = tmp_path / "llvm"
+    shutil.copytree(llvm_dir, kdir)
+    expected = json.loads((kdir / kbuild.MANIFEST).read_text())["files"]["scan_n4.so"]["sha256"]
+    CORRUPTIONS[how](kdir)
+    actual = kbuild.sha256_file(kdir / "scan_n4.so")
+    with pytest.raises(KernelError) as err:
+        TVMScan.load(kdir).forward(*potentials(2, 3, 4))
+    msg = str(err.value)
+    assert f"{kdir / 'scan_n4.so'} does not match manifest.json" in msg
+    assert f"expected sha256 {expected}, actual {actual}" in msg
+    assert "rebuild: snakemake --cores 2 --forcerun kernels_llvm build/kernels/llvm/manifest.json" in msg
+
+
+def test_library_hashed_once_per_process(tmp_path, llvm_dir, monkeypatch):
+    shutil.copytree(llvm_dir, tmp_path / "llvm")
+    calls = []
+    real = krt.hashlib.sha256
+    monkeypatch.setattr(krt.hashlib, "sha256", lambda data: calls.append(1) or real(data))
+    for _ in range(3):
+        TVMScan.load(tmp_path / "llvm").prepare(8)
+    assert len(calls) == 1
 
 
 def test_build_is_deterministic(tmp_path, llvm_dir):
@@ -169,16 +314,44 @@ def test_build_is_deterministic(tmp_path, llvm_dir):
     assert manifest["files"]["scan_n8.so"] == first["files"]["scan_n8.so"]
 
 
+def test_check_cli_on_cpu(llvm_dir, tmp_path):
+    out = tmp_path / "check.json"
+    assert kcheck.main(["--kernels", str(llvm_dir), "--device", "cpu", "--states", "4", "64",
+                        "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    rows = {(r["n"], r["what"]): r for r in report["rows"]}
+    assert set(rows) == {(n, w) for n in (4, 64) for w in kcheck.CHECKS} and report["ok"]
+    assert all(r["ok"] and r["max_rel_err"] <= 1e-5 for r in rows.values() if r["what"] != "stream")
+    assert rows[4, "stream"]["ok"] is None and "CUDA only" in rows[4, "stream"]["skipped"]
+
+
+def test_check_cli_catches_unwritten_output(llvm_dir, tmp_path, monkeypatch):
+    """The poisoned output shows an element a kernel leaves unwritten; the exit status is 1."""
+    real = TVMScan.backward
+
+    def lazy_backward(self, table, index, emit, out=None):
+        full = real(self, table, index, emit)
+        if out is None:
+            return full
+        out[:, 1:] = full[:, 1:]  # "forgets" column 0
+        return out
+    monkeypatch.setattr(TVMScan, "backward", lazy_backward)
+    out = tmp_path / "check.json"
+    assert kcheck.main(["--kernels", str(llvm_dir), "--device", "cpu", "--states", "8", "--out", str(out)]) == 1
+    rows = {r["what"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["backward"]["ok"] is False and rows["forward"]["ok"] and rows["gradient"]["ok"]
+
+
 # ------------------------------------------------------------------------------------ CUDA
 
 
-def test_cuda_build_on_cpu_machine(cuda_dir):
-    m = json.loads((cuda_dir / kbuild.MANIFEST).read_text())
+def test_cuda_build_on_cpu_machine(cuda_build):
+    m = json.loads((cuda_build / kbuild.MANIFEST).read_text())
     assert m["target"] == "cuda" and m["archs"] == ["sm_90"] and m["states"] == CUDA_STATES
     for k in m["kernels"]:
         for key in ("library", "source", "binary"):
-            assert m["files"][k[key]]["sha256"] == kbuild.sha256_file(cuda_dir / k[key])
-        assert (cuda_dir / k["binary"]).stat().st_size > 1000
+            assert m["files"][k[key]]["sha256"] == kbuild.sha256_file(cuda_build / k[key])
+        assert (cuda_build / k["binary"]).stat().st_size > 1000
 
 
 EMULATOR = r"""
@@ -189,6 +362,7 @@ EMULATOR = r"""
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <thread>
 #include <vector>
 struct Dim { int x; };
@@ -205,19 +379,24 @@ inline float min(float a, float b) { return fminf(a, b); }
 """
 
 EMULATOR_MAIN = r"""
-static std::vector<float> load(const char* path, size_t count) {
-  std::vector<float> v(count);
+template <class T> static std::vector<T> load(const char* path, size_t count) {
+  std::vector<T> v(count);
   FILE* f = fopen(path, "rb");
-  if (fread(v.data(), sizeof(float), count, f) != count) abort();
+  if (fread(v.data(), sizeof(T), count, f) != count) abort();
   fclose(f);
   return v;
 }
-int main(int argc, char** argv) {  // n B S init.bin edges.bin alpha.bin beta.bin
-  int n = atoi(argv[1]), B = atoi(argv[2]), S = atoi(argv[3]);
-  std::vector<float> init = load(argv[4], (size_t)B * n);
-  std::vector<float> edges = load(argv[5], (size_t)B * S * n * n);
-  std::vector<float> alpha((size_t)B * (S + 1) * n), beta(alpha.size());
-  float *init_ptr = init.data(), *edges_ptr = edges.data(), *alpha_ptr = alpha.data(), *beta_ptr = beta.data();
+int main(int argc, char** argv) {  // n B S U DIR (reads DIR/{init,table,index,emit}.bin, writes alpha, beta)
+  int n = atoi(argv[1]), B = atoi(argv[2]), S = atoi(argv[3]), U = atoi(argv[4]);
+  std::string dir = argv[5];
+  auto init = load<float>((dir + "/init.bin").c_str(), (size_t)B * n);
+  auto table = load<float>((dir + "/table.bin").c_str(), (size_t)U * n * n);
+  auto index = load<int>((dir + "/index.bin").c_str(), (size_t)B * S);
+  auto emit = load<float>((dir + "/emit.bin").c_str(), (size_t)B * S * n);
+  std::vector<float> alpha((size_t)B * (S + 1) * n, NAN), beta(alpha.size(), NAN);
+  float *init_ptr = init.data(), *table_ptr = table.data(), *emit_ptr = emit.data();
+  float *alpha_ptr = alpha.data(), *beta_ptr = beta.data();
+  int* index_ptr = index.data();
   for (int pass = 0; pass < 2; ++pass)
     for (int b = 0; b < B; ++b) {
       std::barrier<> barrier(THREADS);
@@ -230,8 +409,8 @@ int main(int argc, char** argv) {  // n B S init.bin edges.bin alpha.bin beta.bi
         });
       for (auto& th : threads) th.join();
     }
-  FILE* f = fopen(argv[6], "wb"); fwrite(alpha.data(), sizeof(float), alpha.size(), f); fclose(f);
-  f = fopen(argv[7], "wb"); fwrite(beta.data(), sizeof(float), beta.size(), f); fclose(f);
+  FILE* f = fopen((dir + "/alpha.bin").c_str(), "wb"); fwrite(alpha.data(), sizeof(float), alpha.size(), f); fclose(f);
+  f = fopen((dir + "/beta.bin").c_str(), "wb"); fwrite(beta.data(), sizeof(float), beta.size(), f); fclose(f);
 }
 """
 
@@ -242,10 +421,23 @@ def _kernel_args(source, name):
     return ", ".join(p.split()[-1] for p in params)
 
 
+def _emulate(exe, case_dir, init, table, index, emit):
+    """Run the emulated kernels on one input; alpha, beta [B, S+1, n] (NaN where unwritten)."""
+    case_dir.mkdir()
+    for name, x in (("init", init), ("table", table), ("index", index), ("emit", emit)):
+        x.contiguous().numpy().tofile(case_dir / f"{name}.bin")
+    (B, S, n), U = emit.shape, table.shape[0]
+    subprocess.run([str(exe), str(n), str(B), str(S), str(U), str(case_dir)], check=True)
+    read = lambda f: torch.from_file(str(case_dir / f), size=B * (S + 1) * n).view(B, S + 1, n)  # noqa: E731
+    return read("alpha.bin"), read("beta.bin")
+
+
 @pytest.mark.skipif(shutil.which("g++") is None, reason="g++ (C++20) needed to emulate CUDA on the CPU")
 @pytest.mark.parametrize("n", CUDA_STATES)
-def test_cuda_source_emulated_on_cpu(cuda_dir, tmp_path, n):
-    source = (cuda_dir / f"scan_n{n}_sm_90.cu").read_text()
+def test_cuda_source_emulated_on_cpu(cuda_build, tmp_path, n):
+    """The shipped .cu executed with CUDA threads as std::threads: values, -inf, padding, dead
+    states, and NaN in init / a table entry / an emission propagating like the reference."""
+    source = (cuda_build / f"scan_n{n}_sm_90.cu").read_text()
     body = source[source.index('extern "C" __global__'):].replace("alignas(64) ", "")
     threads = int(re.search(r"__launch_bounds__\((\d+)\)", body).group(1))
     cpp = tmp_path / "emu.cpp"
@@ -255,15 +447,15 @@ def test_cuda_source_emulated_on_cpu(cuda_dir, tmp_path, n):
                     f"-DFORWARD_ARGS={_kernel_args(body, 'forward_kernel')}",
                     f"-DBACKWARD_ARGS={_kernel_args(body, 'backward_kernel')}",
                     str(cpp), "-o", str(exe)], check=True, capture_output=True)
-    B, S = 3, 6
-    init, edges = potentials(B, S, n, seed=3)
-    init.numpy().tofile(tmp_path / "init.bin")
-    edges.numpy().tofile(tmp_path / "edges.bin")
-    subprocess.run([str(exe), str(n), str(B), str(S), *(str(tmp_path / f) for f in
-                    ("init.bin", "edges.bin", "alpha.bin", "beta.bin"))], check=True)
-    read = lambda f: torch.from_file(str(tmp_path / f), size=B * (S + 1) * n).view(B, S + 1, n)  # noqa: E731
-    assert_close_scan(read("alpha.bin"), scan_forward(init.double(), edges.double()))
-    assert_close_scan(read("beta.bin"), scan_backward(edges.double()))
+    cases = {"plain": None, **(NAN_CASES if n <= 32 else {})}  # n = 4: P = 1, n = 32: P = 2 threads per state
+    for name, poison in cases.items():
+        pots = potentials(3, 6, n, seed=3)
+        if poison is not None:
+            poison(*pots)
+        alpha, beta = _emulate(exe, tmp_path / name, *pots)
+        ref_alpha, ref_beta = reference(*pots)
+        assert_close_scan(alpha, ref_alpha)
+        assert_close_scan(beta, ref_beta)
 
 
 STUB_DRIVER = ["cuDeviceGetName", "cuFuncSetAttribute", "cuGetErrorName", "cuGetErrorString",
@@ -272,26 +464,31 @@ STUB_DRIVER = ["cuDeviceGetName", "cuFuncSetAttribute", "cuGetErrorName", "cuGet
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc needed to build a stub libcuda.so.1")
-def test_cuda_library_loads_with_prebuilt_binary(cuda_dir, tmp_path):
+def test_cuda_library_loads_with_prebuilt_binary(cuda_build, tmp_path):
     """Loads a CUDA library the way a GPU node would (TVM's CUDA runtime, our compile hook
     serving the fatbin by source hash, no compiler) against a stub driver that fails every call;
-    loading needs no driver call, so this covers everything short of running on a GPU."""
+    loading needs no driver call, so this covers everything short of running on a GPU.  A
+    corrupt fatbin is refused before TVM sees it."""
     if torch.cuda.is_available():
         pytest.skip("a real driver is present; test_cuda_matches_reference covers loading")
     stub = tmp_path / "stub.c"
     stub.write_text("".join(f"int {f}(void) {{ return 999; }}\n" for f in STUB_DRIVER))
     subprocess.run(["gcc", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", str(stub), "-o",
                     str(tmp_path / "libcuda.so.1")], check=True)
+    shutil.copytree(cuda_build, tmp_path / "cuda")
+    _flip_byte(tmp_path / "cuda" / "scan_n32_sm_90.fatbin")
     script = textwrap.dedent(f"""
         import pytest
         from hmm.kernels import runtime as rt
-        kd = rt.TVMScan.load({str(cuda_dir)!r}).dirs["cuda"]
+        kd = rt.TVMScan.load({str(cuda_build)!r}).dirs["cuda"]
         rt._import_tvm("cuda")
         rt._FALLBACK_COMPILE[0] = None      # a miss must fail, not compile
         fwd, bwd = kd.load(128, "sm_90")
         assert kd.pick(128, "sm_100")["arch"] == "sm_90"   # newer GPU: PTX of the older build
         with pytest.raises(rt.KernelError, match="sm_80"):
             kd.pick(128, "sm_80")
+        with pytest.raises(rt.KernelError, match="scan_n32_sm_90.fatbin does not match.*kernels_cuda"):
+            rt.TVMScan.load({str(tmp_path / "cuda")!r}).dirs["cuda"].load(32, "sm_90")
         print("loaded", fwd, bwd)
     """)
     env = dict(os.environ, LD_LIBRARY_PATH=str(tmp_path), TVM_USE_RUNTIME_LIB="1",
@@ -300,26 +497,33 @@ def test_cuda_library_loads_with_prebuilt_binary(cuda_dir, tmp_path):
     assert res.returncode == 0 and "loaded" in res.stdout, res.stderr[-3000:]
 
 
-def test_cuda_matches_reference(cuda_dir):
+def test_cuda_matches_reference(cuda_kernels):
     if not torch.cuda.is_available():
         print("skipped: torch sees no GPU (CUDA kernels were only compiled and emulated)")
         pytest.skip("torch sees no GPU")
-    scan = TVMScan.load(cuda_dir)
-    for B, S, n in [(16, 31, 128), (3, 1, 4), (2, 0, 32), (5, 7, 32)]:
-        init, edges = potentials(B, S, n)
-        init, edges = init.cuda(), edges.cuda()
-        assert_close_scan(scan.forward(init, edges).cpu(), scan_forward(init.double(), edges.double()).cpu())
-        assert_close_scan(scan.backward(edges).cpu(), scan_backward(edges.double()).cpu())
+    scan = TVMScan.load(cuda_kernels)
+    states = scan.dirs["cuda"].manifest["states"]
+    shapes = [(3, 1, states[0]), (2, 0, states[0])] + [(5, 7, n) for n in states] + [(16, 31, states[-1])]
+    for B, S, n in shapes:
+        pots = [x.cuda() for x in potentials(B, S, n)]
+        alpha, beta = reference(*pots)
+        assert_close_scan(scan.forward(*pots).cpu(), alpha.cpu())
+        assert_close_scan(scan.backward(*pots[1:]).cpu(), beta.cpu())
+    for poison in NAN_CASES.values():
+        pots = potentials(4, 6, states[0], seed=4)
+        poison(*pots)
+        pots = [x.cuda() for x in pots]
+        assert_close_scan(scan.forward(*pots).cpu(), reference(*pots)[0].cpu())
 
 
 def test_trained_model_potentials_match_reference(llvm_dir, small_ptb, tmp_path):
     """Real potentials: a VLNHMM trained on PTB text (32 states, 4 blocks), scored by the TVM
-    scans and by the float64 reference, at evaluation (n = k = 8) and under dropout (n = k' = 4)."""
+    scans and by the float64 reference, at evaluation (n = k = 8) and under dropout (n = k' = 4).
+    The model still builds edges; they enter the kernels as one table block per edge."""
     from pipeline.config import resolve_run
     from pipeline.data import Corpus, Windows
     from pipeline.models import build_model
     from pipeline.train import train
-    from hmm.kernels import TVMScan
     corpus = Corpus.load(small_ptb)
     vocab = corpus.vocab
     clusters = tmp_path / "clusters.tsv"
@@ -338,5 +542,6 @@ def test_trained_model_potentials_match_reference(llvm_dir, small_ptb, tmp_path)
         with torch.no_grad():
             init, edges = model.potentials(model.params_for(training), x, mask, None, reset=False)
         assert edges.shape[-1] == (4 if training else 8)
-        assert_close_scan(scan.forward(init, edges), scan_forward(init.double(), edges.double()))
-        assert_close_scan(scan.backward(edges), scan_backward(edges.double()))
+        blocks = inference.edges_as_blocks(edges)
+        assert_close_scan(scan.forward(init, *blocks), scan_forward(init.double(), edges.double()))
+        assert_close_scan(scan.backward(*blocks), scan_backward(edges.double()))

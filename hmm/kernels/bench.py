@@ -3,13 +3,15 @@
     python -m hmm.kernels.bench --device cpu --states 8 16 64 128 256 --out results/bench/kernel.csv
     python -m hmm.kernels.bench --device cuda --states 64 128 256 512 --out results/bench/kernel_h100.csv
 
-Times, for B streams of T = S + 1 tokens (defaults 16 and 32, the model's windows) and each n:
-``forward`` (alpha), ``backward`` (beta) and ``marginals`` (log_partition + .backward(), i.e.
-forward scan, backward scan and the PyTorch assembly of the edge marginals).  Both backends
-run in the same process on the same random log-normalised potentials; after warm-up each op
-is timed ``--repeats`` times (CUDA: synchronised before and after) and the median and 10th /
-90th percentiles are written, with speedup = torch median / tvm median.  A PNG next to the
-CSV plots time against n on log axes.
+Times the block-form scans, for B streams of T = S + 1 tokens (defaults 16 and 32, the model's
+windows), U transition blocks (default 32, edges pick one at random) and each n: ``forward``
+(alpha), ``backward`` (beta) and ``gradient`` (log_partition_blocks + .backward(), i.e. forward
+scan, backward scan and the PyTorch accumulation of the posterior marginals into d table,
+d emit, d init).  Both backends run in the same process on the same random log-normalised
+potentials; after warm-up each op is timed ``--repeats`` times (CUDA: synchronised before and
+after) and the median and 10th / 90th percentiles are written, with speedup = torch median /
+tvm median.  Each CSV row is appended and flushed as soon as it is measured (a job cut off
+keeps its rows); a PNG next to the CSV plots time against n on log axes at the end.
 """
 from __future__ import annotations
 
@@ -22,24 +24,33 @@ from pathlib import Path
 
 import torch
 
-from hmm.inference import TorchScan, log_partition
+from hmm.inference import TorchScan, log_partition_blocks
 
 from .runtime import TVMScan
 
-COLUMNS = ["device", "backend", "n", "B", "T", "op", "ms_median", "ms_p10", "ms_p90", "speedup_vs_torch"]
-OPS = ("forward", "backward", "marginals")
+COLUMNS = ["device", "backend", "n", "B", "T", "U", "op", "ms_median", "ms_p10", "ms_p90", "speedup_vs_torch"]
+OPS = ("forward", "backward", "gradient")
 
 
-def _op(name: str, scan, init: torch.Tensor, edges: torch.Tensor):
+def potentials(B: int, T: int, n: int, U: int, g: torch.Generator, device: torch.device):
+    """Random log-normalised init [B, n], table [U, n, n], index [B, T-1] int32, emit [B, T-1, n]."""
+    init = torch.randn(B, n, generator=g).log_softmax(-1)
+    table = torch.randn(U, n, n, generator=g).log_softmax(-1)
+    index = torch.randint(0, U, (B, T - 1), generator=g, dtype=torch.int32)
+    emit = torch.randn(B, T - 1, n, generator=g).log_softmax(-1)
+    return tuple(x.to(device) for x in (init, table, index, emit))
+
+
+def _op(name: str, scan, init, table, index, emit):
     if name == "forward":
-        return lambda: scan.forward(init, edges)
+        return lambda: scan.forward(init, table, index, emit)
     if name == "backward":
-        return lambda: scan.backward(edges)
+        return lambda: scan.backward(table, index, emit)
 
-    def marginals():
-        i, e = init.detach().requires_grad_(), edges.detach().requires_grad_()
-        log_partition(i, e, scan=scan)[0].sum().backward()
-    return marginals
+    def gradient():
+        i, t, e = (x.detach().requires_grad_() for x in (init, table, emit))
+        log_partition_blocks(i, t, index, e, scan=scan)[0].sum().backward()
+    return gradient
 
 
 def time_ms(fn, device: torch.device, warmup: int, repeats: int) -> list[float]:
@@ -61,27 +72,40 @@ def _quantile(xs: list[float], q: float) -> float:
     return statistics.quantiles(xs, n=10, method="inclusive")[round(q * 10) - 1] if len(xs) > 1 else xs[0]
 
 
-def run(device: str, states: list[int], kernels: str | Path, B: int = 16, T: int = 32,
-        warmup: int = 3, repeats: int = 10, seed: int = 0) -> list[dict]:
-    """Benchmark rows (see COLUMNS) for every n and op, torch and tvm."""
+def _append(out: Path | None, row: dict) -> None:
+    """Append one CSV row and flush it to disk now."""
+    if out is None:
+        return
+    with out.open("a", newline="") as f:
+        csv.DictWriter(f, fieldnames=COLUMNS).writerow(row)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def run(device: str, states: list[int], kernels: str | Path, B: int = 16, T: int = 32, U: int = 32,
+        warmup: int = 3, repeats: int = 10, seed: int = 0, out: Path | None = None) -> list[dict]:
+    """Benchmark rows (see COLUMNS) for every n and op, torch then tvm; each row is appended
+    to the CSV ``out`` (header written first, replacing the file) as soon as it is measured."""
     dev = torch.device(device)
     backends = {"torch": TorchScan, "tvm": TVMScan.load(kernels)}
     g = torch.Generator().manual_seed(seed)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w", newline="") as f:
+            csv.DictWriter(f, fieldnames=COLUMNS).writeheader()
     rows = []
     for n in states:
-        init = torch.randn(B, n, generator=g).log_softmax(-1).to(dev)
-        edges = (torch.randn(B, T - 1, n, n, generator=g).log_softmax(-1)
-                 + torch.randn(B, T - 1, 1, n, generator=g).log_softmax(-1)).to(dev)
+        pots = potentials(B, T, n, U, g, dev)
         for op in OPS:
             med = {}
-            for backend, scan in backends.items():
-                ts = time_ms(_op(op, scan, init, edges), dev, warmup, repeats)
+            for backend, scan in backends.items():  # torch first: the speedup's baseline
+                ts = time_ms(_op(op, scan, *pots), dev, warmup, repeats)
                 med[backend] = statistics.median(ts)
-                rows.append({"device": device, "backend": backend, "n": n, "B": B, "T": T, "op": op,
+                rows.append({"device": device, "backend": backend, "n": n, "B": B, "T": T, "U": U, "op": op,
                              "ms_median": round(med[backend], 4), "ms_p10": round(_quantile(ts, 0.1), 4),
-                             "ms_p90": round(_quantile(ts, 0.9), 4), "speedup_vs_torch": None})
-            for row in rows[-2:]:
-                row["speedup_vs_torch"] = round(med["torch"] / med[row["backend"]], 3)
+                             "ms_p90": round(_quantile(ts, 0.9), 4),
+                             "speedup_vs_torch": round(med["torch"] / med[backend], 3)})
+                _append(out, rows[-1])
             print(f"{device} n={n:4d} {op:9s} torch {med['torch']:9.3f} ms  tvm {med['tvm']:8.3f} ms  "
                   f"x{med['torch'] / med['tvm']:.1f}", flush=True)
     return rows
@@ -122,22 +146,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="results/bench/kernel.csv")
     ap.add_argument("-B", type=int, default=16, help="streams")
     ap.add_argument("-T", type=int, default=32, help="tokens per window (S = T - 1 edges)")
+    ap.add_argument("-U", type=int, default=32, help="transition blocks in the table")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=10)
     args = ap.parse_args(argv)
     kernels = args.kernels or f"build/kernels/{'llvm' if args.device == 'cpu' else 'cuda'}"
-    rows = run(args.device, args.states, kernels, B=args.B, T=args.T, warmup=args.warmup, repeats=args.repeats)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    rows = run(args.device, args.states, kernels, B=args.B, T=args.T, U=args.U, warmup=args.warmup,
+               repeats=args.repeats, out=out)
     if args.device == "cuda":
         where = torch.cuda.get_device_name()
     else:
         where = f"CPU, {torch.get_num_threads()} torch threads, TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS')}"
-    title = f"HMM scans, B={args.B}, T={args.T}, float32 ({where}, torch {torch.__version__})"
+    title = f"HMM block scans, B={args.B}, T={args.T}, U={args.U}, float32 ({where}, torch {torch.__version__})"
     plot(rows, out.with_suffix(".png"), title)
     print(f"wrote {out} and {out.with_suffix('.png')}")
 

@@ -102,16 +102,17 @@ CHECK = """
 import sys, torch
 import tvm, tvm_ffi, ml_dtypes
 from hmm.kernels import TVMScan
-from hmm.inference import scan_forward, scan_backward
+from hmm.inference import TorchScan
 out = sys.argv[1]
 for mod in (tvm, tvm_ffi, ml_dtypes):
     assert mod.__file__.startswith(out), f"{mod.__name__} imported from {mod.__file__}, not {out}"
 assert tvm.base._RUNTIME_ONLY, "tvm did not start in runtime-only mode"
 scan = TVMScan.load(sys.argv[2])
 n = scan.dirs["llvm"].manifest["states"][-1]
-init, edges = torch.randn(4, n).log_softmax(-1), torch.randn(4, 7, n, n).log_softmax(-1)
-err = max((scan.forward(init, edges) - scan_forward(init, edges)).abs().max().item(),
-          (scan.backward(edges) - scan_backward(edges)).abs().max().item())
+init, table = torch.randn(4, n).log_softmax(-1), torch.randn(3, n, n).log_softmax(-1)
+index, emit = torch.randint(-1, 3, (4, 7), dtype=torch.int32), torch.randn(4, 7, n).log_softmax(-1)
+err = max((scan.forward(init, table, index, emit) - TorchScan.forward(init, table, index, emit)).abs().max().item(),
+          (scan.backward(table, index, emit) - TorchScan.backward(table, index, emit)).abs().max().item())
 assert err < 1e-4, err
 print(f"runtime-only tvm {tvm.__version__} from {out}: n={n} forward/backward max abs err {err:.2e}")
 """

@@ -1,9 +1,9 @@
 """Load built scan kernels and run them on torch tensors (zero-copy through DLPack).
 
     scan = TVMScan.load("build/kernels/llvm")        # or load_scan("build/kernels")
-    alpha = scan.forward(init, edges)                # init [B, n], edges [B, S, n, n] float32
-    beta = scan.backward(edges)                      # -> [B, S+1, n]
-    log_z, last = hmm.inference.log_partition(init, edges, scan=scan)
+    alpha = scan.forward(init, table, index, emit)   # init [B, n], table [U, n, n], index [B, S]
+    beta = scan.backward(table, index, emit)         # int32 (-1 = padding), emit [B, S, n] -> [B, S+1, n]
+    log_z, last = hmm.inference.log_partition_blocks(init, table, index, emit, scan=scan)
 
 The library is picked by n and by the tensors' device: CPU tensors use an ``llvm`` kernel
 directory, CUDA tensors a ``cuda`` one, and the library of the GPU's architecture (or else
@@ -15,6 +15,10 @@ calling the global ``tvm_callback_cuda_compile(source)``.  This module overrides
 callback: it returns the fatbin that :mod:`hmm.kernels.build` compiled ahead of time, found
 by the SHA-256 of the source, so a GPU node needs no compiler.  On a miss it falls back to the
 callback TVM registered (NVRTC or nvcc), if any.
+
+Every file handed to TVM (library, fatbin) is first checked against the SHA-256 in the manifest
+(hashed once per process per path, mtime and size): a corrupt, truncated or swapped library
+raises KernelError instead of crashing or computing wrong numbers.
 """
 from __future__ import annotations
 
@@ -25,20 +29,34 @@ import json
 import os
 import sys
 import threading
+import weakref
 from pathlib import Path
 
 import torch
 
 from .build import MANIFEST
 
-BUILD_HINT = "run `snakemake --cores 2 build/kernels/{target}/manifest.json`"
+BUILD_HINT = ("rebuild: snakemake --cores 2 --forcerun kernels_{target} build/kernels/{target}/manifest.json "
+              "(or delete build/kernels/{target} and rerun)")
+INT32_LIMIT = 2**31
 _LOCK = threading.Lock()
+_HASHES: dict[tuple[str, int, int], str] = {}   # (path, mtime_ns, size) -> sha256
+_CHECKED_INDEX: dict = {}                        # "key": (weakref to index, (version, U)) last in range
 _BINARIES: dict[str, bytes] = {}   # sha256 of CUDA source -> fatbin, for the load under way
 _FALLBACK_COMPILE = []             # the callback TVM had registered before ours
 
 
 class KernelError(RuntimeError):
     """A kernel library is missing or unusable; the message says which and how to build it."""
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, computed once per (path, mtime, size) in this process."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _HASHES:
+        _HASHES[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return _HASHES[key]
 
 
 def _target_of(device: torch.device) -> str:
@@ -136,28 +154,44 @@ class _KernelDir:
         entries = [k for k in self.manifest["kernels"] if k["n"] == n]
         if not entries:
             raise KernelError(f"no {self.target} kernel for n={n} in {self.path} (built: n in "
-                              f"{self.manifest['states']}); add {n} to the kernel states and {hint}")
+                              f"{self.manifest['states']}; the pipeline builds the n of every configured run and of "
+                              f"bench.kernel_states); {hint}")
         if arch is None:
             return entries[0]
         usable = [k for k in entries if _arch_key(k["arch"]) <= _arch_key(arch)]
         if not usable:
             raise KernelError(f"no cuda kernel for n={n} usable on {arch} in {self.path} (built: "
-                              f"{self.manifest['archs']}); add {arch} to the CUDA archs and {hint}")
+                              f"{self.manifest['archs']}); add {arch} to kernels.cuda_archs in the config, then {hint}")
         return max(usable, key=lambda k: _arch_key(k["arch"]))
 
     def functions(self, n: int, device: torch.device):
         """(forward, backward) packed functions for n states on ``device``."""
         return self.load(n, _cuda_arch(device) if self.target == "cuda" else None)
 
+    def verify(self, name: str) -> None:
+        """Raise KernelError unless file ``name`` has the SHA-256 the manifest records."""
+        hint = BUILD_HINT.format(target=self.target)
+        expected = self.manifest.get("files", {}).get(name, {}).get("sha256")
+        if expected is None:
+            raise KernelError(f"{self.path / MANIFEST} records no sha256 for {name}; {hint}")
+        actual = file_sha256(self.path / name)
+        if actual != expected:
+            raise KernelError(f"kernel file {self.path / name} does not match {MANIFEST} (corrupt, "
+                              f"truncated or from another build): expected sha256 {expected}, "
+                              f"actual {actual}; {hint}")
+
     def load(self, n: int, arch: str | None = None):
         """(forward, backward) for n states (and a GPU of architecture ``arch``), cached."""
         key = (n, arch)
         if key not in self.loaded:
             entry = self.pick(n, arch)
-            missing = [entry[f] for f in ("library", "binary") if f in entry and not (self.path / entry[f]).is_file()]
+            files = [entry[f] for f in ("library", "binary") if f in entry]
+            missing = [f for f in files if not (self.path / f).is_file()]
             if missing:
                 raise KernelError(f"missing {', '.join(missing)} in {self.path}; "
                                   + BUILD_HINT.format(target=self.target))
+            for f in files:
+                self.verify(f)
             tvm = _import_tvm(self.target)
             with _LOCK:
                 if self.target == "cuda":
@@ -195,53 +229,108 @@ class TVMScan:
     def load(cls, *kernel_dirs: str | Path) -> "TVMScan":
         return cls(*kernel_dirs)
 
-    def _functions(self, x: torch.Tensor):
-        target = _target_of(x.device)
+    def _functions(self, n: int, device: torch.device):
+        target = _target_of(device)
         if target not in self.dirs:
-            raise KernelError(f"tensor on {x.device} but no {target} kernel directory was given "
+            raise KernelError(f"tensor on {device} but no {target} kernel directory was given "
                               f"(have: {sorted(self.dirs)}); " + BUILD_HINT.format(target=target))
-        return self.dirs[target].functions(x.shape[-1], x.device)
+        return self.dirs[target].functions(n, device)
+
+    def prepare(self, n: int, device: str | torch.device = "cpu") -> None:
+        """Load (and verify) the kernels for n states on ``device`` now; KernelError if absent."""
+        self._functions(n, torch.device(device))
 
     @staticmethod
-    def _check(edges: torch.Tensor) -> None:
-        if edges.dtype != torch.float32:
-            raise TypeError(f"TVM scan kernels take float32, got {edges.dtype}")
-        if edges.dim() != 4 or edges.shape[-1] != edges.shape[-2]:
-            raise ValueError(f"edges must be [B, S, n, n], got {tuple(edges.shape)}")
-        if edges.numel() >= 2**31:
-            raise ValueError("edges has >= 2^31 entries; the kernels index with int32")
-
-    def _call(self, fn, edges: torch.Tensor, *args: torch.Tensor) -> None:
-        if edges.is_cuda:
-            with torch.cuda.device(edges.device):  # TVM launches on the current device
+    def _call(fn, device: torch.device, *args: torch.Tensor) -> None:
+        if device.type == "cuda":
+            with torch.cuda.device(device):  # TVM launches on the current device's current stream
                 fn(*args)
         else:
             fn(*args)
 
-    def forward(self, init: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-        """init [B, n], edges [B, S, n, n] -> alpha [B, S+1, n] (see hmm.inference.scan_forward)."""
-        self._check(edges)
-        B, S, n, _ = edges.shape
-        if init.shape != (B, n) or init.dtype != edges.dtype or init.device != edges.device:
-            raise ValueError(f"init must be float32 [B={B}, n={n}] on {edges.device}, "
-                             f"got {init.dtype} {tuple(init.shape)} on {init.device}")
-        fwd, _ = self._functions(edges)
+    def forward(self, init: torch.Tensor, table: torch.Tensor, index: torch.Tensor, emit: torch.Tensor,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+        """init [B, n], table [U, n, n], index [B, S] (int32/int64, -1 = padding), emit [B, S, n]
+        -> alpha [B, S+1, n] (see hmm.inference.scan_forward_blocks); written into ``out`` if given."""
+        table, index, emit = check_blocks(table, index, emit)
+        B, S, n = emit.shape
+        _check_tensor("init", init, (B, n), emit.device)
+        alpha = _output(out, emit, (B, S + 1, n))
+        fwd, _ = self._functions(n, emit.device)
         if B == 0 or S == 0:  # nothing to scan (and TVM rejects the strides torch gives empty tensors)
-            return init.unsqueeze(1).clone()
-        alpha = edges.new_empty(B, S + 1, n)
-        self._call(fwd, edges, init.contiguous(), edges.contiguous(), alpha)
+            return alpha.copy_(init.unsqueeze(1))
+        self._call(fwd, emit.device, init.contiguous(), table, index, emit, alpha)
         return alpha
 
-    def backward(self, edges: torch.Tensor) -> torch.Tensor:
-        """edges [B, S, n, n] -> beta [B, S+1, n] (see hmm.inference.scan_backward)."""
-        self._check(edges)
-        B, S, n, _ = edges.shape
-        _, bwd = self._functions(edges)
+    def backward(self, table: torch.Tensor, index: torch.Tensor, emit: torch.Tensor,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+        """table [U, n, n], index [B, S], emit [B, S, n] -> beta [B, S+1, n]
+        (see hmm.inference.scan_backward_blocks); written into ``out`` if given."""
+        table, index, emit = check_blocks(table, index, emit)
+        B, S, n = emit.shape
+        beta = _output(out, emit, (B, S + 1, n))
+        _, bwd = self._functions(n, emit.device)
         if B == 0 or S == 0:
-            return edges.new_zeros(B, S + 1, n)
-        beta = edges.new_empty(B, S + 1, n)
-        self._call(bwd, edges, edges.contiguous(), beta)
+            return beta.zero_()
+        self._call(bwd, emit.device, table, index, emit, beta)
         return beta
+
+
+def _check_tensor(name: str, x: torch.Tensor, shape: tuple, device: torch.device) -> None:
+    if x.dtype != torch.float32 or tuple(x.shape) != tuple(shape) or x.device != device:
+        raise ValueError(f"{name} must be float32 {list(shape)} on {device}, "
+                         f"got {x.dtype} {list(x.shape)} on {x.device}")
+
+
+def _output(out: torch.Tensor | None, like: torch.Tensor, shape: tuple) -> torch.Tensor:
+    """``out`` after checking it (float32, ``shape``, contiguous, like's device), or a new tensor."""
+    if out is None:
+        return like.new_empty(shape)
+    _check_tensor("out", out, shape, like.device)
+    if not out.is_contiguous():
+        raise ValueError("out must be contiguous")
+    return out
+
+
+def check_blocks(table: torch.Tensor, index: torch.Tensor, emit: torch.Tensor):
+    """Check the block-form potentials for the kernels; returns contiguous (table, index int32, emit).
+
+    table [U, n, n] float32, index [B, S] int32 or int64 with values in [-1, U), emit [B, S, n]
+    float32, all on one device, and U * n * n, B * (S+1) * n < 2^31 (the kernels index with int32).
+    An empty table (U = 0, every step padding) is replaced by one unused block.
+    """
+    if table.dim() != 3 or table.shape[1] != table.shape[2]:
+        raise ValueError(f"table must be [U, n, n], got {list(table.shape)}")
+    U, n, _ = table.shape
+    if index.dim() != 2 or index.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"index must be int32 or int64 [B, S], got {index.dtype} {list(index.shape)}")
+    B, S = index.shape
+    _check_tensor("table", table, (U, n, n), table.device)
+    _check_tensor("emit", emit, (B, S, n), table.device)
+    if index.device != table.device:
+        raise ValueError(f"index is on {index.device}, table on {table.device}")
+    if U * n * n >= INT32_LIMIT or B * (S + 1) * n >= INT32_LIMIT:
+        raise ValueError(f"U*n*n = {U * n * n} or B*(S+1)*n = {B * (S + 1) * n} reaches 2^31; "
+                         "the kernels index with int32 (split the batch or the table)")
+    _check_index_range(index, U)
+    if U == 0:
+        table = table.new_zeros(1, n, n)
+    return table.contiguous(), index.to(torch.int32).contiguous(), emit.contiguous()
+
+
+def _check_index_range(index: torch.Tensor, U: int) -> None:
+    """ValueError unless every index value is in [-1, U).  Reading the range back is a host sync
+    on CUDA, so the last index tensor found in range (the same object, unmodified since, same
+    U) is not read again: a forward and backward pair of log_partition syncs once."""
+    last = _CHECKED_INDEX.get("key")
+    key = (index._version, U)
+    if last is not None and last[0]() is index and last[1] == key:
+        return
+    if index.numel():
+        lo, hi = (v.item() for v in torch.aminmax(index))
+        if lo < -1 or hi >= U:
+            raise ValueError(f"index values must be in [-1, U={U}), got min {lo}, max {hi}")
+    _CHECKED_INDEX["key"] = (weakref.ref(index), key)
 
 
 def load_scan(kernel_dir: str | Path, device: str | torch.device = "cpu") -> TVMScan:
