@@ -292,7 +292,7 @@ def make_scans(backend: str, kernels: Path, device: torch.device):
 
     def pick(n):
         try:
-            tvm.forward(torch.zeros(1, n, device=device), torch.zeros(1, 1, n, n, device=device))
+            tvm.prepare(n, device)
             return tvm, "tvm"
         except KernelError as err:
             print(f"no TVM kernel for n={n} ({str(err).splitlines()[0]}): PyTorch scan", file=sys.stderr)

@@ -111,10 +111,10 @@ def settings_table(cls, title: str) -> str:
     rows = [f"### {title}", "", "| setting | type | default | meaning |", "|---|---|---|---|"]
     for f in fields(cls):
         rng = _range_text(f.metadata)
-        default = "required" if f.default is dataclasses.MISSING else (
+        default = "per model" if f.default is dataclasses.MISSING else (
             "null" if f.default is None else str(f.default).lower() if isinstance(f.default, bool) else f.default)
-        rows.append(f"| `{f.name}` | {_describe(hints[f.name])}{' ' + rng if rng else ''} | {default} | "
-                    f"{f.metadata.get('doc', '')} |")
+        doc = f.metadata.get("doc", "").replace("|", "\\|")
+        rows.append(f"| `{f.name}` | {_describe(hints[f.name])}{' ' + rng if rng else ''} | {default} | {doc} |")
     return "\n".join(rows) + "\n"
 
 

@@ -19,6 +19,19 @@ CONFIG = yaml.safe_load((ROOT / "config/config.yaml").read_text())
 TINY = yaml.safe_load((ROOT / "config/tiny.yaml").read_text())
 
 
+def merged_config(*files: str) -> dict:
+    """Config files merged as Snakemake merges them: mappings key by key, anything else replaced."""
+    def merge(base, over):
+        if isinstance(base, dict) and isinstance(over, dict):
+            return {k: merge(base[k], v) if k in base else v for k, v in over.items()} | \
+                {k: v for k, v in base.items() if k not in over}
+        return over
+    config: dict = {}
+    for f in files:
+        config = merge(config, yaml.safe_load((ROOT / f).read_text()))
+    return config
+
+
 def dataset_spec(dataset: str, tiny: bool) -> dict:
     """The dataset's config entry (tiny: with the in-repository prefixes' checksums)."""
     spec = dict(CONFIG["datasets"][dataset])

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import merged_config
 from pipeline.config import resolve_runs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,11 +76,11 @@ def test_nothing_to_do_after_a_run(tiny_all):
 
 def test_a_deleted_kernel_library_is_rebuilt(tiny_all):
     """Kernel libraries are tracked outputs: deleting one reruns the kernel rule (and what used it)."""
+    user = next(r for r in _tiny_runs() if 4 in r.scan_sizes)
+    target = f"results/runs/{user.key}/metrics.json"
     lib = TINY / "build/kernels/llvm/scan_n4.so"
     kept = lib.with_suffix(".kept")
     lib.rename(kept)
-    user = next(r for r in resolve_runs(_tiny_config()) if 4 in r.scan_sizes)
-    target = f"results/runs/{user.key}/metrics.json"
     try:
         by_name = job_counts(snakemake("-n", "build/kernels/llvm/scan_n4.so").stdout)
         retrain = job_counts(snakemake("-n", target, "--forcerun", target).stdout)
@@ -94,8 +95,7 @@ def test_brown_config_change_reruns_only_dependents(tiny_all, tmp_path):
     overlay.write_text("brown: {alpha: 2.0e-4}\n")
     out = snakemake("-n", "all", "--configfile", "config/tiny.yaml", str(overlay)).stdout
     jobs = job_counts(out)
-    runs = [r for r in resolve_runs(yaml.safe_load((ROOT / "config/tiny.yaml").read_text())
-                                    | {"datasets": {"ptb": {}, "wt2": {}}, "defaults": _tiny_defaults()})]
+    runs = _tiny_runs()
     brown = [r for r in runs if r.model == "vlnhmm" and r.settings.constraint == "brown"]
     assert jobs["brown_clusters"] == len({(r.dataset, r.settings.num_clusters) for r in brown})
     assert jobs["train"] == len(brown)
@@ -140,20 +140,12 @@ def test_corrupt_mirror_fails_the_download_rule(tmp_path):
     assert not (work / "data/ptb/stats.json").exists()
 
 
-def _tiny_config():
-    config = yaml.safe_load((ROOT / "config/tiny.yaml").read_text())
-    return config | {"datasets": {"ptb": {}, "wt2": {}}, "defaults": _tiny_defaults()}
-
-
-def _tiny_defaults():
-    base = yaml.safe_load((ROOT / "config/config.yaml").read_text())["defaults"]
-    tiny = yaml.safe_load((ROOT / "config/tiny.yaml").read_text())["defaults"]
-    return {k: base[k] | tiny.get(k, {}) for k in base}
+def _tiny_runs():
+    return resolve_runs(merged_config("config/config.yaml", "config/tiny.yaml"))
 
 
 def _paper_runs():
-    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
-    return resolve_runs(config)
+    return resolve_runs(merged_config("config/config.yaml"))
 
 
 def test_full_dag_lists_the_expected_jobs(tmp_path):

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from . import target_for
 from .build import MANIFEST
 
 BUILD_HINT = ("rebuild: snakemake --cores 2 --forcerun kernels_{target} build/kernels/{target}/manifest.json "
@@ -60,11 +61,10 @@ def file_sha256(path: Path) -> str:
 
 
 def _target_of(device: torch.device) -> str:
-    if device.type == "cpu":
-        return "llvm"
-    if device.type == "cuda":
-        return "cuda"
-    raise KernelError(f"no TVM scan kernels for device type {device.type!r} (cpu or cuda)")
+    try:
+        return target_for(device.type)
+    except ValueError as err:
+        raise KernelError(str(err)) from None
 
 
 def _preload_cudart() -> None:

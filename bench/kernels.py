@@ -1,7 +1,7 @@
 """Micro benchmark: TVM scan kernels against the PyTorch reference (hmm.inference.TorchScan).
 
-    python -m hmm.kernels.bench --device cpu --states 8 16 64 128 256 --out results/bench/kernel.csv
-    python -m hmm.kernels.bench --device cuda --states 64 128 256 512 --out results/bench/kernel_h100.csv
+    python -m bench.kernels --device cpu --states 8 16 64 128 256 --out results/bench/kernel.csv
+    python -m bench.kernels --device cuda --states 64 128 256 512 --out results/bench/kernel_h100.csv
 
 Times the block-form scans, for B streams of T = S + 1 tokens (defaults 16 and 32, the model's
 windows), U transition blocks (default 32, edges pick one at random) and each n: ``forward``
@@ -19,14 +19,14 @@ import argparse
 import csv
 import os
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
 from hmm.inference import TorchScan, log_partition_blocks
 
-from .runtime import TVMScan
+from hmm.kernels import TVMScan
+from pipeline.timing import time_ms
 
 COLUMNS = ["device", "backend", "n", "B", "T", "U", "op", "ms_median", "ms_p10", "ms_p90", "speedup_vs_torch"]
 OPS = ("forward", "backward", "gradient")
@@ -51,21 +51,6 @@ def _op(name: str, scan, init, table, index, emit):
         i, t, e = (x.detach().requires_grad_() for x in (init, table, emit))
         log_partition_blocks(i, t, index, e, scan=scan)[0].sum().backward()
     return gradient
-
-
-def time_ms(fn, device: torch.device, warmup: int, repeats: int) -> list[float]:
-    """Wall times of ``repeats`` calls in ms, after ``warmup`` calls."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
 
 
 def _quantile(xs: list[float], q: float) -> float:
@@ -99,7 +84,7 @@ def run(device: str, states: list[int], kernels: str | Path, B: int = 16, T: int
         for op in OPS:
             med = {}
             for backend, scan in backends.items():  # torch first: the speedup's baseline
-                ts = time_ms(_op(op, scan, *pots), dev, warmup, repeats)
+                ts = time_ms(_op(op, scan, *pots), dev, warmup=warmup, repeats=repeats)
                 med[backend] = statistics.median(ts)
                 rows.append({"device": device, "backend": backend, "n": n, "B": B, "T": T, "U": U, "op": op,
                              "ms_median": round(med[backend], 4), "ms_p10": round(_quantile(ts, 0.1), 4),

@@ -1,0 +1,76 @@
+"""The house rules: packages import only downward, every setting has one home, the workflow is
+lint- and format-clean, and the generated settings reference is current."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, resolve_run, settings_doc
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("hmm", "baselines", "pipeline", "bench")
+# who may import whom: the model at the bottom, the reproduction's machinery above it, benchmarks on top
+ALLOWED = {"hmm": set(), "baselines": set(), "pipeline": {"hmm", "baselines"}, "bench": {"hmm", "pipeline"}}
+
+
+def imports_of(package: str) -> dict[str, set[str]]:
+    """module path -> the repository packages it imports (any import statement, at any depth)."""
+    found = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+        found[str(path.relative_to(ROOT))] = names & set(PACKAGES) - {package}
+    return found
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_imports_only_run_downward(package):
+    bad = {mod: sorted(deps - ALLOWED[package]) for mod, deps in imports_of(package).items() if deps - ALLOWED[package]}
+    assert not bad, f"{package} may import only {sorted(ALLOWED[package])}: {bad}"
+
+
+def test_settings_are_declared_in_the_dataclasses_only():
+    """The schema checks the config's structure; no run setting is declared (or defaulted) there or in
+    config.yaml's defaults."""
+    schema = (ROOT / "config/schema.yaml").read_text()
+    for name in ("num_states", "num_clusters", "backend", "state_dropout", "lr", "hidden", "batch_size"):
+        assert f" {name}:" not in schema, name
+    assert "defaults: {}" in (ROOT / "config/config.yaml").read_text()
+
+
+def test_a_bad_setting_is_named_with_its_run():
+    with pytest.raises(ConfigError, match=r"run ptb/x: `hidden` must be an integer >= 1, got 'big'"):
+        resolve_run({"name": "x", "dataset": "ptb", "model": "vlnhmm", "hidden": "big"})
+    with pytest.raises(ConfigError, match=r"run ptb/x: `hiden` is not a setting of model ff"):
+        resolve_run({"name": "x", "dataset": "ptb", "model": "ff", "hiden": 3})
+    with pytest.raises(ConfigError, match=r"`backend` must be one of torch, tvm, got 'cuda'"):
+        resolve_run({"name": "x", "dataset": "ptb", "model": "vlnhmm", "backend": "cuda"})
+    with pytest.raises(ConfigError, match="num_states 100 is not a multiple of num_clusters 128"):
+        resolve_run({"name": "x", "dataset": "ptb", "model": "vlnhmm", "num_states": 100})
+
+
+def test_settings_reference_is_current():
+    assert (ROOT / "config/README.md").read_text() == settings_doc(), \
+        "regenerate: python -m pipeline.config --doc > config/README.md"
+
+
+@pytest.mark.parametrize("profile", [None, "profiles/tiny"])
+def test_snakemake_lint_is_clean(profile):
+    cmd = [sys.executable, "-m", "snakemake", "--lint"] + (["--profile", profile] if profile else [])
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "Congratulations, your workflow is in a good condition!" in out, out[-3000:]
+
+
+def test_snakefmt_is_clean():
+    proc = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow/"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
