@@ -1,114 +1,93 @@
 """Cost of a VLNHMM training step and evaluation batch against the number of states |Z|.
 
-    python -m bench.scale --device cpu --states 256 512 1024 2048 4096 --num-clusters 16 16 16 32 64 \\
-        --vocab 10000 --steps 3 --backend tvm --kernels build/kernels/llvm --out results/bench/scale_cpu.csv
-    python -m bench.scale --device cuda --states 4096 8192 16384 32768 65536 131072 262144 \\
-        --num-clusters 128 --vocab 10000 --backend tvm --kernels build/kernels/cuda --out results/bench/scale_cuda.csv
+    python -m bench.scale --device cpu --states 256 512 1024 --num-clusters 16 --vocab 10000 --steps 3 \\
+        --backend tvm --kernels build/kernels/llvm --out results/bench/scale_cpu.csv
+    python -m bench.scale --device cuda --states 4096 8192 16384 32768 65536 131072 262144 --num-clusters 128 \\
+        --backend tvm --kernels build/kernels/cuda --precision tf32 --out results/bench/scale_cuda.csv
 
-Setup per |Z| (M blocks, k = |Z| / M states per block, k' = (1 - dropout) k kept in training,
-C' = M k' live states): a VLNHMM (hidden h, state dropout) on synthetic text with a realistic
-vocabulary: V words in M random clusters of ~V/M words, Zipf word frequencies, ``<eos>`` about
-every 22 tokens; B streams x T tokens per window, the carry passed between windows, AdamW and
-gradient clipping at 5 as in :mod:`pipeline.train`.  Both paths run in the same process on the
-same initial weights and windows:
+Per |Z| (M blocks, k = |Z| / M, k' = (1 - dropout) k kept in training, C' = M k' live states): a
+VLNHMM (hidden h, state dropout) on synthetic text with a realistic vocabulary (V words in M
+random clusters, Zipf frequencies, ``<eos>`` about every 22 tokens), B streams x T tokens.  What is
+timed is the training loop's own step, :meth:`pipeline.train.Trainer.step` (forward, backward,
+clipping, AdamW), and the model's own evaluation; two paths in the same process, same weights,
+same windows:
 
-    reference  dense log_softmax of the [C', C'] transition logits, PyTorch scan (``lean_transition=False``)
-    fast       tiled normalizer and gathered [n, n] blocks (``lean_transition=True``), ``--backend`` scan;
-               where no TVM kernel exists for n the fast row falls back to the PyTorch scan (column ``scan``)
+    reference  dense log_softmax of the [C', C'] transition logits, PyTorch scans, fp32
+    fast       factors + row normalizers (fused in Triton on CUDA), ``--backend`` scans, ``--precision``
 
-Rows (``mode``): ``train`` one optimizer step; ``eval_build`` the one-off build of the cached
-evaluation parameters (the dense [|Z|, |Z|] matrix, both paths); ``eval`` one batch with them.
+Rows (``mode``): ``train`` one step; ``eval_build`` the one-off build of the cached evaluation
+parameters; ``eval`` one batch with them.  ``ms``: median over ``--steps`` after ``--warmup``
+(synchronized).  The split by part comes from one more step under torch.profiler, from the ranges
+the model names itself (``vlnhmm.mlp``, ``vlnhmm.normalizer``, ``vlnhmm.emission``,
+``vlnhmm.potentials``, ``hmm.scan.forward``, ``hmm.scan.backward``, ``hmm.normalizer.backward``)
+and torch's optimizer range; CPU time on the CPU, kernel time on CUDA; ``ms_other`` is what the
+profiled step spent outside them (the MLPs' and emission's backward, autograd, launches).
+``kernels``: CUDA kernels launched per step; ``host_reads``: reads of device data back to the host
+per step (each a GPU synchronization, :class:`pipeline.timing.CountHostReads`).
 
-Timing: ``ms`` is the median wall time of the whole step / build / batch over ``--steps`` runs
-after ``--warmup`` (CUDA: synchronised before each clock read), with ``ms_forward``,
-``ms_backward`` and ``ms_optimizer`` (clip + AdamW) read inside the same training steps.  The
-split by part re-runs the model's own functions one part at a time on detached inputs (median
-of ``--steps``, forward + backward with all-ones gradients in training, synchronised):
-
-    mlp          P = trans_mlp(E_prev), Q = E_next and the start logits of the live states
-    normalizer   reference log_softmax(P Q^T); fast row_logsumexp(P, Q) (+ the dense matrix at eval_build)
-    emission     emission MLP, block logits, log_softmax and gather (VLNHMM._emission)
-    potentials   transition blocks, carry prior and edge assembly (VLNHMM.potentials)
-    dp_forward   forward scan;  dp_backward: backward scan + marginals (log_partition's backward)
-    other        ms - sum of the parts and the optimizer: autograd and gather overheads, noise
-
-Memory: ``peak_mib`` is the peak of tensor memory allocated during one more step above what
-was allocated when it began (CUDA: max_memory_allocated; CPU: the allocations and frees
-recorded by torch.profiler with profile_memory, summed in order; RSS-based numbers would mix
-in the allocator's caching).  ``resident_mib`` is what stays allocated between steps: weights,
-gradients and AdamW state (train) or weights and the cached distributions (eval).
-``s_per_ptb_epoch`` = 929,589 / (B T) steps x ms (train rows).  ``speedup`` = reference ms /
-this row's ms.  A configuration that fails (out of memory, say) is written with its error in
-``status`` and the sweep goes on.
-
-``--tf32`` and ``--bf16`` (CUDA autocast of the model's forward) change nothing on CPU.
-A PNG next to the CSV plots training time by part, evaluation time and memory against |Z|.
+Memory: ``peak_mib`` is the peak of tensor memory during one more step above what was allocated
+when it began (CUDA: max_memory_allocated; CPU: the profiler's allocation events, summed in
+order); ``resident_mib`` what stays allocated between steps (weights, gradients, AdamW state; or
+weights and the cached distributions).  ``s_per_ptb_epoch`` = 929,589 / (B T) x ms.
+``speedup`` = reference ms / this row's ms.  A configuration that fails (out of memory, say) is
+written with its error in ``status`` and the sweep goes on; every row is written when measured.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
-import dataclasses
 import itertools
-import statistics
 import sys
-import time
 import traceback
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from hmm import inference, normalizer
+from hmm import inference
 from hmm.config import HMMConfig
-from hmm.model import FactoredTransition, HMMParams, VLNHMM
+from hmm.model import VLNHMM
+from pipeline.config import resolve_run
+from pipeline.data import Corpus, Vocab
+from pipeline.models import count_parameters
+from pipeline.timing import Clock, CountHostReads, median, synchronize
+from pipeline.train import Trainer
 
 PTB_TRAIN_TOKENS = 929_589
-PARTS = ("mlp", "normalizer", "emission", "potentials", "dp_forward", "dp_backward")
-MODE_PARTS = {"train": ("mlp", "normalizer", "emission", "potentials", "dp"),
-              "eval_build": ("mlp", "normalizer", "emission"),
-              "eval": ("potentials", "dp")}
+MATMUL_PRECISION = {"fp32": "highest", "tf32": "high", "bf16": "medium"}  # torch's names
+PARTS = {"mlp": "vlnhmm.mlp", "normalizer": "vlnhmm.normalizer", "emission": "vlnhmm.emission",
+         "potentials": "vlnhmm.potentials", "scan_forward": "hmm.scan.forward",
+         "scan_backward": "hmm.scan.backward", "normalizer_backward": "hmm.normalizer.backward",
+         "optimizer": "Optimizer.step#AdamW.step"}
 COLUMNS = ["device", "threads", "path", "mode", "scan", "precision", "states", "clusters", "k", "kept", "live_states",
-           "vocab", "hidden", "B", "T", "ms", "ms_forward", "ms_backward", "ms_optimizer",
-           *(f"ms_{p}" for p in PARTS), "ms_other", "peak_mib", "resident_mib", "s_per_ptb_epoch",
-           "speedup", "status"]
+           "vocab", "hidden", "B", "T", "params", "ms", *(f"ms_{p}" for p in PARTS), "ms_other", "kernels",
+           "host_reads", "peak_mib", "resident_mib", "s_per_ptb_epoch", "speedup", "status"]
 
 
 def synthetic(V: int, M: int, B: int, T: int, count: int, seed: int):
-    """(clusters [V], eos id, ``count`` windows (x [B, T], mask [B, T])) of Zipf-distributed words."""
+    """(corpus of ``count`` windows of Zipf-distributed words, clusters [V], eos id)."""
     rng = np.random.default_rng(seed)
     clusters = rng.permutation(V) % M
     freq = 1.0 / np.arange(1, V + 1)
-    word_of_rank = rng.permutation(V)
-    eos = V - 1
-    windows = []
-    for _ in range(count):
-        x = word_of_rank[rng.choice(V, size=(B, T), p=freq / freq.sum())]
-        x[rng.random((B, T)) < 1 / 22] = eos
-        windows.append((torch.as_tensor(x), torch.ones(B, T, dtype=torch.bool)))
-    return clusters, eos, windows
+    ids = rng.permutation(V)[rng.choice(V, size=B * T * count, p=freq / freq.sum())]
+    ids[rng.random(len(ids)) < 1 / 22] = V - 1
+    tokens = tuple(f"w{i}" for i in range(V - 1)) + ("<eos>",)
+    splits = {s: torch.as_tensor(ids) for s in ("train", "valid", "test")}
+    return Corpus(Vocab(tokens, (1,) * V), splits, {s: torch.tensor([0]) for s in splits}), clusters, V - 1
 
 
-class Clock:
-    """Milliseconds, synchronising the GPU first."""
-
-    def __init__(self, device: torch.device):
-        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def __call__(self) -> float:
-        self.sync()
-        return time.perf_counter() * 1e3
+def mib(tensors) -> float:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor)) / 2**20
 
 
 def peak_mib(fn, device: torch.device) -> float:
     """Peak tensor memory allocated while fn() runs, above what was allocated when it began."""
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        synchronize(device)
         torch.cuda.reset_peak_memory_stats()
         start = torch.cuda.memory_allocated()
         fn()
-        torch.cuda.synchronize()
+        synchronize(device)
         return (torch.cuda.max_memory_allocated() - start) / 2**20
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
@@ -117,99 +96,39 @@ def peak_mib(fn, device: torch.device) -> float:
     return max(itertools.accumulate((e.nbytes() for e in events), initial=0)) / 2**20
 
 
-def mib(tensors) -> float:
-    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor)) / 2**20
+def profile_parts(fn, device: torch.device) -> dict:
+    """ms per named part, ms_other, and CUDA kernels launched, of one profiled call of fn()."""
+    activities = [torch.profiler.ProfilerActivity.CPU] + (
+        [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    synchronize(device)
+    with torch.profiler.profile(activities=activities) as prof:
+        fn()
+        synchronize(device)
+    events = prof.events()
+    cuda = device.type == "cuda"
 
+    def ms(e) -> float:
+        return (e.device_time_total if cuda else e.cpu_time_total) / 1e3
 
-def train_step(model, opt, batch, carry, clock, autocast):
-    """One step as pipeline.train takes it: (carry, (ms forward, ms backward, ms clip + AdamW))."""
-    x, mask = batch
-    t0 = clock()
-    with autocast():
-        logp, carry = model(x, mask, carry)
-    loss = -logp.sum() / mask.sum()
-    t1 = clock()
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    t2 = clock()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-    opt.step()
-    return carry, (t1 - t0, t2 - t1, clock() - t2)
-
-
-def eval_batch(model, batch, carry, autocast):
-    x, mask = batch
-    with torch.no_grad(), autocast():
-        return model(x, mask, carry)[1]
-
-
-def detached(p: HMMParams, grad: bool) -> HMMParams:
-    """p with every distribution tensor detached (a leaf requiring grad if ``grad``)."""
-    def leaf(t):
-        return t.detach().requires_grad_(grad)
-    t = p.transition
-    if isinstance(t, FactoredTransition):
-        t = dataclasses.replace(t, prev=leaf(t.prev), next=leaf(t.next), log_norm=leaf(t.log_norm))
+    out = {f"ms_{part}": sum(ms(e) for e in events if e.name == name) or None for part, name in PARTS.items()}
+    if cuda:
+        kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+        total = sum(e.device_time_total for e in kernels) / 1e3
+        out["kernels"] = len(kernels)
     else:
-        t = dataclasses.replace(t, log_probs=leaf(t.log_probs))
-    return dataclasses.replace(p, log_start=leaf(p.log_start), log_emit=leaf(p.log_emit), transition=t)
-
-
-def normalizer_part(p: torch.Tensor, q: torch.Tensor, lean: bool, training: bool) -> torch.Tensor:
-    """What the model makes of the factors P, Q: log_softmax(P Q^T), log Z, or (eval) log A."""
-    if not lean:
-        return (p @ q.T).log_softmax(dim=-1)
-    log_z = normalizer.row_logsumexp(p, q)
-    return log_z if training else FactoredTransition(p, q, log_z, None).dense()
-
-
-def part_ms(model, mode: str, batch, carry, clock, repeats: int, autocast) -> dict[str, float]:
-    """Median ms of each part of ``mode`` run alone (see the module docstring)."""
-    training = mode == "train"
-    x, mask = batch
-    reset = model.cfg.eos_reset == "always" or (model.cfg.eos_reset == "train" and training)
-    with torch.no_grad(), autocast():
-        p = model.params_for(False) if mode == "eval" else model.build(training)
-        pq = [model.param.transition_prev(p.live.states), model.param.transition_next(p.live.states)]
-        init, edges = model.potentials(p, x, mask, carry, reset) if mode != "eval_build" else (None, None)
-    live, param = p.live, model.param
-    P, Q = (t.detach().requires_grad_(training) for t in pq)
-    p = detached(p, training)
-    init, edges = (t.detach().requires_grad_(training) if t is not None else None for t in (init, edges))
-    fns = {
-        "mlp": lambda: [param.transition_prev(live.states), param.transition_next(live.states),
-                        param.start_logits(live.states)],
-        "normalizer": lambda: [normalizer_part(P, Q, model.lean_transition, training)],
-        "emission": lambda: [model._emission(live)],
-        "potentials": lambda: list(model.potentials(p, x, mask, carry, reset)),
-        "dp": lambda: [inference.log_partition(init, edges, model.scan)[0]],
-    }
-
-    def once(fn):
-        grad = torch.enable_grad() if training else torch.no_grad()
-        with grad, autocast():
-            t0 = clock()
-            outs = fn()
-            t1 = clock()
-        if training:
-            torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
-        t2 = clock()
-        model.zero_grad(set_to_none=True)
-        return t1 - t0, t2 - t1
-
-    out = {}
-    for name in MODE_PARTS[mode]:
-        once(fns[name])
-        fwd, bwd = zip(*(once(fns[name]) for _ in range(repeats)))
-        if name == "dp":
-            out["dp_forward"] = statistics.median(fwd)
-            out["dp_backward"] = statistics.median(bwd) if training else None
-        else:
-            out[name] = statistics.median(a + b for a, b in zip(fwd, bwd))
+        roots = [e for e in events if e.cpu_parent is None]
+        total = sum(e.cpu_time_total for e in roots) / 1e3
+    out["ms_other"] = total - sum(v for v in out.values() if v is not None and isinstance(v, float))
     return out
 
 
-def attempt(row: dict, fn) -> None:
+def host_reads(fn) -> int:
+    with CountHostReads() as counter:
+        fn()
+    return len(counter.reads)
+
+
+def attempt(row: dict, fn) -> dict:
     """row.update(fn()); on failure (out of memory, say) the error goes into row['status']."""
     try:
         row.update(fn())
@@ -218,68 +137,73 @@ def attempt(row: dict, fn) -> None:
         row["status"] = f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    return row
 
 
-def bench_path(path: str, cfg: HMMConfig, data, args, scans, device, autocast) -> list[dict]:
-    """Rows (train, eval_build, eval) of one path for one configuration."""
-    clusters, eos, windows = data
-    windows = itertools.cycle([(x.to(device), m.to(device)) for x, m in windows])
+class Setup:
+    """One path at one |Z|: a Trainer on synthetic windows (the training loop's step and model)."""
+
+    def __init__(self, cfg: HMMConfig, path: str, args, data, scans, device: torch.device):
+        corpus, clusters, eos = data
+        self.fast = fast = path == "fast"
+        self.device, self.args = device, args
+        self.precision = args.precision if fast else "fp32"
+        torch.manual_seed(args.seed)
+        self.model = VLNHMM(cfg, args.vocab, clusters, eos, seed=args.seed, lean_transition=fast,
+                            precision=self.precision)
+        run = resolve_run({"name": f"bench-{path}", "dataset": "synthetic", "model": "vlnhmm", "device": device.type,
+                           "batch_size": args.batch, "bptt": args.bptt, "lr": 1e-3,
+                           "matmul_precision": MATMUL_PRECISION[self.precision], **vars(cfg)})
+        self.trainer = Trainer(run, corpus, self.model, Path(args.out).parent / "bench-scratch", Path("unused.pt"))
+        windows = [self.trainer.window(s) for s in range(len(corpus.splits["train"]) // (args.batch * args.bptt))]
+        self.windows = itertools.cycle([(x.to(device), m.to(device), int(m.sum())) for x, m in windows])
+        self.scans = scans
+        self.carry = None
+
+    def use_scan(self, n: int) -> str:
+        """The scan for n live states: the fast path's backend, the reference's PyTorch."""
+        self.model.scan, name = self.scans(n) if self.fast else (inference.TorchScan, "torch")
+        return name
+
+    def train_step(self):
+        x, mask, ntok = next(self.windows)
+        self.trainer.step(x, mask, ntok)
+
+    def eval_batch(self):
+        x, mask, _ = next(self.windows)
+        with torch.no_grad():
+            _, self.carry = self.model(x, mask, self.carry)
+
+    def eval_build(self):
+        with torch.no_grad():
+            self.model.build(False)
+
+
+def measure(setup: Setup, mode: str) -> dict:
+    args, device = setup.args, setup.device
+    fn = {"train": setup.train_step, "eval": setup.eval_batch, "eval_build": setup.eval_build}[mode]
+    setup.model.train(mode == "train")
     clock = Clock(device)
-    torch.manual_seed(args.seed)
-    model = VLNHMM(cfg, args.vocab, clusters, eos, seed=args.seed, lean_transition=path == "fast").to(device)
-    carry = {}  # mode -> the carry after that mode's timed steps, for its split by part
-
-    def train():
-        model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        c, times = None, []
-        for _ in range(args.warmup + args.steps):
-            c, t = train_step(model, opt, next(windows), c, clock, autocast)
-            times.append(t)
-        carry["train"] = c
-        fwd, bwd, opt_ms = (statistics.median(col) for col in zip(*times[args.warmup:]))
-        ms = statistics.median(sum(t) for t in times[args.warmup:])
+    times = []
+    for _ in range(args.warmup + args.steps):
+        t0 = clock()
+        fn()
+        times.append(clock() - t0)
+    row = {"ms": median(times[args.warmup:])}
+    row.update(profile_parts(fn, device))
+    row["host_reads"] = host_reads(fn)
+    row["peak_mib"] = peak_mib(fn, device)
+    model = setup.model
+    if mode == "train":
+        opt = setup.trainer.opt
         state = [p.grad for p in model.parameters()] + [v for st in opt.state.values() for v in st.values()]
-        return {"ms": ms, "ms_forward": fwd, "ms_backward": bwd, "ms_optimizer": opt_ms,
-                "resident_mib": mib(list(model.parameters()) + state),
-                "s_per_ptb_epoch": PTB_TRAIN_TOKENS / (args.batch * args.bptt) * ms / 1e3,
-                "peak_mib": peak_mib(lambda: train_step(model, opt, next(windows), c, clock, autocast), device)}
-
-    def eval_build():
-        model.eval()
-        with torch.no_grad(), autocast():
-            times = []
-            for _ in range(args.warmup + args.steps):
-                t0 = clock()
-                model.build(False)
-                times.append(clock() - t0)
-            return {"ms": statistics.median(times[args.warmup:]),
-                    "peak_mib": peak_mib(lambda: model.build(False), device)}
-
-    def evaluate():
-        model.eval()
-        c, times = None, []
-        for _ in range(args.warmup + args.steps):  # the first call builds the cache
-            t0 = clock()
-            c = eval_batch(model, next(windows), c, autocast)
-            times.append(clock() - t0)
-        carry["eval"] = c
+        row["resident_mib"] = mib(list(model.parameters()) + state)
+        row["s_per_ptb_epoch"] = PTB_TRAIN_TOKENS / (args.batch * args.bptt) * row["ms"] / 1e3
+    elif mode == "eval":
         p = model.params_for(False)
-        return {"ms": statistics.median(times[args.warmup:]),
-                "resident_mib": mib(list(model.parameters()) + [p.log_start, p.log_trans, p.log_emit]),
-                "peak_mib": peak_mib(lambda: eval_batch(model, next(windows), c, autocast), device)}
-
-    rows = []
-    for mode, measure, n in (("train", train, cfg.kept_per_block), ("eval_build", eval_build, None),
-                             ("eval", evaluate, cfg.states_per_block)):
-        model.scan, scan = scans(n) if path == "fast" and n else (inference.TorchScan, "torch" if n else "-")
-        row = {"path": path, "mode": mode, "scan": scan, "status": "ok"}
-        attempt(row, measure)
-        if row["status"] == "ok":
-            attempt(row, lambda: {f"ms_{k}": v for k, v in part_ms(
-                model, mode, next(windows), carry.get(mode), clock, args.steps, autocast).items()})
-        rows.append(row)
-    return rows
+        cached = [p.log_start, p.log_emit, getattr(p.transition, "table", None), getattr(p.transition, "log_probs", None)]
+        row["resident_mib"] = mib(list(model.parameters()) + cached)
+    return row
 
 
 def make_scans(backend: str, kernels: Path, device: torch.device):
@@ -302,106 +226,106 @@ def make_scans(backend: str, kernels: Path, device: torch.device):
 
 def run(args) -> list[dict]:
     device = torch.device(args.device)
-    normalizer.TILE = args.tile
     if args.threads:
         torch.set_num_threads(args.threads)  # before TVM loads: its pool takes torch's thread count
-    on_cuda = device.type == "cuda"
-    if not on_cuda and (args.tf32 or args.bf16):
-        print("--tf32/--bf16 are CUDA options: no effect on CPU", file=sys.stderr)
-    if on_cuda and args.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    precision = "bf16" if on_cuda and args.bf16 else "tf32" if on_cuda and args.tf32 else "fp32"
-
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-
     clusters = args.num_clusters * len(args.states) if len(args.num_clusters) == 1 else args.num_clusters
     if len(clusters) != len(args.states):
         raise SystemExit("--num-clusters takes one value or one per --states value")
     scans = make_scans(args.backend, args.kernels, device)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        csv.DictWriter(f, fieldnames=COLUMNS).writeheader()
     rows = []
     for states, M in zip(args.states, clusters):
-        cfg = HMMConfig(num_states=states, num_clusters=M, hidden=args.hidden, state_dropout=args.dropout)
+        cfg = HMMConfig(num_states=states, num_clusters=M, hidden=args.hidden, state_dropout=args.dropout,
+                        backend=args.backend)
         data = synthetic(args.vocab, M, args.batch, args.bptt, 4, args.seed)
-        common = {"device": args.device, "threads": torch.get_num_threads(), "precision": precision, "states": states, "clusters": M,
-                  "k": cfg.states_per_block, "kept": cfg.kept_per_block, "vocab": args.vocab,
-                  "hidden": args.hidden, "B": args.batch, "T": args.bptt}
-        found = {}
+        common = {"device": args.device, "threads": torch.get_num_threads(), "states": states, "clusters": M,
+                  "k": cfg.states_per_block, "kept": cfg.kept_per_block, "vocab": args.vocab, "hidden": args.hidden,
+                  "B": args.batch, "T": args.bptt}
+        reference_ms: dict[str, float] = {}
         for path in ("reference", "fast"):
-            for row in bench_path(path, cfg, data, args, scans, device, autocast):
-                row.update(common, live_states=M * (cfg.kept_per_block if row["mode"] == "train" else cfg.states_per_block))
-                parts = [row.get(f"ms_{p}") for p in (*PARTS, "optimizer")]
-                if row.get("ms") is not None and row["mode"] == "train":
-                    row["ms_other"] = row["ms"] - sum(v for v in parts if v is not None)
-                found[path, row["mode"]] = row
-                rows.append(row)
+            setup: Setup | None = None
+            for mode, n in (("train", cfg.kept_per_block), ("eval_build", None), ("eval", cfg.states_per_block)):
+                row = common | {"path": path, "mode": mode, "status": "ok",
+                                "live_states": M * (cfg.kept_per_block if mode == "train" else cfg.states_per_block)}
+                if setup is None:
+                    attempt(row, lambda: {"setup": Setup(cfg, path, args, data, scans, device)})
+                    setup = row.pop("setup", None)
+                if setup is not None:
+                    row |= {"scan": setup.use_scan(n) if n else "-", "precision": setup.precision,
+                            "params": count_parameters(setup.model)}
+                    attempt(row, lambda: measure(setup, mode))
+                ms = row.get("ms")
+                if path == "reference" and ms:
+                    reference_ms[mode] = ms
+                row["speedup"] = reference_ms[mode] / ms if ms and reference_ms.get(mode) else None
+                append_row(row, out)
                 print(summary(row), flush=True)
-        for mode in MODE_PARTS:
-            ref, fast = found["reference", mode].get("ms"), found["fast", mode].get("ms")
-            found["reference", mode]["speedup"] = 1.0 if ref else None
-            found["fast", mode]["speedup"] = ref / fast if ref and fast else None
+                rows.append(row)
+            del setup
     return rows
 
 
 def summary(row: dict) -> str:
     def f(key, fmt="{:.1f}"):
-        return fmt.format(row[key]) if row.get(key) is not None else "-"
-    return (f"|Z|={row['states']:>7} {row['path']:>9} {row['mode']:>10} scan={row['scan']:<5} ms={f('ms')} "
-            f"peak={f('peak_mib')}MiB " + " ".join(f"{p}={f('ms_' + p)}" for p in PARTS if row.get(f"ms_{p}") is not None)
+        return fmt.format(row[key]) if isinstance(row.get(key), (int, float)) else "-"
+    parts = " ".join(f"{p}={f('ms_' + p)}" for p in PARTS if row.get(f"ms_{p}") is not None)
+    return (f"|Z|={row['states']:>7} {row['path']:>9} {row['mode']:>10} scan={row.get('scan', '-'):<5} "
+            f"ms={f('ms')} peak={f('peak_mib')}MiB host_reads={row.get('host_reads', '-')} {parts}"
             + ("" if row["status"] == "ok" else f" [{row['status']}]"))
 
 
-def write_csv(rows: list[dict], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        for row in rows:
-            w.writerow({c: ("" if row.get(c) is None else round(row[c], 4) if isinstance(row[c], float) else row[c])
-                        for c in COLUMNS})
+def append_row(row: dict, path: Path) -> None:
+    with open(path, "a", newline="") as f:
+        csv.DictWriter(f, fieldnames=COLUMNS).writerow(
+            {c: ("" if row.get(c) is None else round(row[c], 4) if isinstance(row[c], float) else row[c])
+             for c in COLUMNS})
 
 
-def plot(rows: list[dict], png: Path) -> None:
+def plot(csv_path: Path, png: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import pandas as pd
 
+    df = pd.read_csv(csv_path)
     fig, axes = plt.subplots(2, 2, figsize=(13, 10))
-    axes[0, 1].sharey(axes[0, 0])
     style = {"reference": "--", "fast": "-"}
-    keys = ("ms", *(f"ms_{p}" for p in PARTS), "ms_optimizer")
-    colors = dict(zip(keys, plt.cm.tab10.colors))
-
-    def line(ax, mode, path, key, label, **kw):
-        pts = [(r["states"], r[key]) for r in rows if r["mode"] == mode and r["path"] == path
-               and r.get(key) is not None and r[key] > 0]
-        if pts:
-            ax.plot(*zip(*pts), style[path], marker="o", label=label, **kw)
-
+    parts = ["ms", *(f"ms_{p}" for p in PARTS), "ms_other"]
+    colors = dict(zip(parts, plt.cm.tab10.colors))
     for ax, path in zip(axes[0], style):
-        for key in keys:
-            line(ax, "train", path, key, "whole step" if key == "ms" else key[3:], color=colors[key],
-                 lw=2.5 if key == "ms" else 1.2)
+        d = df[(df["mode"] == "train") & (df["path"] == path)]
+        for key in parts:
+            got = d[d[key] > 0]
+            if len(got):
+                ax.plot(got.states, got[key], style[path], marker="o", color=colors[key],
+                        lw=2.5 if key == "ms" else 1.2, label="whole step" if key == "ms" else key[3:])
         ax.set_title(f"training step by part: {path}")
     for path in style:
-        for mode, key, color in (("eval", "ms", "C0"), ("eval", "ms_dp_forward", "C2"), ("eval_build", "ms", "C1")):
-            line(axes[1, 0], mode, path, key, f"{path}: {mode} {'whole' if key == 'ms' else key[3:]}", color=color)
+        for mode, key, color in (("eval", "ms", "C0"), ("eval_build", "ms", "C1"), ("train", "ms", "C2")):
+            d = df[(df["mode"] == mode) & (df["path"] == path) & (df[key] > 0)]
+            if len(d):
+                axes[1, 0].plot(d.states, d[key], style[path], marker="o", color=color, label=f"{path}: {mode}")
         for mode, key, color in (("train", "peak_mib", "C0"), ("eval_build", "peak_mib", "C1"),
-                                 ("eval", "peak_mib", "C2"), ("eval", "resident_mib", "C3")):
-            line(axes[1, 1], mode, path, key, f"{path}: {mode} {key[:-4]}", color=color)
-    axes[1, 0].set_title("evaluation: one batch (cached parameters), one-off build")
+                                 ("eval", "resident_mib", "C3")):
+            d = df[(df["mode"] == mode) & (df["path"] == path) & (df[key] > 0)]
+            if len(d):
+                axes[1, 1].plot(d.states, d[key], style[path], marker="o", color=color, label=f"{path}: {mode} {key[:-4]}")
+    axes[1, 0].set_title("ms per training step, evaluation batch, one-off evaluation build")
     axes[1, 1].set_title("memory: peak above the step's start; eval resident = weights + cache")
     for ax, ylabel in zip(axes.flat, ("ms", "ms", "ms", "MiB")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xlabel("number of states |Z| (log2)")
+        ax.set_xlabel("number of states |Z|")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
-    r0 = rows[0]
-    fig.suptitle(f"VLNHMM step cost on {r0['device']} ({r0['precision']}, {r0['threads']} threads), B={r0['B']} "
-                 f"T={r0['T']} h={r0['hidden']} V={r0['vocab']}; dashed: reference (dense, torch scan), solid: fast")
+    r0 = df.iloc[0]
+    fig.suptitle(f"VLNHMM step cost on {r0['device']} ({r0['threads']} threads), B={r0['B']} T={r0['T']} "
+                 f"h={r0['hidden']} V={r0['vocab']}; dashed: reference (dense, PyTorch scans, fp32), solid: fast")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
@@ -417,23 +341,21 @@ def main(argv=None) -> None:
     ap.add_argument("--dropout", type=float, default=0.5, help="state dropout")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--bptt", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=5, help="timed repeats of each step / part")
+    ap.add_argument("--steps", type=int, default=5, help="timed repeats of each step")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--backend", choices=["torch", "tvm"], default="torch", help="scan of the fast path")
     ap.add_argument("--kernels", type=Path, default=Path("build/kernels"),
                     help="TVM kernel directory (or parent of llvm/, cuda/); n = k' (train) and k (eval)")
-    ap.add_argument("--tile", type=int, default=normalizer.TILE, help="columns per tile of the normalizer")
-    ap.add_argument("--tf32", action="store_true", help="CUDA: TF32 matmuls (no effect on CPU)")
-    ap.add_argument("--bf16", action="store_true", help="CUDA: bf16 autocast of the forward (no effect on CPU)")
+    ap.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32",
+                    help="operands of the fast path's transition normalizer and entries")
     ap.add_argument("--threads", type=int, help="CPU threads of torch and TVM (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("results/bench/scale.csv"))
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but torch sees no GPU")
-    rows = run(args)
-    write_csv(rows, args.out)
-    plot(rows, args.out.with_suffix(".png"))
+    run(args)
+    plot(args.out, args.out.with_suffix(".png"))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
 
 

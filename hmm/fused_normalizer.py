@@ -38,6 +38,7 @@ import torch
 import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
+from torch.profiler import record_function
 
 from hmm.normalizer import PRECISIONS, round_operand
 
@@ -222,7 +223,8 @@ class _FusedRowLogSumExp(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g):
         a, b, log_z = ctx.saved_tensors
-        grad_p, grad_q = backward(a, b, log_z, g, *ctx.args)
+        with record_function("hmm.normalizer.backward"):
+            grad_p, grad_q = backward(a, b, log_z, g, *ctx.args)
         return grad_p.to(ctx.dtypes[0]), grad_q.to(ctx.dtypes[1]), None, None
 
 

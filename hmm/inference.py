@@ -26,9 +26,8 @@ meaningful score; callers mask it.  Edges are never materialised by the scans; o
 inspection helpers (:func:`block_edges`, :func:`marginals_blocks`) and the autograd
 reference build them one step at a time or in full.
 
-Edge form (transitional, until hmm.model builds blocks): ``init [B, n]`` and explicit
-``edges [B, S, n, n]``; :func:`log_partition`, :func:`log_partition_autograd` and
-:func:`marginals` take it and run the block form with one table block per edge.
+The edge form (``init [B, n]`` and explicit ``edges [B, S, n, n]``: :func:`scan_forward`,
+:func:`scan_backward`) is the plainest statement of the recurrences, kept for tests.
 
 NaN in any potential gives NaN in every output it reaches (torch.logsumexp propagates NaN),
 so a non-finite-loss check fires; -inf entries are ordinary (probability 0).
@@ -36,6 +35,7 @@ so a non-finite-loss check fires; -inf entries are ordinary (probability 0).
 from __future__ import annotations
 
 import torch
+from torch.profiler import record_function
 
 GRAD_CHUNK_ELEMENTS = 2**24   # at most this many floats of [edges, n, n] terms at a time (64 MiB)
 
@@ -149,19 +149,20 @@ def _grad_table(alpha, beta, table, index, emit, log_z, grad_log_z) -> torch.Ten
     """d/d table [U, n, n]: for every non-padding edge (b, t) with g = index[b, t], add
     grad_log_z[b] * exp((alpha[b, t, u] - log Z[b]) + table[g, u, j] + (emit[b, t, j] + beta[b, t+1, j])),
     in chunks of GRAD_CHUNK_ELEMENTS floats of terms (one [chunk, n, n] buffer, updated in place)."""
-    S, n = index.shape[1], table.shape[-1]
+    B, S, n = emit.shape
     grad = torch.zeros_like(table)
-    flat = index.reshape(-1)
-    edges = (flat >= 0).nonzero().squeeze(1)
+    flat = index.reshape(-1).long()
     chunk = max(1, GRAD_CHUNK_ELEMENTS // (n * n))
     # log Z = -inf (impossible window): no posterior, the row contributes 0 (not -inf - -inf).
     before = torch.where(torch.isneginf(log_z)[:, None, None], -torch.inf, alpha[:, :-1] - log_z[:, None, None])
     after = emit + beta[:, 1:]                                          # [B, S, n]
-    for pos in edges.split(chunk):
-        b, t = pos // S, pos % S
-        g = flat[pos].long()
+    # every edge position, padding included with weight 0: no data-dependent shapes (no host sync)
+    weight = torch.where(flat >= 0, grad_log_z[:, None].expand(B, S).reshape(-1), 0.0)
+    for pos in torch.arange(B * S, device=index.device).split(chunk):
+        b, t, g = pos // S, pos % S, flat[pos].clamp(min=0)
         terms = table.index_select(0, g)
-        terms.add_(before[b, t, :, None]).add_(after[b, t, None, :]).exp_().mul_(grad_log_z[b, None, None])
+        terms.add_(before[b, t, :, None]).add_(after[b, t, None, :]).exp_()
+        terms = torch.where(weight[pos, None, None] != 0, terms * weight[pos, None, None], 0.0)
         grad.index_add_(0, g, terms)
     return grad
 
@@ -177,7 +178,8 @@ class _LogPartitionBlocks(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, init, table, index, emit, scan):
-        alpha = scan.forward(init, table, index, emit)
+        with record_function("hmm.scan.forward"):
+            alpha = scan.forward(init, table, index, emit)
         log_z = torch.logsumexp(alpha[:, -1], dim=-1)
         ctx.scan = scan
         ctx.save_for_backward(alpha, table, index, emit, log_z)
@@ -185,6 +187,11 @@ class _LogPartitionBlocks(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_log_z, _grad_last):
+        with record_function("hmm.scan.backward"):
+            return _LogPartitionBlocks._grads(ctx, grad_log_z)
+
+    @staticmethod
+    def _grads(ctx, grad_log_z):
         alpha, table, index, emit, log_z = ctx.saved_tensors
         beta = ctx.scan.backward(table, index, emit)
         grad_init = grad_emit = grad_table = None
@@ -230,33 +237,3 @@ def marginals_blocks(init: torch.Tensor, table: torch.Tensor, index: torch.Tenso
     edges = block_edges(table, index, emit)
     pair = _posterior(alpha[:, :-1, :, None] + edges + beta[:, 1:, None, :], log_z)
     return _posterior(alpha + beta, log_z), pair
-
-
-# ------------------------------------------------------- edge form, transitional adapters
-
-
-def edges_as_blocks(edges: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Transitional: explicit edges [B, S, n, n] as (table = edges [B*S, n, n] (a view),
-    index = arange [B, S] int32, emit = 0 [B, S, n]); padding edges stay explicit identities."""
-    B, S, n, _ = edges.shape
-    index = torch.arange(B * S, dtype=torch.int32, device=edges.device).view(B, S)
-    return edges.reshape(B * S, n, n), index, edges.new_zeros(B, S, n)
-
-
-def log_partition_edges(init: torch.Tensor, edges: torch.Tensor, scan=TorchScan) -> tuple[torch.Tensor, torch.Tensor]:
-    """Transitional (until hmm.model builds blocks): :func:`log_partition_blocks` on explicit
-    edges [B, S, n, n]; the gradient reaches ``edges`` through the table view."""
-    return log_partition_blocks(init, *edges_as_blocks(edges), scan=scan)
-
-
-log_partition = log_partition_edges  # transitional name used by hmm.model
-
-
-def log_partition_autograd(init: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    """Transitional edge form of :func:`log_partition_blocks_autograd`."""
-    return torch.logsumexp(scan_forward(init, edges)[:, -1], dim=-1)
-
-
-def marginals(init: torch.Tensor, edges: torch.Tensor, scan=TorchScan) -> tuple[torch.Tensor, torch.Tensor]:
-    """Transitional edge form of :func:`marginals_blocks`: unary [B, T, n], edge [B, T-1, n, n]."""
-    return marginals_blocks(init, *edges_as_blocks(edges), scan=scan)

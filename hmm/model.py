@@ -5,18 +5,34 @@ States: ``C = num_states``.  Under the ``brown`` constraint the vocabulary is sp
 a word can only be emitted by the ``k`` states of its block (``none`` is one block holding
 every word; ``uniform`` gives each word its own random ``n`` states).
 
-Each training batch draws the live states (state dropout keeps ``k'`` states per block), builds
-start, transition and emission distributions over the live states only, and scores the
-window exactly (:mod:`hmm.inference`).  Evaluation uses all states with parameters built
-once and cached until the weights change.  Shapes: ``B`` streams, ``T`` steps, ``n`` live
-states per step, ``V`` words, ``h`` hidden size, ``C'`` live states in total.
+Each training batch draws the live states (state dropout keeps ``k'`` states per block, drawn on
+the model's device from its own checkpointed generator), builds start, transition and emission
+distributions over the live states only, and scores the window exactly (:mod:`hmm.inference`).
+Evaluation uses all states with parameters built once and cached until the weights change.
+Shapes: ``B`` streams, ``T`` steps (``S = T - 1`` edges), ``n`` live states per step, ``V`` words,
+``h`` hidden size, ``C'`` live states in total, ``M`` blocks.
+
+What the scans read is the block form of :mod:`hmm.inference`: init [B, n], a table of
+transition blocks [U, n, n], which block each edge uses [B, S] and the emissions [B, S, n]; no
+[B, S, n, n] edge tensor is formed.  In training each edge gets its own block of the live states
+(U = B S); at evaluation (brown / none) the table is every block pair of the cached matrix
+(U = M^2, plus M rows of the start distribution when ``<eos>`` resets), indexed by the words' blocks.
 
 The transition matrix is the costly part (C'^2 h, C'^2 memory).  In the neural
 parameterization its logits are P Q^T (P: previous-state side [C', h], Q: next-state side),
 so training keeps only the factors and the row normalizers log Z = logsumexp_j P Q^T
-(:func:`hmm.normalizer.row_logsumexp`, by column tiles) and forms just the [n, n] blocks a
-batch reads: log A[u, j] = P_u . Q_j - log Z_u, exactly.  The scalar parameterization and
-transition dropout (a dense mask) keep the dense matrix; evaluation forms it once and caches it.
+(:func:`hmm.normalizer.row_logsumexp`: fused in Triton on a GPU) and forms just the [n, n] blocks
+a batch reads: log A[u, j] = P_u . Q_j - log Z_u, with the operands rounded as the normalizer
+rounds them (``precision``), so rows sum to 1.  The scalar parameterization and transition dropout
+(a dense mask) keep the dense matrix; evaluation forms it once and caches it.
+
+Emissions are normalized per block over the block's own words, in chunks of ``EMIT_CHUNK``
+words (a block's last chunk padded), never padded to the largest block.
+
+Parts of the computation are named for profilers (``torch.profiler.record_function``):
+``vlnhmm.mlp``, ``vlnhmm.normalizer``, ``vlnhmm.emission``, ``vlnhmm.potentials``; the scans
+and their backward are ``hmm.scan.*`` (hmm.inference), the normalizer's backward
+``hmm.normalizer.backward``.  Nothing in a training step reads a value back to the host.
 """
 from __future__ import annotations
 
@@ -27,10 +43,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 from hmm import inference
 from hmm.config import HMMConfig
-from hmm.normalizer import row_logsumexp
+from hmm.normalizer import round_operand, row_logsumexp
+
+EMIT_CHUNK = 32  # words per emission chunk
 
 
 class ResidualBlock(nn.Module):
@@ -55,8 +74,11 @@ class ResidualBlock(nn.Module):
 class Structure(nn.Module):
     """The emission constraint as index tables (buffers, saved with the model).
 
-    ``block_of_word`` [V]: the word's block (brown/none).  ``block_words`` [M, W]: each
-    block's words padded with -1.  ``word_states`` [V, n] (uniform only): each word's states.
+    brown / none: ``block_of_word`` [V]; each block's words in chunks of ``EMIT_CHUNK``:
+    ``chunk_words`` [NC, Q] (word ids, -1 pads a block's last chunk), ``chunk_block`` [NC],
+    ``block_chunks`` [M, Cmax] (each block's chunk ids, -1 padded), and per word its chunk
+    ``word_chunk`` [V] and position in it ``word_pos`` [V].  uniform: ``word_states`` [V, n].
+    Built on the CPU (also under a meta device context).
     """
 
     def __init__(self, cfg: HMMConfig, clusters: np.ndarray | None, vocab_size: int, seed: int):
@@ -64,7 +86,7 @@ class Structure(nn.Module):
         self.constraint = cfg.constraint
         self.num_states = cfg.num_states
         self.k = cfg.states_per_block
-        cpu = torch.device("cpu")  # index tables are built on the CPU (also under a meta device context)
+        cpu = torch.device("cpu")
         if cfg.constraint == "uniform":
             g = torch.Generator().manual_seed(seed)
             states = torch.rand(vocab_size, cfg.num_states, generator=g, device=cpu).argsort(dim=1)[:, : self.k]
@@ -80,21 +102,38 @@ class Structure(nn.Module):
             raise ValueError("the brown constraint needs a cluster id for every vocabulary word")
         if clusters.max() + 1 != cfg.num_clusters:
             raise ValueError(f"the cluster file has {clusters.max() + 1} clusters, the model num_clusters {cfg.num_clusters}")
-        block = torch.as_tensor(clusters, dtype=torch.long, device=cpu)
-        sizes = torch.bincount(block, minlength=cfg.num_clusters)
-        order = torch.argsort(block, stable=True)  # words grouped by block, vocabulary order inside
-        slot = torch.arange(vocab_size, device=cpu) - torch.repeat_interleave(torch.cumsum(sizes, 0) - sizes, sizes)
-        block_words = torch.full((cfg.num_clusters, int(sizes.max())), -1, dtype=torch.long, device=cpu)
-        block_words[block[order], slot] = order
-        pos = torch.empty(vocab_size, dtype=torch.long, device=cpu)
-        pos[order] = slot
-        self.register_buffer("block_of_word", block)
-        self.register_buffer("word_slot", pos)      # the word's column in block_words
-        self.register_buffer("block_words", block_words)
+        self.register_buffer("block_of_word", torch.as_tensor(clusters, dtype=torch.long, device=cpu))
+        self._chunk_layout(np.asarray(clusters), cfg.num_clusters)
+
+    def _chunk_layout(self, clusters: np.ndarray, M: int) -> None:
+        sizes = np.bincount(clusters, minlength=M)
+        Q = min(EMIT_CHUNK, int(sizes.max()))
+        chunks_of = -(-sizes // Q)                                   # ceil: chunks per block
+        starts = np.concatenate([[0], np.cumsum(chunks_of)[:-1]])   # each block's first chunk
+        NC = int(chunks_of.sum())
+        chunk_words = np.full((NC, Q), -1, dtype=np.int64)
+        word_chunk = np.empty(len(clusters), dtype=np.int64)
+        word_pos = np.empty(len(clusters), dtype=np.int64)
+        for m in range(M):
+            words = np.flatnonzero(clusters == m)                    # vocabulary order inside a block
+            slots = np.arange(len(words))
+            word_chunk[words] = starts[m] + slots // Q
+            word_pos[words] = slots % Q
+            chunk_words[word_chunk[words], word_pos[words]] = words
+        block_chunks = np.full((M, int(chunks_of.max())), -1, dtype=np.int64)
+        for m in range(M):
+            block_chunks[m, : chunks_of[m]] = starts[m] + np.arange(chunks_of[m])
+        for name, value in (("chunk_words", chunk_words), ("chunk_block", np.repeat(np.arange(M), chunks_of)),
+                            ("block_chunks", block_chunks), ("word_chunk", word_chunk), ("word_pos", word_pos)):
+            self.register_buffer(name, torch.as_tensor(value, device=torch.device("cpu")))
 
     @property
     def num_blocks(self) -> int:
-        return 1 if self.constraint == "uniform" else self.block_words.shape[0]
+        return 1 if self.constraint == "uniform" else len(self.block_chunks)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.buffers()).device
 
 
 @dataclass
@@ -110,19 +149,18 @@ class Live:
     per_block: int
 
 
-def sample_live(structure: Structure, keep: int, generator: torch.Generator | None, device) -> Live:
+def sample_live(structure: Structure, keep: int, generator: torch.Generator | None) -> Live:
     """Keep ``keep`` of the ``k`` states of every block, uniformly without replacement (all if
-    ``generator`` is None).  Uniform-constraint models keep every state."""
-    k, C = structure.k, structure.num_states
+    ``generator`` is None), drawn on the structure's device.  Uniform-constraint models keep every state."""
+    k, C, device = structure.k, structure.num_states, structure.device
     if structure.constraint == "uniform":
         return Live(torch.arange(C, device=device), structure.word_states, k)
     M = structure.num_blocks
     if generator is None or keep == k:
-        local = torch.arange(k).expand(M, k)
-        keep = k
+        local, keep = torch.arange(k, device=device).expand(M, k), k
     else:
-        local = torch.rand(M, k, generator=generator).argsort(dim=1)[:, :keep].sort(dim=1).values
-    states = (local + k * torch.arange(M)[:, None]).flatten().to(device)
+        local = torch.rand(M, k, generator=generator, device=device).argsort(dim=1)[:, :keep].sort(dim=1).values
+    states = (local + k * torch.arange(M, device=device)[:, None]).flatten()
     word_states = structure.block_of_word[:, None] * keep + torch.arange(keep, device=device)
     return Live(states, word_states, keep)
 
@@ -185,10 +223,17 @@ class NeuralParameterization(nn.Module):
         """[R, C'] logits psi[rows, cols] = P[rows] Q[cols]^T."""
         return self.transition_prev(rows) @ self.transition_next(cols).T
 
-    def emission_logits(self, states: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
-        """states [G, r], words [G, w] (ids >= 0) -> [G, r, w] logits phi[state, word]."""
-        hs = self.emit_mlp(self.embed(states, "emit"))
-        return hs @ self.word_emb[words].transpose(1, 2) + self.word_bias[words][:, None, :]
+    def emission_chunks(self, block_states: torch.Tensor, chunk_block: torch.Tensor,
+                        chunk_words: torch.Tensor) -> torch.Tensor:
+        """block_states [M, r], chunk_block [NC], chunk_words [NC, Q] (ids >= 0) -> [NC, r, Q]
+        logits phi[state, word] of each chunk's words from its block's states."""
+        hs = self.emit_mlp(self.embed(block_states, "emit"))                       # [M, r, h]
+        words = self.word_emb[chunk_words]                                         # [NC, Q, h]
+        return torch.bmm(hs[chunk_block], words.transpose(1, 2)) + self.word_bias[chunk_words][:, None, :]
+
+    def emission_dense(self, states: torch.Tensor) -> torch.Tensor:
+        """states [C'] -> [C', V] logits of every word."""
+        return self.emit_mlp(self.embed(states, "emit")) @ self.word_emb.T + self.word_bias
 
 
 class ScalarParameterization(nn.Module):
@@ -210,13 +255,22 @@ class ScalarParameterization(nn.Module):
     def transition_logits(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         return self.transition[rows][:, cols]
 
-    def emission_logits(self, states: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
-        return self.emission[states[:, :, None], words[:, None, :]]
+    def emission_chunks(self, block_states: torch.Tensor, chunk_block: torch.Tensor,
+                        chunk_words: torch.Tensor) -> torch.Tensor:
+        return self.emission[block_states[chunk_block][:, :, None], chunk_words[:, None, :]]
+
+    def emission_dense(self, states: torch.Tensor) -> torch.Tensor:
+        return self.emission[states]
 
 
 # ---------------------------------------------------------------------------------------
-# Transition distributions over the live states: dense matrix or factors
+# Transition distributions over the live states
 # ---------------------------------------------------------------------------------------
+
+
+def _prior_from(log_q: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """log_q [B, r], cols [B, r, n] log p(next | previous) -> [B, n] log p(next | carry)."""
+    return torch.logsumexp(log_q[..., None] + cols, dim=1)
 
 
 @dataclass
@@ -238,23 +292,27 @@ class DenseTransition:
         """global state ids [R] -> [R, C'] log rows over the live states."""
         return self.log_probs[ids] if self.state_rows is None else self.state_rows(ids)
 
-    def block(self, prev_pos: torch.Tensor, next_pos: torch.Tensor) -> torch.Tensor:
-        """prev_pos [..., r], next_pos [..., n] live positions -> [..., r, n] log A[prev, next]."""
-        return self.log_probs[prev_pos[..., :, None], next_pos[..., None, :]]
+    def edge_table(self, prev_pos: torch.Tensor, next_pos: torch.Tensor) -> torch.Tensor:
+        """prev_pos, next_pos [B, S, n] live positions -> [B S, n, n]: each edge's block."""
+        n = prev_pos.shape[-1]
+        return self.log_probs[prev_pos.reshape(-1, n, 1), next_pos.reshape(-1, 1, n)]
 
-    def from_states(self, states: torch.Tensor, next_pos: torch.Tensor) -> torch.Tensor:
-        """states [B, r] global ids, next_pos [B, n] live positions -> [B, r, n] log p(next | state)."""
+    def prior(self, carry: "Carry", next_pos: torch.Tensor) -> torch.Tensor:
+        """[B, n]: the carried posterior pushed through the transition into the next word's states."""
         if self.state_rows is None:
-            return self.block(states, next_pos)
-        rows = self.state_rows(states.flatten()).view(*states.shape, -1)  # [B, r, C']
-        return rows.gather(2, next_pos[:, None, :].expand(-1, states.shape[1], -1))
+            cols = self.log_probs[carry.states[..., None], next_pos[:, None, :]]
+        else:
+            rows = self.state_rows(carry.states.flatten()).view(*carry.states.shape, -1)   # [B, r, C']
+            cols = rows.gather(2, next_pos[:, None, :].expand(-1, carry.states.shape[1], -1))
+        return _prior_from(carry.log_q, cols)
 
 
 @dataclass
 class FactoredTransition:
     """log A[u, j] = P_u . Q_j - log Z_u, with nothing [C', C'] formed unless ``dense`` is called.
 
-    ``prev`` P [C', h] and ``next`` Q [C', h] of the live states; ``log_norm`` log Z [C'];
+    ``prev`` P [C', h] and ``next`` Q [C', h] of the live states, already rounded to
+    ``precision`` (the normalizer's operands); ``log_norm`` log Z [C'];
     ``embed_prev``: global state ids [...] -> [..., h] (P of any state, for the carry).
     """
 
@@ -262,40 +320,72 @@ class FactoredTransition:
     next: torch.Tensor
     log_norm: torch.Tensor
     embed_prev: Callable[[torch.Tensor], torch.Tensor]
+    precision: str = "fp32"
 
     def dense(self) -> torch.Tensor:
         """[C', C'] log A (one C' x C' buffer)."""
-        return self._all_columns(self.prev, self.log_norm)
+        return (self.prev @ self.next.T).sub_(self.log_norm[:, None])
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """global state ids [R] -> [R, C'] log rows over the live states."""
-        p = self.embed_prev(ids)
-        return self._all_columns(p, row_logsumexp(p, self.next))
+        p = round_operand(self.embed_prev(ids), self.precision)
+        return (p @ self.next.T).sub_(row_logsumexp(p, self.next, self.precision)[:, None])
 
-    def block(self, prev_pos: torch.Tensor, next_pos: torch.Tensor) -> torch.Tensor:
-        """prev_pos [..., r], next_pos [..., n] live positions -> [..., r, n] log A[prev, next].
+    def edge_table(self, prev_pos: torch.Tensor, next_pos: torch.Tensor) -> torch.Tensor:
+        """prev_pos, next_pos [B, S, n] live positions -> [B S, n, n] log A of each edge's block."""
+        n = prev_pos.shape[-1]
+        prev_pos, next_pos = prev_pos.reshape(-1, n), next_pos.reshape(-1, n)
+        return torch.bmm(self.prev[prev_pos], self.next[next_pos].transpose(1, 2)) - self.log_norm[prev_pos][..., None]
 
-        Each distinct pair of position sets (a pair of blocks under brown) is computed once.
-        """
-        r = prev_pos.shape[-1]
-        pairs, which = torch.unique(torch.cat([prev_pos, next_pos], dim=-1).flatten(0, -2), dim=0,
-                                    return_inverse=True)                  # [U, r + n], [N]
-        entries = self._entries(self.prev[pairs[:, :r]], self.log_norm[pairs[:, :r]], pairs[:, r:])
-        return entries[which].view(*prev_pos.shape, next_pos.shape[-1])
+    def prior(self, carry: "Carry", next_pos: torch.Tensor) -> torch.Tensor:
+        """[B, n]: the carried posterior pushed through this batch's rows of the carried states
+        (normalized over this batch's live states; the carried states need not be live)."""
+        p = round_operand(self.embed_prev(carry.states), self.precision)             # [B, r, h]
+        log_norm = row_logsumexp(p.flatten(0, 1), self.next, self.precision).view(carry.states.shape)
+        cols = torch.bmm(p, self.next[next_pos].transpose(1, 2)) - log_norm[..., None]
+        return _prior_from(carry.log_q, cols)
 
-    def from_states(self, states: torch.Tensor, next_pos: torch.Tensor) -> torch.Tensor:
-        """states [B, r] global ids, next_pos [B, n] live positions -> [B, r, n] log p(next | state)."""
-        p = self.embed_prev(states)                                        # [B, r, h]
-        log_norm = row_logsumexp(p.flatten(0, 1), self.next).view(states.shape)
-        return self._entries(p, log_norm, next_pos)
 
-    def _all_columns(self, p: torch.Tensor, log_norm: torch.Tensor) -> torch.Tensor:
-        """p [R, h], log_norm [R] -> [R, C'] (normalized in place)."""
-        return (p @ self.next.T).sub_(log_norm[:, None])
+@dataclass
+class BlockTransition:
+    """Evaluation, brown / none: every block pair of log A, cached as a table the scans index.
 
-    def _entries(self, p: torch.Tensor, log_norm: torch.Tensor, next_pos: torch.Tensor) -> torch.Tensor:
-        """p [..., r, h], log_norm [..., r], next_pos [..., n] -> [..., r, n]."""
-        return p @ self.next[next_pos].transpose(-1, -2) - log_norm[..., None]
+    ``table`` [M^2 (+ M), k, k]: entry ``a M + b`` is block a's rows and block b's columns of log A;
+    with ``<eos>`` resets, entry ``M^2 + b`` has every row equal to the start distribution over
+    block b.  ``block_of_word`` [V] maps a word to its block.
+    """
+
+    table: torch.Tensor
+    num_blocks: int
+    block_of_word: torch.Tensor
+
+    @classmethod
+    def from_dense(cls, log_a: torch.Tensor, log_start: torch.Tensor, num_blocks: int,
+                   block_of_word: torch.Tensor, with_start: bool) -> "BlockTransition":
+        M, k = num_blocks, len(log_a) // num_blocks
+        blocks = log_a.view(M, k, M, k).transpose(1, 2).reshape(M * M, k, k)
+        if with_start:
+            blocks = torch.cat([blocks, log_start.view(M, 1, k).expand(M, k, k)])
+        return cls(blocks.contiguous(), M, block_of_word)
+
+    def dense(self) -> torch.Tensor:
+        """[C, C] log A, reassembled (tests, inspection)."""
+        M, k = self.num_blocks, self.table.shape[-1]
+        return self.table[: M * M].view(M, M, k, k).transpose(1, 2).reshape(M * k, M * k)
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.dense()[ids]
+
+    def index(self, prev_words: torch.Tensor, next_words: torch.Tensor, reset: torch.Tensor | None) -> torch.Tensor:
+        """Which table entry each edge reads: [B, S] from the words before and after it."""
+        M, nxt = self.num_blocks, self.block_of_word[next_words]
+        index = self.block_of_word[prev_words] * M + nxt
+        return index if reset is None else torch.where(reset, M * M + nxt, index)
+
+    def prior(self, carry: "Carry", next_words: torch.Tensor) -> torch.Tensor:
+        """[B, n]: the carried posterior (over the last word's block, in block order) pushed through."""
+        cols = self.table[self.index(carry.last_word, next_words, None)]                # [B, k, k]
+        return _prior_from(carry.log_q, cols)
 
 
 # ---------------------------------------------------------------------------------------
@@ -306,10 +396,11 @@ class FactoredTransition:
 @dataclass
 class Carry:
     """The filtered posterior at the end of a window: ``log_q`` [B, n] over global ``states`` [B, n];
-    ``after_eos`` [B]: the window ended with ``<eos>``."""
+    ``last_word`` [B] the window's last word; ``after_eos`` [B]: it was ``<eos>``."""
 
     states: torch.Tensor
     log_q: torch.Tensor
+    last_word: torch.Tensor
     after_eos: torch.Tensor
 
 
@@ -319,12 +410,12 @@ class HMMParams:
 
     live: Live
     log_start: torch.Tensor   # [C']
-    transition: DenseTransition | FactoredTransition
+    transition: DenseTransition | FactoredTransition | BlockTransition
     log_emit: torch.Tensor    # [V, n]  log p(word | the word's n-th live state)
 
     @property
     def log_trans(self) -> torch.Tensor:
-        """[C', C'] log transition matrix (formed on demand from factors: tests, inspection)."""
+        """[C', C'] log transition matrix (formed on demand: tests, inspection)."""
         return self.transition.dense()
 
     def trans_rows(self, ids: torch.Tensor) -> torch.Tensor:
@@ -336,40 +427,55 @@ class VLNHMM(nn.Module):
     """HMM language model; ``forward(x, mask, carry)`` returns (log p of each row [B], carry).
 
     ``lean_transition``: where exact (neural parameterization, no transition dropout) build the
-    transition from its factors and tiled normalizers (see the module docstring); False forms
+    transition from its factors and row normalizers (see the module docstring); False forms
     the dense log_softmax in training too (the reference, for tests and benchmarks).
+    ``precision``: the normalizer's operand format, "fp32" | "tf32" | "bf16" (hmm.normalizer).
     """
 
     def __init__(self, cfg: HMMConfig, vocab_size: int, clusters: np.ndarray | None, eos_id: int,
-                 seed: int = 0, scan=inference.TorchScan, lean_transition: bool = True):
+                 seed: int = 0, scan=inference.TorchScan, lean_transition: bool = True,
+                 precision: str = "fp32"):
         super().__init__()
         self.cfg = cfg
         self.eos_id = eos_id
+        self.seed = seed
         self.scan = scan
         self.lean_transition = lean_transition
+        self.precision = precision
         self.structure = Structure(cfg, clusters, vocab_size, seed)
         param_cls = NeuralParameterization if cfg.neural else ScalarParameterization
         self.param = param_cls(cfg, vocab_size, self.structure.num_blocks)
-        self.generator = torch.Generator().manual_seed(seed)  # state dropout draws (checkpointed)
+        self._generator: torch.Generator | None = None
         self._cache: tuple[tuple, HMMParams] | None = None
 
+    @property
+    def generator(self) -> torch.Generator:
+        """The dropout draws' generator, on the model's device (its state is checkpointed)."""
+        device = self.structure.device
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device).manual_seed(self.seed)
+        return self._generator
 
     # -- building the distributions -------------------------------------------------------
 
-    def _emission(self, live: Live) -> torch.Tensor:
+    def emission_table(self, live: Live) -> torch.Tensor:
         """[V, n] log emission of each word from its n live states."""
         s = self.structure
         if s.constraint == "uniform":
-            logits = self.param.emission_logits(live.states[None], torch.arange(len(s.word_states), device=live.states.device)[None])[0]
+            V = len(s.word_states)
+            logits = self.param.emission_dense(live.states)                                # [C', V]
             allowed = torch.zeros_like(logits, dtype=torch.bool)
-            allowed[s.word_states, torch.arange(len(s.word_states), device=logits.device)[:, None]] = True
+            allowed[s.word_states, torch.arange(V, device=logits.device)[:, None]] = True
             log_o = logits.masked_fill(~allowed, -torch.inf).log_softmax(dim=-1)
             return log_o.T.gather(1, s.word_states)
-        M, keep = s.num_blocks, live.per_block
-        words = s.block_words
-        logits = self.param.emission_logits(live.states.view(M, keep), words.clamp(min=0))
-        log_o = logits.masked_fill((words < 0)[:, None, :], -torch.inf).log_softmax(dim=-1)  # [M, k', W]
-        return log_o[s.block_of_word, :, s.word_slot]  # [V, k']
+        logits = self.param.emission_chunks(live.states.view(s.num_blocks, live.per_block), s.chunk_block,
+                                            s.chunk_words.clamp(min=0))                     # [NC, n, Q]
+        logits = logits.masked_fill((s.chunk_words < 0)[:, None, :], -torch.inf)
+        chunk_lse = logits.logsumexp(dim=-1)                                               # [NC, n]
+        per_block = chunk_lse[s.block_chunks.clamp(min=0)].masked_fill((s.block_chunks < 0)[..., None], -torch.inf)
+        log_norm = per_block.logsumexp(dim=1)                                              # [M, n]
+        log_o = logits - log_norm[s.chunk_block][..., None]
+        return log_o[s.word_chunk, :, s.word_pos]                                          # [V, n]
 
     def _transition_rows(self, rows: torch.Tensor, live: Live, drop: torch.Tensor | None = None) -> torch.Tensor:
         logits = self.param.transition_logits(rows, live.states)
@@ -377,36 +483,43 @@ class VLNHMM(nn.Module):
             logits = logits.masked_fill(drop, -torch.inf)
         return logits.log_softmax(dim=-1)
 
-    def _transition(self, live: Live, training: bool) -> DenseTransition | FactoredTransition:
+    def _transition(self, live: Live, training: bool, log_start: torch.Tensor):
         """Factors in training where exact and ``lean_transition``; else (and at evaluation) dense."""
         drop = None
         if training and self.cfg.transition_dropout > 0:
-            device = live.states.device
-            # drawn on the device, seeded from the (checkpointed) CPU generator; one row per state
-            # (global id) so the carry's rows get the same mask as the window's transitions
-            g = torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,), generator=self.generator)))
-            drop = torch.rand(self.cfg.num_states, len(live.states), generator=g, device=device)
-            drop = drop < self.cfg.transition_dropout
+            # one row per state (global id) so the carry's rows get the same mask as the window's
+            u = torch.rand(self.cfg.num_states, len(live.states), generator=self.generator, device=live.states.device)
+            drop = u < self.cfg.transition_dropout
         if self.lean_transition and self.cfg.neural and drop is None:
-            p, q = self.param.transition_prev(live.states), self.param.transition_next(live.states)
-            factored = FactoredTransition(p, q, row_logsumexp(p, q), self.param.transition_prev)
-            if training:
-                return factored
-            log_trans = factored.dense()
+            with record_function("vlnhmm.mlp"):
+                p = round_operand(self.param.transition_prev(live.states), self.precision)
+                q = round_operand(self.param.transition_next(live.states), self.precision)
+            with record_function("vlnhmm.normalizer"):
+                factored = FactoredTransition(p, q, row_logsumexp(p, q, self.precision), self.param.transition_prev,
+                                              self.precision)
+                if training:
+                    return factored
+                log_trans = factored.dense()
         else:
-            log_trans = self._transition_rows(live.states, live, None if drop is None else drop[live.states])
+            with record_function("vlnhmm.normalizer"):
+                log_trans = self._transition_rows(live.states, live, None if drop is None else drop[live.states])
             if training:
                 return DenseTransition(log_trans, lambda ids: self._transition_rows(
                     ids, live, None if drop is None else drop[ids]))
-        return DenseTransition(log_trans)
+        if self.cfg.constraint == "uniform":
+            return DenseTransition(log_trans)
+        return BlockTransition.from_dense(log_trans, log_start, self.structure.num_blocks,
+                                          self.structure.block_of_word, self.cfg.eos_reset == "always")
 
     def build(self, training: bool) -> HMMParams:
-        device = next(self.structure.buffers()).device
         keep = self.cfg.kept_per_block if training else self.cfg.states_per_block
-        live = sample_live(self.structure, keep, self.generator if training else None, device)
-        transition = self._transition(live, training)
-        log_start = self.param.start_logits(live.states).log_softmax(dim=-1)
-        return HMMParams(live, log_start, transition, self._emission(live))
+        live = sample_live(self.structure, keep, self.generator if training else None)
+        with record_function("vlnhmm.mlp"):
+            log_start = self.param.start_logits(live.states).log_softmax(dim=-1)
+        transition = self._transition(live, training, log_start)
+        with record_function("vlnhmm.emission"):
+            log_emit = self.emission_table(live)
+        return HMMParams(live, log_start, transition, log_emit)
 
     def params_for(self, training: bool) -> HMMParams:
         """Fresh parameters in training; cached ones at evaluation until a weight changes."""
@@ -414,6 +527,7 @@ class VLNHMM(nn.Module):
             return self.build(True)
         version = tuple(p._version for p in self.parameters()) + tuple(id(p) for p in self.parameters())
         if self._cache is None or self._cache[0] != version:
+            self._cache = None  # free the old cache before building the new one
             with torch.no_grad():
                 self._cache = (version, self.build(False))
         return self._cache[1]
@@ -424,44 +538,49 @@ class VLNHMM(nn.Module):
         return None
 
     def potentials(self, p: HMMParams, x: torch.Tensor, mask: torch.Tensor, carry: Carry | None,
-                   reset: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """init [B, n] and edges [B, T-1, n, n] of one window (see :mod:`hmm.inference`)."""
+                   reset: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The window in block form (see :mod:`hmm.inference`): init [B, n], table [U, n, n],
+        index [B, T-1] (-1 after a row's last token) and emit [B, T-1, n]."""
+        B, T = x.shape
         ws = p.live.word_states[x]                     # [B, T, n] positions into the live set
-        emit = p.log_emit[x].masked_fill(~mask[..., None], 0.0)
-        trans = p.transition.block(ws[:, :-1], ws[:, 1:])
+        emit = p.log_emit[x]                           # [B, T, n]
         start = p.log_start[ws]                        # [B, T, n]
-        if reset:  # after <eos> the next state is drawn from the start distribution
-            after_eos = (x[:, :-1] == self.eos_id)[..., None, None]
-            trans = torch.where(after_eos, start[:, 1:, None, :], trans)
-        n = ws.shape[-1]
-        identity = torch.full((n, n), -torch.inf, device=x.device).fill_diagonal_(0.0)
-        trans = torch.where(mask[:, 1:, None, None], trans, identity)
+        after_eos = (x[:, :-1] == self.eos_id) if reset else None
+        if isinstance(p.transition, BlockTransition):
+            table, index = p.transition.table, p.transition.index(x[:, :-1], x[:, 1:], after_eos)
+        else:
+            table = p.transition.edge_table(ws[:, :-1], ws[:, 1:])          # [B (T-1), n, n]
+            if reset:  # after <eos> the next state is drawn from the start distribution
+                n = ws.shape[-1]
+                table = torch.where(after_eos.reshape(-1, 1, 1), start[:, 1:].reshape(-1, 1, n), table)
+            index = torch.arange(B * (T - 1), device=x.device).view(B, T - 1)
+        index = index.masked_fill(~mask[:, 1:], -1)
         if carry is None:
             prior = start[:, 0]
         else:
-            cols = p.transition.from_states(carry.states, ws[:, 0])    # [B, n_prev, n]
-            prior = torch.logsumexp(carry.log_q[..., None] + cols, dim=1)
+            prior = p.transition.prior(carry, x[:, 0] if isinstance(p.transition, BlockTransition) else ws[:, 0])
             if reset:
                 prior = torch.where(carry.after_eos[:, None], start[:, 0], prior)
-        return prior + emit[:, 0], trans + emit[:, 1:, None, :]
+        return prior + emit[:, 0], table, index, emit[:, 1:]
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, carry: Carry | None):
+        """x [B, T] int64, mask [B, T] bool (every row of a stream's first window has a token;
+        padding only at the end of a row) -> (log p of each row [B], carry)."""
         reset = self.cfg.eos_reset == "always" or (self.cfg.eos_reset == "train" and self.training)
         p = self.params_for(self.training)
-        init, edges = self.potentials(p, x, mask, carry, reset)
-        log_z, last_alpha = inference.log_partition(init, edges, self.scan)
+        with record_function("vlnhmm.potentials"):
+            init, table, index, emit = self.potentials(p, x, mask, carry, reset)
+        log_z, last_alpha = inference.log_partition_blocks(init, table, index, emit, self.scan)
         lengths = mask.sum(dim=1)
         has_token = lengths > 0
         log_z = torch.where(has_token, log_z, torch.zeros_like(log_z))
-        last = (lengths - 1).clamp(min=0)
-        last_words = x[torch.arange(len(x)), last]
+        last_words = x.gather(1, (lengths - 1).clamp(min=0)[:, None])[:, 0]
         last_states = p.live.states[p.live.word_states[last_words]]  # [B, n] global ids
-        new = Carry(last_states, last_alpha.log_softmax(dim=-1).detach(), last_words == self.eos_id)
+        new = Carry(last_states, last_alpha.log_softmax(dim=-1).detach(), last_words, last_words == self.eos_id)
         if carry is not None:  # rows without tokens keep their carry
             keep = ~has_token
-            new = Carry(torch.where(keep[:, None], carry.states, new.states),
-                        torch.where(keep[:, None], carry.log_q, new.log_q),
-                        torch.where(keep, carry.after_eos, new.after_eos))
-        elif not has_token.all():
-            raise ValueError("a stream with no token in its first window")
+            new = Carry(*(torch.where(keep.view(-1, *[1] * (a.dim() - 1)), a, b)
+                          for a, b in zip((carry.states, carry.log_q, carry.last_word, carry.after_eos),
+                                          (new.states, new.log_q, new.last_word, new.after_eos))))
         return log_z, new
+

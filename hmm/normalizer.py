@@ -37,6 +37,7 @@ import importlib.util
 
 import torch
 from torch.autograd.function import once_differentiable
+from torch.profiler import record_function
 
 TILE = 1024
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -121,7 +122,7 @@ class _TiledRowLogSumExp(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         a, b, log_z = ctx.saved_tensors
         grad_p, grad_q = torch.zeros_like(a), torch.empty_like(b)
-        with torch.autocast(a.device.type, enabled=False):
+        with torch.autocast(a.device.type, enabled=False), record_function("hmm.normalizer.backward"):
             for start in range(0, len(b), ctx.tile):
                 b_tile = b[start:start + ctx.tile]
                 w = (a @ b_tile.T).sub_(log_z[:, None]).exp_().mul_(grad[:, None])     # [R, tile]

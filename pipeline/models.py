@@ -40,5 +40,6 @@ def build_model(run: Run, corpus: Corpus, clusters: Path | None = None,
             from hmm.kernels import TVMScan
             scan = TVMScan(Path(kernel_root) / run.kernel_target)
         cluster_ids = load_clusters(clusters, corpus.vocab) if s.constraint == "brown" else None
-        return VLNHMM(s, vocab_size, cluster_ids, corpus.vocab.index[EOS], seed=run.train.seed, scan=scan)
+        return VLNHMM(s, vocab_size, cluster_ids, corpus.vocab.index[EOS], seed=run.train.seed, scan=scan,
+                      precision=NORMALIZER_PRECISION[run.train.matmul_precision])
     raise ValueError(f"model {run.model!r} has no neural implementation here (kn5 runs through pipeline.kn5)")

@@ -1,10 +1,12 @@
-"""Wall-clock timing that waits for the GPU: the one place the pipeline and benchmarks read clocks."""
+"""Wall-clock timing that waits for the GPU (the one place the pipeline and benchmarks read clocks),
+and a counter of the host reads of device data that would make the CPU wait for the GPU."""
 from __future__ import annotations
 
 import statistics
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 def synchronize(device: torch.device | str) -> None:
@@ -39,3 +41,28 @@ def time_ms(fn, device: torch.device | str, warmup: int = 1, repeats: int = 5) -
 
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
+
+
+_aten = torch.ops.aten
+# every way of reading device data back to the host ends in one of these operators
+HOST_READS = {_aten._local_scalar_dense.default, _aten.nonzero.default, _aten.is_nonzero.default,
+              _aten.masked_select.default, _aten._unique2.default, _aten.unique_dim.default,
+              _aten.unique_consecutive.default, _aten.repeat_interleave.Tensor}
+_INDEXING = {_aten.index.Tensor, _aten.index_put_.default, _aten.index_put.default}
+
+
+class CountHostReads(TorchDispatchMode):
+    """``with CountHostReads() as c: ...`` records in ``c.reads`` every aten call that needs a
+    device value on the host (``.item()``, ``int(t)``, ``bool(t)``, ``nonzero``, ``unique``,
+    boolean indexing, ...): on a GPU each one makes the CPU wait.  Counts the same on the CPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        bool_index = func in _INDEXING and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or ()) if i is not None)
+        if func in HOST_READS or bool_index:
+            self.reads.append(str(func))
+        return func(*args, **(kwargs or {}))

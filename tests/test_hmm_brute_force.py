@@ -159,29 +159,36 @@ def test_gradients_equal_autograd_of_brute_force(name):
 
 @pytest.mark.parametrize("B,S,n", [(3, 4, 5), (2, 0, 3), (1, 6, 1)])
 def test_marginal_gradient_equals_autograd(B, S, n):
+    """Block form with shared blocks and padding: the marginal gradient = autograd of the forward."""
     g = torch.Generator().manual_seed(B * 100 + S)
+    U = 3
     init = torch.randn(B, n, generator=g, dtype=torch.float64, requires_grad=True)
-    edges = torch.randn(B, S, n, n, generator=g, dtype=torch.float64)
-    edges = edges.masked_fill(torch.rand(B, S, n, n, generator=g) < 0.3, -torch.inf)
-    edges[:, :, :, 0] = 0.0  # keep every sequence possible
-    edges.requires_grad_(True)
+    table = torch.randn(U, n, n, generator=g, dtype=torch.float64)
+    table = table.masked_fill(torch.rand(U, n, n, generator=g) < 0.3, -torch.inf)
+    table[:, :, 0] = 0.0  # keep every sequence possible
+    table.requires_grad_(True)
+    emit = torch.randn(B, S, n, generator=g, dtype=torch.float64, requires_grad=True)
+    index = torch.randint(0, U, (B, S), generator=g)
+    if S > 1:
+        index[0, -1] = -1  # padding at the end of row 0
     weights = torch.rand(B, generator=g, dtype=torch.float64)
-    log_z, _ = inference.log_partition(init, edges)
+    log_z, _ = inference.log_partition_blocks(init, table, index, emit)
     (log_z * weights).sum().backward()
-    ours = init.grad.clone(), edges.grad.clone()
-    init.grad = edges.grad = None
-    ref = inference.log_partition_autograd(init, edges)
+    ours = init.grad.clone(), table.grad.clone(), emit.grad.clone()
+    init.grad = table.grad = emit.grad = None
+    ref = inference.log_partition_blocks_autograd(init, table, index, emit)
     assert torch.allclose(log_z, ref)
     (ref * weights).sum().backward()
-    assert torch.allclose(ours[0], init.grad)
-    ref_edges = edges.grad if edges.grad is not None else torch.zeros_like(edges)  # S = 0: edges unused
-    assert torch.allclose(ours[1], torch.nan_to_num(ref_edges))
+    for got, param in zip(ours, (init, table, emit)):
+        expected = param.grad if param.grad is not None else torch.zeros_like(param)  # S = 0: unused
+        assert torch.allclose(got, torch.nan_to_num(expected)), param.shape
 
 
 def test_marginals_sum_to_one():
     g = torch.Generator().manual_seed(0)
-    init, edges = torch.randn(2, 4, generator=g), torch.randn(2, 3, 4, 4, generator=g)
-    unary, pair = inference.marginals(init, edges)
+    init, table, emit = torch.randn(2, 4, generator=g), torch.randn(5, 4, 4, generator=g), torch.randn(2, 3, 4, generator=g)
+    index = torch.tensor([[0, 1, 4], [2, 2, 3]])
+    unary, pair = inference.marginals_blocks(init, table, index, emit)
     assert torch.allclose(unary.sum(-1), torch.ones(2, 4), atol=1e-6)
     assert torch.allclose(pair.sum((-1, -2)), torch.ones(2, 3), atol=1e-6)
     assert torch.allclose(pair.sum(-1), unary[:, :-1], atol=1e-6)

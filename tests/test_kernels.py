@@ -228,15 +228,6 @@ def test_marginals_with_dead_state_have_no_nan(scan):
         assert not g.isnan().any() and rel_err(g, r) <= 1e-5
 
 
-def test_edge_form_adapter(scan):
-    """Transitional log_partition(init, edges, scan): TVM gradient = float64 edge-form autograd."""
-    init, table, index, emit = potentials(3, 4, 8, seed=6, normalised=True, dead_column=False)
-    edges = block_edges(table, index, emit)
-    got = _grads(lambda i, t, _, e: inference.log_partition(i, t, scan)[0], init, edges, None, emit)
-    ref = _grads(lambda i, t, _, e: inference.log_partition_autograd(i, t), *_double(init, edges), None, emit)
-    assert max(rel_err(g, r) for g, r in zip(got[:2], ref[:2])) <= 1e-5
-
-
 def test_input_checks(scan):
     init, table, index, emit = potentials(2, 3, 8)
     bad = index.clone()
@@ -518,8 +509,8 @@ def test_cuda_matches_reference(cuda_kernels):
 
 def test_trained_model_potentials_match_reference(llvm_dir, small_ptb, tmp_path):
     """Real potentials: a VLNHMM trained on PTB text (32 states, 4 blocks), scored by the TVM
-    scans and by the float64 reference, at evaluation (n = k = 8) and under dropout (n = k' = 4).
-    The model still builds edges; they enter the kernels as one table block per edge."""
+    scans and by the float64 reference, at evaluation (n = k = 8: the cached table of every block
+    pair) and under dropout (n = k' = 4: one block per edge)."""
     from pipeline.config import resolve_run
     from pipeline.data import Corpus, Windows
     from pipeline.models import build_model
@@ -540,8 +531,8 @@ def test_trained_model_potentials_match_reference(llvm_dir, small_ptb, tmp_path)
     for training in (False, True):
         model.train(training)
         with torch.no_grad():
-            init, edges = model.potentials(model.params_for(training), x, mask, None, reset=False)
-        assert edges.shape[-1] == (4 if training else 8)
-        blocks = inference.edges_as_blocks(edges)
-        assert_close_scan(scan.forward(init, *blocks), scan_forward(init.double(), edges.double()))
-        assert_close_scan(scan.backward(*blocks), scan_backward(edges.double()))
+            init, table, index, emit = model.potentials(model.params_for(training), x, mask, None, reset=False)
+        assert table.shape[-1] == (4 if training else 8) and table.shape[0] == (16 * 31 if training else 16)
+        alpha, beta = reference(init, table, index, emit)
+        assert_close_scan(scan.forward(init, table, index, emit), alpha)
+        assert_close_scan(scan.backward(table, index, emit), beta)

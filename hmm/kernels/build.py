@@ -31,6 +31,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 MANIFEST = "manifest.json"
+# The kernels' calling convention; a manifest of another one is refused at load (rebuild).
+# 1: edges [B, S, n, n]; 2: block form (init, table, index, emit).
+ABI = 2
 NVCC_FLAGS = ["-O3", "--fatbin"]  # no --use_fast_math: keep expf/logf accurate
 
 
@@ -129,6 +132,7 @@ def build(target: str, states: list[int], out: str | Path, archs: list[str] = ("
 
     files = sorted({f for k in kernels for key, f in k.items() if key in ("library", "source", "binary")})
     manifest = {
+        "abi": ABI,
         "target": target,
         "target_spec": spec,
         "states": states,

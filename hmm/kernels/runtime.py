@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from . import target_for
-from .build import MANIFEST
+from .build import ABI, MANIFEST
 
 BUILD_HINT = ("rebuild: snakemake --cores 2 --forcerun kernels_{target} build/kernels/{target}/manifest.json "
               "(or delete build/kernels/{target} and rerun)")
@@ -146,6 +146,10 @@ class _KernelDir:
         except FileNotFoundError:
             raise KernelError(f"no {MANIFEST} in {path}; build the kernels first") from None
         self.target = self.manifest["target"]
+        if self.manifest.get("abi", 1) != ABI:
+            raise KernelError(f"{path / MANIFEST} describes kernels of calling convention {self.manifest.get('abi', 1)}, "
+                              f"this code needs {ABI} (built by another version of hmm.kernels); "
+                              + BUILD_HINT.format(target=self.target))
         self.loaded: dict[tuple[int, str | None], tuple] = {}
 
     def pick(self, n: int, arch: str | None) -> dict:
@@ -319,17 +323,23 @@ def check_blocks(table: torch.Tensor, index: torch.Tensor, emit: torch.Tensor):
 
 
 def _check_index_range(index: torch.Tensor, U: int) -> None:
-    """ValueError unless every index value is in [-1, U).  Reading the range back is a host sync
-    on CUDA, so the last index tensor found in range (the same object, unmodified since, same
-    U) is not read again: a forward and backward pair of log_partition syncs once."""
+    """Every index value must be in [-1, U): a kernel would read outside the table otherwise.
+
+    On the CPU a ValueError names the range found.  On CUDA reading the range back would make
+    the host wait for the GPU, so the check is queued on the device instead
+    (``torch._assert_async``): a bad index fails the next synchronizing call with a device-side
+    assertion.  The last index tensor checked (same object, unmodified since, same U) is not
+    checked again: a forward and backward pair of log_partition checks once."""
     last = _CHECKED_INDEX.get("key")
     key = (index._version, U)
     if last is not None and last[0]() is index and last[1] == key:
         return
     if index.numel():
-        lo, hi = (v.item() for v in torch.aminmax(index))
-        if lo < -1 or hi >= U:
-            raise ValueError(f"index values must be in [-1, U={U}), got min {lo}, max {hi}")
+        lo, hi = torch.aminmax(index)
+        if index.is_cuda:
+            torch._assert_async((lo >= -1) & (hi < U), f"scan index values must be in [-1, U={U})")
+        elif lo < -1 or hi >= U:
+            raise ValueError(f"index values must be in [-1, U={U}), got min {int(lo)}, max {int(hi)}")
     _CHECKED_INDEX["key"] = (weakref.ref(index), key)
 
 

@@ -27,6 +27,8 @@ KERNEL_STATES = kernel_states(RUN_LIST, config["bench"]["kernel_states"])
 CUDA_ARCHS = config["kernels"]["cuda_archs"]
 _GPU = []
 
+# the code that defines and builds the kernels: a change rebuilds them
+KERNEL_CODE = [repo_path(f"hmm/kernels/{name}.py") for name in ("definition", "build")]
 
 def gpu_present():
     """Whether nvidia-smi finds a GPU (asked once, and only where some run needs a GPU)."""

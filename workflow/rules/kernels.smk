@@ -4,6 +4,8 @@
 
 
 rule kernels_llvm:
+    input:
+        KERNEL_CODE,
     output:
         manifest="build/kernels/llvm/manifest.json",
         libraries=expand("build/kernels/llvm/scan_n{n}.so", n=KERNEL_STATES),
@@ -20,6 +22,8 @@ rule kernels_llvm:
 
 
 rule kernels_cuda:
+    input:
+        KERNEL_CODE,
     output:
         manifest="build/kernels/cuda/manifest.json",
         libraries=expand(

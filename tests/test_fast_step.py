@@ -1,0 +1,70 @@
+"""The fast training step: nothing in it reads a value back to the host (no GPU synchronization).
+
+On a GPU every host read of device data (``.item()``, ``int(t)``, ``bool(t)``, ``nonzero``,
+``unique``, boolean indexing, ...) makes the CPU wait for the GPU.  Those reads all pass through a
+few aten operators, so a dispatch mode that records them (:class:`pipeline.timing.CountHostReads`)
+counts the synchronizations a step would make, on the CPU as well (the same Python and aten calls
+run on either device).  The step counted
+is the training loop's own (:meth:`pipeline.train.Trainer.step`).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pipeline.config import resolve_run
+from pipeline.data import Corpus, Vocab, Windows
+from pipeline.timing import CountHostReads
+from pipeline.train import Trainer
+
+V = 60
+SETTINGS = {
+    "brown": {"num_states": 64, "num_clusters": 4},
+    "brown-factored-eos": {"num_states": 64, "num_clusters": 4, "state_repr": "factored", "eos_reset": "train"},
+    "none": {"num_states": 16, "num_clusters": 1, "constraint": "none"},
+    "uniform-transition-dropout": {"num_states": 32, "constraint": "uniform", "states_per_word": 8,
+                                   "state_dropout": 0.0, "transition_dropout": 0.5},
+}
+
+
+def synthetic_corpus(seed: int = 0) -> Corpus:
+    rng = np.random.default_rng(seed)
+    tokens = tuple(f"w{i}" for i in range(V - 1)) + ("<eos>",)
+    splits = {s: torch.as_tensor(rng.integers(0, V, n)) for s, n in (("train", 2000), ("valid", 200), ("test", 200))}
+    docs = {s: torch.tensor([0]) for s in splits}
+    return Corpus(Vocab(tokens, (1,) * V), splits, docs)
+
+
+@pytest.mark.parametrize("name", SETTINGS)
+def test_training_step_reads_nothing_back(name, tmp_path):
+    from pipeline.models import build_model
+    corpus = synthetic_corpus()
+    clusters = tmp_path / "c.tsv"
+    m = SETTINGS[name].get("num_clusters", 1)
+    clusters.write_text("word\tcluster\tbits\tcount\n" + "".join(f"w{i}\t{i % m}\t0\t1\n" for i in range(V - 1))
+                        + f"<eos>\t{(V - 1) % m}\t0\t1\n")
+    run = resolve_run({"name": "s", "dataset": "ptb", "model": "vlnhmm", "hidden": 16, "device": "cpu",
+                       "batch_size": 4, "bptt": 8, **SETTINGS[name]})
+    model = build_model(run, corpus, clusters if run.settings.constraint == "brown" else None)
+    trainer = Trainer(run, corpus, model, tmp_path / "out", tmp_path / "ckpt.pt")
+    windows = Windows(corpus.splits["train"], 4, 8)
+    for w in range(3):  # the first window (no carry) and two with a carried posterior
+        x, mask = windows.window(w)
+        ntok = int(mask.sum())
+        with CountHostReads() as counter:
+            trainer.step(x, mask, ntok)
+        assert counter.reads == [], f"window {w}: {counter.reads}"
+
+
+def test_the_counter_sees_host_reads():
+    """The counter is not blind: each way of reading device data back is recorded."""
+    t = torch.tensor([1.0, 2.0, 2.0])
+    with CountHostReads() as counter:
+        t.sum().item()
+        int(t[0])
+        bool(t[0] > 0)
+        t.nonzero()
+        torch.unique(t, dim=0)
+        t[t > 1]
+        t.repeat_interleave(torch.tensor([1, 2, 3]))
+    assert len(counter.reads) == 7, counter.reads
