@@ -25,10 +25,10 @@ KENLM_BIN = repo_path(config["kenlm"]["bin_dir"])
 # kernels for every live-state count any run needs, and the kernel benchmark's sizes
 KERNEL_STATES = kernel_states(RUN_LIST, config["bench"]["kernel_states"])
 CUDA_ARCHS = config["kernels"]["cuda_archs"]
-_GPU = []
-
 # the code that defines and builds the kernels: a change rebuilds them
 KERNEL_CODE = [repo_path(f"hmm/kernels/{name}.py") for name in ("definition", "build")]
+_GPU = []
+
 
 def gpu_present():
     """Whether nvidia-smi finds a GPU (asked once, and only where some run needs a GPU)."""
