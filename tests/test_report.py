@@ -1,8 +1,10 @@
-"""pipeline.report: paper tables / figures from run specs + metrics (fast, no training).
+"""pipeline.report and pipeline.curves: paper tables / figures from run specs + metrics (fast, no training).
 
 Runs laid out in tmp_path: ptb/kn5 measured, ptb/vlnhmm-16384 cut short, ptb/vlnhmm-32768 not
 run (reason given), ptb/vlnhmm-16384-factored only in a reference directory, wt2/lstm not run
-(no reason: default).  The CLI renders every table and figure with the real config/paper.yaml.
+(no reason: default).  The CLI renders every table and figure with the real config/paper.yaml and
+config/config.yaml (the paper's settings per row), as a profile that scales |Z| by 32 and M by 8
+where the figures need it.
 """
 from __future__ import annotations
 
@@ -14,18 +16,22 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.report import build_figure, build_table, main
+from pipeline import curves
+from pipeline.report import build_figure, build_table, main, run_label, status_kind, title_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_YAML = ROOT / "config" / "paper.yaml"
+CONFIG_YAML = ROOT / "config" / "config.yaml"
 PAPER = yaml.safe_load(PAPER_YAML.read_text())
 NOT_RUN = {"ptb/vlnhmm-32768": "not run: no GPU on this machine (gpu_runs: auto)"}
-PROV = {"commit": "0123456789abcdef0123", "date": "2025-11-20", "host": "gpu-box"}
+PROV = {"commit": "0123456789abcdef0123", "date": "2025-11-20T10:00:00+00:00", "host": "gpu-box"}
+LABEL = "test profile: |Z|/32, M/8"
 
 
-def _metrics(status, valid, test=None, train=None, params=1000, ms=None, device="cpu"):
+def _metrics(status, valid, test=None, train=None, params=1000, ms=None, device="cpu", epochs=None, steps=None):
     return {"params": params, "train_ppl": train, "valid_ppl": valid, "test_ppl": test, "status": status,
-            "eval_ms_per_batch": ms, "device_name": device, "wall_seconds": 1.0, "provenance": PROV}
+            "eval_ms_per_batch": ms, "device_name": device, "wall_seconds": 1.0, "provenance": PROV,
+            "epochs": epochs, "steps": steps}
 
 
 def _settings(num_states, num_clusters=128, state_repr="independent"):
@@ -39,42 +45,48 @@ RUNS = {  # key -> (model, rows, settings, local metrics, reference metrics)
         "vlnhmm", ["table2/vlnhmm", "table4/vlnhmm", "table3/brown-16384-m128-a", "table3/brown-16384-m128-b",
                    "fig3", "fig4"],
         _settings(16384), _metrics("cut short: max_steps 300 (0.4 of 50 epochs)", 140.5, 139.0, train=120.25,
-                                   params=7_200_000, ms=12.346), None),
+                                   params=7_200_000, ms=12.346, epochs=0.4, steps=300), None),
     "ptb/vlnhmm-32768": ("vlnhmm", ["table1/vlnhmm", "fig3"], _settings(32768), None, None),
     "ptb/vlnhmm-16384-factored": (
         "vlnhmm", ["table4/factored", "fig4"], _settings(16384, state_repr="factored"), None,
-        _metrics("measured", 137.5, train=121.0, params=5_600_000, ms=30.0, device="NVIDIA H100 80GB HBM3")),
-    "wt2/lstm": ("lstm", ["table1/lstm"], {"layers": 2}, None, None),
+        _metrics("measured", 137.5, train=121.0, params=5_600_000, ms=30.0, device="NVIDIA H100 80GB HBM3",
+                 epochs=50.0, steps=100_000)),
+    "wt2/lstm": ("lstm", ["table1/lstm"], {"layers": 2, "hidden": 256}, None, None),
 }
+
+
+def _specs():
+    specs = []
+    for key, (model, rows, settings, _, _) in RUNS.items():
+        dataset, name = key.split("/")
+        specs.append({"name": name, "dataset": dataset, "model": model, "rows": rows, "settings": settings,
+                      "train": None if model == "kn5" else {"seed": 1111, "epochs": 50}})
+    return specs
+
+
+def _render(tmp, name):
+    kind = "table" if name.startswith("table") else "figure"
+    out = {ext: tmp / f"{name}.{ext}" for ext in ("csv", "png", "html")}
+    main([kind, "--name", name, "--paper", str(PAPER_YAML), "--paper-config", str(CONFIG_YAML),
+          "--runs", json.dumps(_specs()), "--runs-dir", str(tmp / "runs"),
+          "--reference", str(tmp / "reference"), "--not-run", json.dumps(NOT_RUN), "--profile", "test",
+          "--label", LABEL,
+          "--csv", str(out["csv"]), "--png", str(out["png"]), "--html", str(out["html"])])
+    # keep_default_na=False: "None" is a table 3 constraint, not a missing value
+    return pd.read_csv(out["csv"], keep_default_na=False, na_values=[""]), out
 
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
-    specs = []
-    for key, (model, rows, settings, local, ref) in RUNS.items():
-        dataset, name = key.split("/")
-        d = tmp / "runs" / key
-        d.mkdir(parents=True)
-        spec = {"name": name, "dataset": dataset, "model": model, "rows": rows, "settings": settings,
-                "train": None if model == "kn5" else {"seed": 1111}}
-        specs.append(spec)
+    for spec, (_, _, _, local, ref) in zip(_specs(), RUNS.values()):
+        key = f"{spec['dataset']}/{spec['name']}"
         trained = {k: v for k, v in spec.items() if k != "rows"}  # what a run records in its metrics
-        if local:
-            (d / "metrics.json").write_text(json.dumps(local | {"spec": trained}))
-        if ref:
-            (tmp / "reference" / key).mkdir(parents=True)
-            (tmp / "reference" / key / "metrics.json").write_text(json.dumps(ref | {"spec": trained}))
-    out = {}
-    for name in ["table1", "table2", "table3", "table4", "fig3", "fig4"]:
-        kind = "table" if name.startswith("table") else "figure"
-        csv, png = tmp / f"{name}.csv", tmp / f"{name}.png"
-        main([kind, "--name", name, "--paper", str(PAPER_YAML), "--runs", json.dumps(specs),
-              "--runs-dir", str(tmp / "runs"), "--reference", str(tmp / "reference"), "--not-run", json.dumps(NOT_RUN), "--profile", "tiny",
-              "--csv", str(csv), "--png", str(png)])
-        # keep_default_na=False: "None" is a table 3 constraint, not a missing value
-        out[name] = (pd.read_csv(csv, keep_default_na=False, na_values=[""]), png)
-    return out
+        for where, metrics in (("runs", local), ("reference", ref)):
+            if metrics:
+                (tmp / where / key).mkdir(parents=True)
+                (tmp / where / key / "metrics.json").write_text(json.dumps(metrics | {"spec": trained}))
+    return {name: _render(tmp, name) for name in ["table1", "table2", "table3", "table4", "fig3", "fig4"]}
 
 
 def _paper_rows(name):
@@ -83,9 +95,16 @@ def _paper_rows(name):
 
 
 @pytest.mark.parametrize("name", ["table1", "table2", "table3", "table4", "fig3", "fig4"])
-def test_png_written(rendered, name):
-    png = rendered[name][1]
+def test_png_and_html_written(rendered, name):
+    df, out = rendered[name]
+    png = out["png"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    page = out["html"].read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<script>" in page and 'href="data:text/csv;base64,' in page
+    assert "src=\"http" not in page and "href=\"http" not in page  # self-contained: works offline
+    assert LABEL in page and all(f"<th class=" in page and f">{c}</th>" in page for c in df.columns)
+    assert page.count("<tr>") == len(df) + 1
+    assert set(df["profile"]) == {"test"}
 
 
 @pytest.mark.parametrize("name", ["table1", "table2", "table3", "table4"])
@@ -93,79 +112,130 @@ def test_every_paper_row_in_order(rendered, name):
     df = rendered[name][0]
     rows = _paper_rows(name)
     assert len(df) == len(rows)
-    label = "constraint" if name == "table3" else "model"
-    assert list(df[label]) == [r[label] for _, r in rows]
+    label = "constraint" if name == "table3" else "paper_model"
+    assert list(df[label]) == [r["constraint" if name == "table3" else "model"] for _, r in rows]
     for (_, r), (_, got) in zip(rows, df.iterrows()):
         for col in ["valid", "test", "train", "ms_per_batch"]:
-            if f"paper_{col}_ppl" in df or f"paper_{col}" in df:
-                paper_col = f"paper_{col}" if col == "ms_per_batch" else f"paper_{col}_ppl"
+            paper_col = f"paper_{col}" if col == "ms_per_batch" else f"paper_{col}_ppl"
+            if paper_col in df:
                 want = r.get(col)
                 assert (math.isnan(got[paper_col]) if want is None else got[paper_col] == want), (r, col)
         if r.get("cited"):
             assert got["status"] == f"cited: {r['cited']}" and pd.isna(got["run"]) and pd.isna(got["valid_ppl"])
-    measured = df[df.status.str.startswith(("measured", "cut short", "reference"))]
+    measured = df[df.status.map(status_kind).isin(["measured", "cut short", "reference"])]
     for c in [c for c in df if c.endswith("_diff")]:  # diff = ours - paper, NaN unless both exist
         ours, paper = df[c.replace("_diff", "_ppl")], df["paper_" + c.replace("_diff", "_ppl")]
         assert ((df[c] - (ours - paper)).abs().fillna(0) < 1e-9).all()
-        assert df[c].notna().sum() <= len(measured)
+        assert ((df[c + "_pct"] - 100 * (ours - paper) / paper).abs().fillna(0) < 0.051).all()
+        assert df[c].notna().sum() <= len(measured) and (df[c].isna() == df[c + "_pct"].isna()).all()
     unfilled = df[df.status.str.startswith(("not run", "cited"))]
     assert unfilled[[c for c in df if c.endswith("_ppl") and not c.startswith("paper_")]].isna().all().all()
+    assert unfilled[["commit", "date", "device"]].isna().all().all()
+    assert (measured["commit"] == PROV["commit"]).all() and (measured["date"] == PROV["date"]).all()
 
 
 def test_table1_values(rendered):
-    df = rendered["table1"][0].set_index(["dataset", "model"])
+    df = rendered["table1"][0].set_index(["dataset", "paper_model"])
     kn5 = df.loc[("ptb", "KN 5-gram")]
-    assert kn5.status == "measured" and kn5.run == "ptb/kn5" and kn5.params == 2_100_000
+    assert kn5.status == "measured" and kn5.run == "ptb/kn5" and kn5.params == 2_100_000 and kn5.model == "KN 5-gram"
     assert kn5.valid_ppl == 150.12 and math.isnan(kn5.valid_diff)  # the paper reports no KN valid on PTB
-    assert kn5.test_ppl == 141.46 and kn5.test_diff == pytest.approx(0.26)
-    assert kn5.paper_params == "2M"
+    assert kn5.test_ppl == 141.46 and kn5.test_diff == pytest.approx(0.26) and kn5.test_diff_pct == pytest.approx(0.2)
+    assert kn5.paper_params == "2M" and pd.isna(kn5.epochs) and pd.isna(kn5.seed)
     vl = df.loc[("ptb", "VLNHMM |Z| = 2^15")]
     assert vl.status == NOT_RUN["ptb/vlnhmm-32768"] and vl.run == "ptb/vlnhmm-32768"
+    assert vl.model == "VLNHMM |Z| = 32768, M = 128"  # our run's label, not the paper's
     assert math.isnan(vl.valid_ppl) and math.isnan(vl.params) and vl.paper_valid_ppl == 125.0
+    # the paper's setting comes from the full config's run for the same row
+    assert (vl.num_states, vl.paper_num_states, vl.num_clusters, vl.paper_num_clusters) == (32768, 32768, 128, 128)
+    assert vl.paper_epochs == 50 and vl.seed == 1111
     lstm = df.loc[("wt2", "2x256 LSTM")]
-    assert lstm.status == "not run" and math.isnan(lstm.test_ppl)
+    assert lstm.status == "not run" and math.isnan(lstm.test_ppl) and lstm.model == "2x256 LSTM"
     wt2_kn5 = df.loc[("wt2", "KN 5-gram")]  # the ptb kn5 run must not fill the wt2 row
     assert wt2_kn5.status == "not run" and pd.isna(wt2_kn5.run)
     assert (df.status.str.startswith("cited")).sum() == 4
+    assert df.loc[("ptb", "256 FF 5-gram")].paper_epochs == 100  # FF: 100 epochs in the paper
 
 
 def test_ablation_tables(rendered):
-    t2, t4 = (rendered[n][0].set_index("model") for n in ["table2", "table4"])
-    assert list(t2.columns) == ["params", "paper_params", "train_ppl", "paper_train_ppl", "valid_ppl",
-                                "paper_valid_ppl", "valid_diff", "ms_per_batch", "ours_device",
-                                "paper_ms_per_batch", "paper_device", "status", "run"]
+    t2, t4 = (rendered[n][0].set_index("paper_model") for n in ["table2", "table4"])
     row = t2.loc["VLNHMM (2^14)"]
     assert row.status.startswith("cut short: max_steps 300") and row.valid_diff == pytest.approx(6.5)
-    assert row.ms_per_batch == 12.35 and row.ours_device == "cpu" and row.paper_device == "RTX 2080"
-    assert row.paper_ms_per_batch == 40 and row.train_ppl == 120.25
+    assert row.valid_diff_pct == pytest.approx(4.9) and row.epochs == 0.4 and row.steps == 300
+    assert row.ms_per_batch == 12.35 and row.device == "cpu" and row.paper_device == "RTX 2080"
+    assert row.paper_ms_per_batch == 40 and row.train_ppl == 120.25 and row.model == "VLNHMM |Z| = 16384, M = 128"
     assert t2.loc["- neural param"].status == "not run" and math.isnan(t2.loc["- neural param"].valid_ppl)
     fac = t4.loc["+ block emb"]
-    assert fac.status == ("reference: measured (NVIDIA H100 80GB HBM3, 2025-11-20, commit 0123456789)")
+    assert fac.status == ("reference: measured (NVIDIA H100 80GB HBM3, 2025-11-20T10:00:00+00:00, commit 0123456789)")
     assert fac.valid_ppl == 137.5 and fac.valid_diff == pytest.approx(1.5) and fac.run == "ptb/vlnhmm-16384-factored"
+    assert fac.model == "VLNHMM |Z| = 16384, M = 128 + block emb" and fac.device == "NVIDIA H100 80GB HBM3"
     assert "+ block emb" not in t2.index
 
 
-def test_table3_duplicate_row(rendered):
+def test_table3_ours_beside_the_papers_configuration(rendered):
     df = rendered["table3"][0]
     both = df[df.run == "ptb/vlnhmm-16384"]
     assert list(both.paper_valid_ppl) == [134, 136] and list(both.valid_diff) == pytest.approx([6.5, 4.5])
-    assert df.loc[df.constraint == "None", "states_per_word"].isna().all()
+    assert list(both.num_states) == [16384, 16384] and list(both.states_per_word) == [128, 128]
+    assert df.loc[df.constraint == "None", "paper_states_per_word"].isna().all()
+    first = df.iloc[0]  # Brown 16384 / 512 / 32: the paper's configuration, ours not run
+    assert (first.paper_num_states, first.paper_states_per_word, first.paper_num_clusters) == (16384, 512, 32)
+    assert pd.isna(first.num_states) and pd.isna(first.states_per_word)
     assert (df.status == "not run").sum() == len(df) - 2
+
+
+def test_titles_mark_the_papers_settings(rendered):
+    df = rendered["table2"][0]
+    title = title_lines(PAPER["table2"]["caption"], df, LABEL)
+    assert title[0].startswith("Table 2: ablations on PTB (paper: lambda = 0.5, M = 128)")
+    assert title[1].startswith("ours: ") and "seed 1111" in title[1] and title[2] == f"[{LABEL}]"
+    plain = title_lines(PAPER["table3"]["caption"], rendered["table3"][0], None)
+    assert "paper:" not in plain[0] and plain[2].startswith("[full configuration")
 
 
 def test_figures(rendered):
     f3 = rendered["fig3"][0]
     ours = f3[f3.series == "ours"]
-    assert list(ours.x) == [16384, 32768] and ours.valid_ppl.iloc[0] == 140.5 and math.isnan(ours.valid_ppl.iloc[1])
-    assert ours.status.iloc[1] == NOT_RUN["ptb/vlnhmm-32768"]
+    assert list(ours.x) == [16384, 32768] and list(ours.run_x) == [16384, 32768]
+    assert ours.valid_ppl.iloc[0] == 140.5 and math.isnan(ours.valid_ppl.iloc[1])
+    assert ours.paper_valid_ppl.iloc[0] == 134 and ours.valid_diff.iloc[0] == pytest.approx(6.5)
+    assert ours.status.iloc[1] == NOT_RUN["ptb/vlnhmm-32768"] and ours.epochs.iloc[0] == 0.4
     paper = f3[f3.series == "paper (table values)"]
-    assert list(zip(paper.x, paper.valid_ppl)) == [(16384, 134), (32768, 125.0)]
+    assert list(zip(paper.x, paper.paper_valid_ppl)) == [(16384, 134), (32768, 125.0)]
+    assert paper.valid_ppl.isna().all()  # the paper's values are never in our column
     f4 = rendered["fig4"][0]
     assert set(f4.series) == {"ours independent", "ours factored", "paper independent (table values)",
                               "paper factored (table values)"}
     fac = f4[f4.series == "ours factored"].iloc[0]
     assert fac.x == 128 and fac.valid_ppl == 137.5 and fac.status.startswith("reference: measured")
+    assert fac.paper_valid_ppl == 136 and fac.valid_diff == pytest.approx(1.5)
     assert len(f4[f4.series == "paper independent (table values)"]) == 4
+
+
+def test_scaled_figure_plots_ours_at_the_paper_equivalent_x(tmp_path):
+    """A profile at |Z|/32: our 512-state run sits at x = 16384, beside the paper's Table 2 point."""
+    run = {"spec": {"name": "vlnhmm-512", "dataset": "ptb", "model": "vlnhmm", "rows": ["fig3"],
+                    "settings": _settings(512, 16),
+                    "train": {"seed": 7, "epochs": 1}},
+           "metrics": {"valid_ppl": 140.0, "epochs": 1.0, "steps": 43, "provenance": PROV,
+                       "device_name": "cpu", "status": "measured"}, "status": "measured"}
+    df = build_figure("fig3", PAPER, [run], scale={"num_states": 32, "num_clusters": 8}, profile="tiny")
+    ours = df.iloc[0]
+    assert (ours.x, ours.run_x, ours.num_clusters) == (16384, 512, 16)
+    assert ours.paper_valid_ppl == 134 and ours.valid_diff_pct == pytest.approx(4.5) and ours.seed == 7
+    assert set(df.profile) == {"tiny"}
+
+
+def test_run_labels_name_what_was_trained():
+    spec = {"model": "vlnhmm", "settings": {"num_states": 512, "num_clusters": 16, "constraint": "brown",
+                                            "neural": False, "state_dropout": 0.5}}
+    assert run_label(spec) == "VLNHMM |Z| = 512, M = 16 \u2212 neural param"
+    assert run_label({"model": "vlnhmm", "settings": {"num_states": 256, "constraint": "uniform",
+                                                      "states_per_word": 16, "state_dropout": 0.0}}) == \
+        "VLNHMM |Z| = 256, uniform 16/word"
+    assert run_label({"model": "ff", "settings": {"hidden": 64, "order": 5}}) == "64 FF 5-gram"
+    assert [status_kind(s) for s in ("measured", "cut short: x", "incomplete: y", "stale: z", "not run",
+                                     "reference: measured (...)", "cited: A", "paper value (Table 2)")] == \
+        ["measured", "cut short", "incomplete", "stale", "not run", "reference", "cited", "paper"]
 
 
 def test_api_with_dicts_and_nothing_run(tmp_path):
@@ -173,10 +243,46 @@ def test_api_with_dicts_and_nothing_run(tmp_path):
     for name in ["table1", "table2", "table3", "table4"]:
         df = build_table(name, PAPER, [])
         assert len(df) == len(_paper_rows(name)) and df["valid_ppl"].isna().all()
+        assert set(df["profile"]) == {"full"}
     run = {"spec": {"name": "vlnhmm-1024", "dataset": "ptb", "rows": ["fig3"], "settings": _settings(1024)},
            "metrics": None}
     df = build_figure("fig3", PAPER, [run])
     assert df.iloc[0].status == "not run" and pd.isna(df.iloc[0].valid_ppl) and df.iloc[0].source == "ptb/vlnhmm-1024"
     main(["figure", "--name", "fig4", "--paper", str(PAPER_YAML), "--csv", str(tmp_path / "f.csv"),
           "--png", str(tmp_path / "f.png")])
-    assert (tmp_path / "f.png").stat().st_size > 10_000
+    assert (tmp_path / "f.png").stat().st_size > 10_000 and not (tmp_path / "f.html").exists()
+
+
+def test_curve_shows_settings_profile_and_the_papers_number(tmp_path, monkeypatch):
+    run = tmp_path / "ptb" / "vlnhmm-512"
+    run.mkdir(parents=True)
+    pd.DataFrame({"step": [22, 43], "epoch": [0.51, 1.0], "lr": [0.01, 0.01], "train_ppl": [843.0, 447.7],
+                  "valid_ppl": [266.2, 269.8], "tokens_per_s": [1, 1], "eval_ms_per_batch": [3.6, 3.5],
+                  "wall_seconds": [1.5, 1.9]}).to_csv(run / "curve.csv", index=False)
+    spec = {"name": "vlnhmm-512", "dataset": "ptb", "model": "vlnhmm", "rows": [],
+            "settings": _settings(512, 16), "train": {"lr": 0.01, "batch_size": 16, "bptt": 32, "epochs": 1, "seed": 3}}
+    (run / "spec.json").write_text(json.dumps(spec))
+    (run / "metrics.json").write_text(json.dumps(_metrics("measured", 266.2, epochs=1.0, steps=43)))
+    monkeypatch.setenv(curves.CONTEXT_ENV, json.dumps({"label": LABEL, "rows": {"ptb/vlnhmm-512": [
+        "table2/vlnhmm", "table3/brown-16384-m128-a", "table3/brown-16384-m128-b"]}}))
+    seen = {}
+    real_savefig = curves.plt.Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        seen["texts"] = [t.get_text() for t in fig.texts]
+        seen["legend"] = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+        seen["yticks"] = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(curves.plt.Figure, "savefig", spy)
+    curves.plot(run / "curve.csv", run / "curve.png", "ptb/vlnhmm-512")  # the call pipeline.train makes
+    assert (run / "curve.png").stat().st_size > 10_000
+    assert seen["texts"][0] == "ptb/vlnhmm-512: VLNHMM |Z| = 512, M = 16"
+    assert "lr 0.01 (constant)" in seen["texts"][1] and "1 of 1 epochs (43 steps), seed 3" in seen["texts"][1]
+    assert f"[{LABEL}]" in seen["texts"]
+    assert "paper valid 134 (Tables 2, 3, ptb)" in seen["legend"] and "paper valid 136 (Table 3, ptb)" in seen["legend"]
+    assert all("x10" not in t and "^" not in t for t in seen["yticks"])  # plain tick labels
+    monkeypatch.delenv(curves.CONTEXT_ENV)
+    curves.plot(run / "curve.csv", tmp_path / "bare.png", "ptb/vlnhmm-512")  # no context: still a curve
+    assert (tmp_path / "bare.png").stat().st_size > 10_000
+    assert curves.nice_log_ticks(230, 950) == [300, 400, 500, 700]
