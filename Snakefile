@@ -47,6 +47,10 @@ include: "workflow/rules/tables.smk"
 include: "workflow/rules/bench.smk"
 
 
+# The report's landing page: the front page the pipeline writes (results/frontpage.rst), see tables.smk.
+report: report_description()
+
+
 rule all:
     default_target: True
     input:

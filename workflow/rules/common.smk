@@ -3,6 +3,8 @@ import json
 import shutil
 import subprocess
 
+import yaml
+
 from hmm.kernels import target_for
 from pipeline.config import ConfigError, kernel_states, name_pattern, resolve_runs
 
@@ -88,11 +90,63 @@ def runs_for(name):
 
 
 def table_inputs(wc):
+    """A table's runs' metrics, the paper's numbers, the full config (the paper's settings per row), the code."""
     runs = runs_for(wc.name)
     return {
         "metrics": [f"{r.out_dir}/metrics.json" for r in runs if r.key in IN_DAG],
         "paper": repo_path("config/paper.yaml"),
+        "paper_config": repo_path("config/config.yaml"),
+        "code": repo_path("pipeline/report.py"),
+        "stats": sorted({f"data/{r.dataset}/stats.json" for r in runs}),  # vocabulary sizes (a uniform model's ppl)
     }
+
+
+# ---- the report (snakemake --report): items, labels, the front page as its landing page
+ITEMS = ("table1", "table2", "table3", "table4", "fig3", "fig4")
+PROFILE = config.get("profile") or "full"
+LABEL = config.get("label") or ""
+SCALE = json.dumps(config.get("scale") or {}, sort_keys=True)
+FRONT_PAGE = "results/frontpage.rst"
+with open(ROOT / "config/paper.yaml") as _f:
+    PAPER_TITLES = {name: item["caption"] for name, item in yaml.safe_load(_f).items() if name in ITEMS}
+# Training curves are plotted by the training jobs; they inherit this context (the profile label, the paper rows
+# each run fills) from the environment, so that neither is a param that would retrain a run (pipeline.curves).
+os.environ.update(REPRO_CURVE_CONTEXT=json.dumps({"label": LABEL, "rows": {r.key: list(r.rows) for r in RUN_LIST}}))
+
+
+def report_category(wc):
+    return "Tables" if wc.name.startswith("table") else "Figures"
+
+
+def report_labels(form):
+    """Labels of a table's / figure's report item: which one (``Table 1``) and in which form."""
+    return lambda wc: {"item": PAPER_TITLES[wc.name].split(":")[0], "form": form}
+
+
+def report_description():
+    """The report's landing page: the front page the pipeline wrote (an absolute path: the working
+    directory, e.g. tiny/, is not the Snakefile's), or a note to run the pipeline first."""
+    page = Path(FRONT_PAGE).resolve()
+    if not page.is_file():
+        return str(ROOT / "workflow/report/workflow.rst")
+    tables = [Path(f"results/{name}.csv") for name in ITEMS]
+    newer = [t.stem for t in tables if t.is_file() and t.stat().st_mtime > page.stat().st_mtime]
+    if newer and "--report" in " ".join(sys.argv):
+        print(f"warning: {FRONT_PAGE} is older than {', '.join(newer)}: run `all` first", file=sys.stderr)
+    return str(page)
+
+
+def announce_report():
+    """`snakemake --report [PATH]` writes PATH relative to the working directory: say where, once."""
+    args = sys.argv[1:]
+    for i, arg in enumerate(args):
+        if arg == "--report" or arg.startswith("--report="):
+            given = arg.partition("=")[2] or (args[i + 1] if i + 1 < len(args) else "")
+            path = given if given.endswith((".html", ".zip")) else "report.html"
+            print(f"Report: {os.path.abspath(path)}", file=sys.stderr)
+
+
+announce_report()
 
 
 def kernel_manifest(wc):

@@ -1,12 +1,29 @@
-# The paper's tables and figures: ours beside the paper's numbers (config/paper.yaml).
+# The paper's tables and figures: ours beside the paper's numbers (config/paper.yaml), each as an image, a
+# sortable HTML table and a CSV; the front page (the report's landing page) counts their status columns.
 
 
 rule table:
     input:
         unpack(table_inputs),
     output:
-        csv="results/{name}.csv",
-        png=report("results/{name}.png", category="Tables and figures", caption="../report/tables.rst"),
+        csv=report(
+            "results/{name}.csv",
+            category=report_category,
+            labels=report_labels("CSV"),
+            caption="../report/tables.rst",
+        ),
+        png=report(
+            "results/{name}.png",
+            category=report_category,
+            labels=report_labels("image"),
+            caption="../report/tables.rst",
+        ),
+        html=report(
+            "results/{name}.html",
+            category=report_category,
+            labels=report_labels("sortable table"),
+            caption="../report/tables.rst",
+        ),
     log:
         "logs/tables/{name}.log",
     wildcard_constraints:
@@ -17,13 +34,39 @@ rule table:
         runs=lambda wc: json.dumps([r.to_dict() for r in runs_for(wc.name)], sort_keys=True),
         kind=lambda wc: "table" if wc.name.startswith("table") else "figure",
         not_run=lambda wc: json.dumps({r.key: NOT_RUN[r.key] for r in runs_for(wc.name) if r.key in NOT_RUN}),
-        label=config.get("label") or "",
+        profile=PROFILE,
+        label=LABEL,
+        scale=SCALE,
+        title=lambda wc: PAPER_TITLES[wc.name],
         reference=repo_path("results/reference"),
     shell:
         "python -m pipeline.report {params.kind} --name {wildcards.name} --paper {input.paper} "
-        "--runs {params.runs:q} --reference {params.reference} --not-run {params.not_run:q} "
-        "--profile {params.label:q} --csv {output.csv} --png {output.png} > {log} 2>&1"
+        "--paper-config {input.paper_config} --runs {params.runs:q} --reference {params.reference} "
+        "--not-run {params.not_run:q} --profile {params.profile} --label={params.label:q} --scale {params.scale:q} "
+        "--data-stats {input.stats} --csv {output.csv} --png {output.png} --html {output.html} > {log} 2>&1"
 
 
-TABLES = expand("results/table{n}.{ext}", n=range(1, 5), ext=("csv", "png"))
-FIGURES = expand("results/fig{n}.{ext}", n=(3, 4), ext=("csv", "png"))
+rule frontpage:
+    """The report's landing page (Snakefile: report:) from the tables' and figures' CSVs."""
+    input:
+        tables=expand("results/{name}.csv", name=ITEMS),
+        paper=repo_path("config/paper.yaml"),
+        code=repo_path("pipeline/frontpage.py"),
+    output:
+        FRONT_PAGE,
+    log:
+        "logs/tables/frontpage.log",
+    conda:
+        ENV
+    params:
+        profile=PROFILE,
+        label=LABEL,
+        curves=len(CURVES),
+    shell:
+        "python -m pipeline.frontpage --tables {input.tables} --paper {input.paper} --profile {params.profile} "
+        "--label={params.label:q} --curves {params.curves} --out {output} > {log} 2>&1"
+
+
+# `all`: the tables with the front page that counts them, the figures
+TABLES = expand("results/table{n}.{ext}", n=range(1, 5), ext=("csv", "png", "html")) + [FRONT_PAGE]
+FIGURES = expand("results/fig{n}.{ext}", n=(3, 4), ext=("csv", "png", "html"))
