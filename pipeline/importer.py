@@ -1,0 +1,185 @@
+"""File a GPU node job's results into the repository: ``./repro import OUT``.
+
+    ./repro import /path/to/OUT                       # against config/config.yaml
+    ./repro import OUT --profile profiles/tiny        # the config a rehearsal bundle was made from
+
+OUT is what :mod:`pipeline.node` left (summary.json, check.json, runs.tgz, bench CSVs).  Each run
+of runs.tgz goes to ``results/reference/<dataset>/<run>/``:
+
+    metrics.json     the run's own metrics (spec, status, perplexities, epochs, wall time, ...) with
+                     ``provenance`` extended: GPU, driver, CUDA, torch, TVM, commit (and the bundle's
+                     dirty flag), date, host, wall time, epochs done of planned, scan backend (and
+                     why the node chose it), matmul precision, max_seconds, the node job
+    provenance.json  that provenance alone;   curve.csv, train.log, spec.json (as the node ran it)
+
+The tables (pipeline.report) show such a run, where no local result exists, as
+``reference: <its status> (<GPU>, <date>, commit <commit>)``: a run the budget stopped says
+``cut short: time ...``.  A run is refused, naming the setting, when its spec differs from today's
+config in anything but execution settings (pipeline.config.EXECUTION_SETTINGS: device,
+max_seconds) and the scan backend the node picked from its kernel check (NODE_SETTINGS here:
+both scans compute the same numbers, checked on the node before it picks TVM).  A measured
+reference is not replaced by a cut-short one without ``--force``.  Bench CSVs go to
+results/bench/; summary.json, check.json and the CSVs are also kept, committed, in
+``results/reference/_sessions/<date>-<device>/``.  Exit status 1 if any run was refused.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+import tarfile
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pipeline.config import ConfigError, resolve_runs, spec_differences
+
+ROOT = Path(__file__).resolve().parent.parent
+# Settings a node may set for itself from what it measured: recorded, never a reason to refuse.
+NODE_SETTINGS = frozenset({"backend"})
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _extract(archive: Path, dest: Path) -> None:
+    """Unpack runs.tgz, refusing members outside ``dest`` and anything but files and folders."""
+    with tarfile.open(archive) as tar:
+        for m in tar.getmembers():
+            target = (dest / m.name).resolve()
+            if not (m.isfile() or m.isdir()) or not target.is_relative_to(dest.resolve()):
+                raise SystemExit(f"{archive}: refusing member {m.name!r}")
+        tar.extractall(dest, filter="data")
+
+
+def refusal(key: str, trained: dict | None, current) -> str | None:
+    """Why the run cannot be filed under today's config (None: it can)."""
+    if current is None:
+        return f"{key} is not a run of today's config"
+    if trained is None:
+        return f"{key}: its metrics.json records no spec"
+    diffs = [d for d in spec_differences(trained, current.result_spec()) if d[0] not in NODE_SETTINGS]
+    if not diffs:
+        return None
+    what = "; ".join(f"`{k}` trained {old!r}, config now {new!r}" for k, old, new in diffs)
+    return (f"{key}: its spec differs from today's config in {', '.join(f'`{k}`' for k, _, _ in diffs)} ({what}); "
+            "rerun it with a new bundle, or import against the config it was made from")
+
+
+def provenance(metrics: dict, summary: dict, trained: dict, out_dir: Path, chosen: list) -> dict:
+    env = summary.get("env") or {}
+    own = metrics.get("provenance") or {}
+    bundle = summary.get("bundle") or {}
+    backend = summary.get("backend") or {}
+    train = trained.get("train") or {}
+    prov = {
+        **own,
+        "gpu": env.get("gpu"), "driver": env.get("driver"), "cuda": env.get("cuda"), "cudnn": env.get("cudnn"),
+        "torch": own.get("torch") or env.get("torch"), "tvm": env.get("tvm"),
+        "device_name": metrics.get("device_name"),
+        "bundle_commit": bundle.get("commit"), "bundle_dirty": bundle.get("dirty"), "bundle_created": bundle.get("created"),
+        "wall_seconds": metrics.get("wall_seconds"), "epochs": metrics.get("epochs"),
+        "epochs_planned": train.get("epochs"), "max_seconds": train.get("max_seconds"),
+        "backend": metrics.get("backend"), "matmul_precision": metrics.get("matmul_precision"),
+        "status": metrics.get("status"),
+        "node": {"started": summary.get("started"), "budget_s": summary.get("budget_s"), "host": summary.get("host")},
+        "imported": datetime.now(timezone.utc).isoformat(timespec="seconds"), "imported_from": out_dir.name,
+    }
+    if chosen:
+        prov["node_chosen"] = {k: {"config": new, "used": old} for k, old, new in chosen}
+        prov["backend_reason"] = f"node kernel check: {backend.get('reason')}"
+    return prov
+
+
+def import_out(out_dir: Path, config: dict, reference: Path, bench_dir: Path, force: bool = False) -> dict:
+    out_dir = Path(out_dir)
+    summary = _read(out_dir / "summary.json")
+    if summary is None:
+        raise SystemExit(f"{out_dir}/summary.json is missing: is {out_dir} the OUT of a pipeline.node job?")
+    current = {r.key: r for r in resolve_runs(config)}
+    result = {"imported": [], "refused": [], "kept": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if (out_dir / "runs.tgz").is_file():
+            _extract(out_dir / "runs.tgz", tmp)
+        for mpath in sorted((tmp / "runs").glob("*/*/metrics.json")):
+            src = mpath.parent
+            key = f"{src.parent.name}/{src.name}"
+            metrics = _read(mpath) or {}
+            trained = metrics.get("spec")
+            why = refusal(key, trained, current.get(key))
+            if why:
+                result["refused"].append((key, why))
+                print(f"REFUSED {why}", file=sys.stderr)
+                continue
+            chosen = [d for d in spec_differences(trained, current[key].result_spec()) if d[0] in NODE_SETTINGS]
+            dest = reference / key
+            old = _read(dest / "metrics.json")
+            if old and old.get("status") == "measured" and metrics.get("status") != "measured" and not force:
+                msg = (f"{key}: kept the measured reference of {(old.get('provenance') or {}).get('date')}; this one is "
+                       f"'{metrics.get('status')}' (--force replaces it)")
+                result["kept"].append((key, msg))
+                print(f"kept {msg}")
+                continue
+            prov = provenance(metrics, summary, trained, out_dir, chosen)
+            metrics["provenance"] = prov
+            metrics["reference"] = {"imported": prov["imported"], "from": out_dir.name}
+            if dest.exists():
+                shutil.rmtree(dest)
+            dest.mkdir(parents=True)
+            (dest / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            (dest / "provenance.json").write_text(json.dumps(prov, indent=2) + "\n")
+            for name in ("curve.csv", "train.log", "spec.json"):
+                if (src / name).is_file():
+                    shutil.copyfile(src / name, dest / name)
+            result["imported"].append(key)
+            where = ", ".join(str(v) for v in (metrics.get("device_name"), prov.get("date"),
+                                               f"commit {prov.get('commit')}") if v)
+            print(f"imported {key} -> {dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest} "
+                  f"({metrics.get('status')}; {where})")
+    stamp = re.sub(r"[^0-9A-Za-z]", "", (summary.get("started") or "unknown")[:19])
+    device = re.sub(r"[^0-9A-Za-z]+", "-", str((summary.get("env") or {}).get("gpu") or summary.get("device"))).strip("-")
+    session = reference / "_sessions" / f"{stamp}-{device}"
+    session.mkdir(parents=True, exist_ok=True)
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    for f in sorted(out_dir.glob("*.csv")):
+        shutil.copyfile(f, bench_dir / f.name)
+        shutil.copyfile(f, session / f.name)
+        print(f"bench {f.name} -> {bench_dir / f.name}")
+    for name in ("summary.json", "check.json"):
+        if (out_dir / name).is_file():
+            shutil.copyfile(out_dir / name, session / name)
+    result["session"] = str(session)
+    print(f"{len(result['imported'])} run(s) imported, {len(result['refused'])} refused, {len(result['kept'])} kept; "
+          f"node session record: {session}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.bundle import load_config
+
+    ap = argparse.ArgumentParser(prog="./repro import", description=__doc__.split("\n\n")[0])
+    ap.add_argument("out", type=Path, help="the node job's OUT directory")
+    ap.add_argument("--profile", help="snakemake profile the bundle was made with (e.g. profiles/tiny)")
+    ap.add_argument("--configfile", nargs="+", help="config overlays, as snakemake --configfile")
+    ap.add_argument("--config", nargs="+", help="KEY=VALUE, as snakemake --config")
+    ap.add_argument("--reference", type=Path, default=ROOT / "results/reference", help="where runs are filed")
+    ap.add_argument("--bench-dir", type=Path, default=ROOT / "results/bench", help="where bench CSVs go")
+    ap.add_argument("--force", action="store_true", help="replace a measured reference by a cut-short one")
+    a = ap.parse_args(argv)
+    try:
+        config = load_config(a.profile, a.configfile, a.config)
+        result = import_out(a.out, config, a.reference, a.bench_dir, a.force)
+    except ConfigError as err:
+        raise SystemExit(f"config: {err}") from None
+    return 1 if result["refused"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
