@@ -1,0 +1,229 @@
+"""The GPU node path rehearsed on the CPU: bundle -> node -> import -> tables.
+
+``./repro bundle`` makes a tiny bundle with llvm kernels; ``pipeline.node --device cpu`` runs it
+in a Python that can import only the repository, the bundle, torch and numpy
+(tests/node_sandbox: no full TVM, snakemake, yaml, pandas, matplotlib or tqdm on its path), with a
+budget that cuts one run short; ``./repro import`` files the runs; the tables show them as
+``reference`` rows, the cut-short one saying so.  About 80 s on 2 cores.
+"""
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import merged_config
+from pipeline.bundle import load_config, node_plan
+from pipeline.config import ConfigError, resolve_runs
+from pipeline.node import NodeConfig, node_settings, throughput
+
+ROOT = Path(__file__).resolve().parent.parent
+SANDBOX = ROOT / "tests/node_sandbox"
+PY = f"{sys.version_info.major}.{sys.version_info.minor}"
+FORBIDDEN = ("snakemake", "yaml", "pandas", "matplotlib", "tqdm")
+# Over the tiny profile: one run that finishes (ff, 2 epochs) and one the budget must cut short
+# (a 512-state VLNHMM for 40 epochs, ~75 s of training on 2 cores), both in table rows.
+OVERLAY = """
+runs:
+  - {name: ff, dataset: ptb, model: ff, rows: [table1/ff]}
+  - {name: vlnhmm-512, dataset: ptb, model: vlnhmm, num_states: 512, epochs: 40, rows: [table2/vlnhmm]}
+priority: [ptb/vlnhmm-512, ptb/ff]
+node: {check_runs: [ptb/vlnhmm-512], budget: 50, margin: 3, env_cap: 15, check_cap: 20, bench_kernels_cap: 5,
+       bench_scale_cap: 6, solo_seconds: 8, warm_seconds: 1, run_reserve: 3, min_run_seconds: 4, parallel: 2}
+bench: {kernel_states: [16, 32], scale_states: {cpu: [64]}, scale_steps: 1}
+"""
+pytestmark = pytest.mark.pipeline
+
+
+def py(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, env=env)
+    if check and proc.returncode:
+        raise AssertionError(f"{' '.join(args[:3])} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def dependency_farm(dest: Path, roots=("torch", "numpy", "triton")) -> set[str]:
+    """A folder of links to torch, numpy and their own (non-optional) dependencies; their top-level names."""
+    seen, todo = set(), list(roots)
+    while todo:
+        name = todo.pop()
+        key = name.lower().replace("_", "-")
+        if key in seen:
+            continue
+        try:
+            dist = md.distribution(name)
+        except md.PackageNotFoundError:
+            continue
+        seen.add(key)
+        todo += [re.match(r"[A-Za-z0-9_.-]+", r).group(0) for r in dist.requires or [] if "extra ==" not in r]
+    dest.mkdir(parents=True)
+    names = set()
+    for key in sorted(seen):
+        dist = md.distribution(key)
+        base = Path(dist.locate_file(""))
+        for top in {f.parts[0] for f in dist.files or []}:
+            if top.startswith("..") or top == "__pycache__" or top.endswith(".pth") or not (base / top).exists():
+                continue
+            if not (dest / top).exists():
+                (dest / top).symlink_to(base / top)
+            if not top.endswith((".dist-info", ".data")):
+                names.add(top.split(".")[0])
+    return names
+
+
+@pytest.fixture(scope="module")
+def rehearsal(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("node")
+    overlay = tmp / "rehearsal.yaml"
+    overlay.write_text(OVERLAY)
+    configs = ["--profile", "profiles/tiny", "--configfile", "config/tiny.yaml", str(overlay)]
+    bundle, out = tmp / "bundle", tmp / "out"
+    made = py("-m", "pipeline.bundle", "--out", str(bundle), *configs, "--target", "llvm", "--python", PY,
+              "--directory", str(tmp / "work"), "--datasets", "ptb")
+    farm = tmp / "site"
+    names = dependency_farm(farm) | {"hmm", "pipeline", "baselines", "bench", "tvm", "tvm_ffi", "ml_dtypes"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env.update(PYTHONPATH=f"{SANDBOX}{os.pathsep}{farm}", NODE_SANDBOX_NAMES=",".join(sorted(names)),
+               NODE_SANDBOX_PATHS=os.pathsep.join(map(str, (ROOT, bundle, farm, SANDBOX))),
+               NODE_SANDBOX_LOG=str(tmp / "sandbox.log"))
+    probes = {m: py("-c", f"import {m}", env=env, check=False).returncode for m in (*FORBIDDEN, "torch", "numpy")}
+    node = py("-m", "pipeline.node", "--bundle", str(bundle), "--out", str(out), "--device", "cpu",
+              "--work", str(tmp / "node-work"), env=env)
+    imported = py("-m", "pipeline.importer", str(out), *configs, "--reference", str(tmp / "reference"),
+                  "--bench-dir", str(tmp / "bench"))
+    config = load_config("profiles/tiny", ["config/tiny.yaml", str(overlay)])
+    tables = {}
+    for name in ("table1", "table2"):
+        py("-m", "pipeline.report", "table", "--name", name, "--paper", "config/paper.yaml", "--runs",
+           json.dumps([r.to_dict() for r in resolve_runs(config)]), "--runs-dir", str(tmp / "no-local-runs"),
+           "--reference", str(tmp / "reference"), "--csv", str(tmp / f"{name}.csv"), "--png", str(tmp / f"{name}.png"))
+        tables[name] = pd.read_csv(tmp / f"{name}.csv")
+    return {"tmp": tmp, "bundle": bundle, "out": out, "overlay": overlay, "configs": configs, "made": made,
+            "node": node, "imported": imported, "tables": tables, "probes": probes,
+            "summary": json.loads((out / "summary.json").read_text()),
+            "sandbox": (tmp / "sandbox.log").read_text().splitlines()}
+
+
+def test_bundle_holds_what_the_node_needs(rehearsal):
+    b = rehearsal["bundle"]
+    manifest = json.loads((b / "BUNDLE.json").read_text())
+    assert manifest["runs"] == ["ptb/ff", "ptb/vlnhmm-512"] and manifest["priority"] == ["ptb/vlnhmm-512", "ptb/ff"]
+    assert manifest["kernel_states"] == [4, 8, 16, 32]  # the run's k' and k, the benchmarks' sizes
+    assert json.loads((b / "kernels/llvm/manifest.json").read_text())["states"] == [4, 8, 16, 32]
+    assert (b / "tvm-runtime/tvm").is_dir() and not (b / "tvm-runtime/tvm/lib/libtvm_compiler.so").exists()
+    assert (b / "data/ptb/clusters/brown-16.tsv").read_text().startswith("word\tcluster\n")
+    assert manifest["commit"] and "dirty" in manifest and manifest["python"] == PY
+    assert re.search(r"MiB of 60 MiB", rehearsal["made"].stdout)
+
+
+def test_node_sees_only_repository_bundle_torch_numpy(rehearsal):
+    assert {m: rc for m, rc in rehearsal["probes"].items() if rc} == {m: 1 for m in FORBIDDEN}
+    env = rehearsal["summary"]["env"]
+    assert env["tvm_from_bundle"] and env["tvm_runtime_only"], env
+    loaded = [line for line in rehearsal["sandbox"] if line.startswith("loaded ")]
+    assert loaded and not [line for line in loaded if set(line.split()[1].split(",")) & set(FORBIDDEN)]
+    refused = {line.split()[1] for line in rehearsal["sandbox"] if line.startswith("refused ")}
+    # pipeline.progress tried tqdm and the end of a run matplotlib: refused, and the runs went on
+    assert {"tqdm", "matplotlib"} <= refused, refused
+
+
+def test_node_runs_every_phase_within_budget(rehearsal):
+    s, out = rehearsal["summary"], rehearsal["out"]
+    assert s["elapsed_s"] <= 50
+    assert s["phases"]["env"]["status"] == "ok" and s["phases"]["check"]["status"] == "passed"
+    assert s["backend"]["runs"] == "tvm"
+    check = json.loads((out / "check.json").read_text())
+    assert check["verdict"]["backend"] == "tvm" and {r["what"] for r in check["model"]} == {
+        "potentials (training)", "potentials (evaluation)", "training step"}
+    assert {r["n"] for r in check["kernels"]["rows"]} == {4, 8, 16, 32}
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) <= 8 and all((out / f).is_file() and (out / f).stat().st_size <= 16 * 2**20 for f in files)
+    assert {"summary.json", "check.json", "runs.tgz", "kernel_cpu.csv", "node.log"} <= set(files), files
+    assert s["runs"]["ptb/ff"]["status"] == "measured"
+    assert s["runs"]["ptb/vlnhmm-512"]["status"].startswith("cut short: time"), s["runs"]["ptb/vlnhmm-512"]
+    assert s["throughput"]["verdict"]
+    with tarfile.open(out / "runs.tgz") as tar:
+        names = set(tar.getnames())
+    assert {"runs/ptb/ff/metrics.json", "runs/ptb/vlnhmm-512/curve.csv", "logs/check.log"} <= names
+
+
+def test_import_files_runs_with_provenance_and_tables_show_them(rehearsal):
+    ref = rehearsal["tmp"] / "reference"
+    cut = json.loads((ref / "ptb/vlnhmm-512/metrics.json").read_text())
+    prov = cut["provenance"]
+    assert cut["status"].startswith("cut short: time") and cut["spec"]["train"]["max_seconds"]
+    assert prov["commit"] not in (None, "unknown") and prov["backend"] == "tvm" and prov["epochs"] < 40
+    for key in ("gpu", "driver", "torch", "date", "wall_seconds", "matmul_precision", "device_name"):
+        assert key in prov
+    assert (ref / "ptb/ff/curve.csv").is_file() and (ref / "ptb/ff/train.log").is_file()
+    assert (rehearsal["tmp"] / "bench/kernel_cpu.csv").is_file()
+    t1, t2 = rehearsal["tables"]["table1"], rehearsal["tables"]["table2"]
+    ff = t1[t1["run"] == "ptb/ff"].iloc[0]
+    assert ff["status"].startswith("reference") and "measured" in ff["status"] and ff["valid_ppl"] > 0
+    hmm = t2[t2["run"] == "ptb/vlnhmm-512"].iloc[0]
+    assert hmm["status"].startswith("reference") and "cut short" in hmm["status"], hmm["status"]
+
+
+def test_import_refuses_a_run_whose_setting_changed(rehearsal, tmp_path):
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(rehearsal["overlay"].read_text() + "defaults: {ff: {hidden: 32}}\n")
+    proc = py("-m", "pipeline.importer", str(rehearsal["out"]), "--profile", "profiles/tiny", "--configfile",
+              "config/tiny.yaml", str(changed), "--reference", str(tmp_path / "ref"), "--bench-dir",
+              str(tmp_path / "bench"), check=False)
+    assert proc.returncode == 1
+    assert "REFUSED ptb/ff: its spec differs from today's config in `hidden` (`hidden` trained 64, config now 32)" \
+        in proc.stderr, proc.stderr
+    assert not (tmp_path / "ref/ptb/ff").exists() and (tmp_path / "ref/ptb/vlnhmm-512/metrics.json").is_file()
+
+
+# ------------------------------------------------------------------ fast checks (no rehearsal)
+def test_config_merge_matches_snakemake_order():
+    assert load_config("profiles/tiny") == merged_config("config/config.yaml", "config/tiny.yaml") | {"profile": "tiny"}
+    full = load_config(None, None, ["mirror=../shared/data"])
+    assert full["mirror"] == "../shared/data" and full["runs"] == merged_config("config/config.yaml")["runs"]
+
+
+def test_full_plan_builds_kernels_from_the_runs():
+    plan = node_plan(load_config(), ["ptb", "wt2"], "cuda")
+    assert plan["kernel_states"] == [4, 8, 16, 32, 64, 128, 256, 512, 1024]  # 1024/128 -> 8, k'=4; 1024 dense
+    assert plan["dropped_states"] == [2048]   # bench.scale at 2^18 / 128: the PyTorch scan there
+    assert ("ptb", 4) in plan["clusters"] and ("wt2", 128) in plan["clusters"]
+    assert plan["priority"][:3] == ["ptb/ff", "ptb/lstm", "ptb/vlnhmm-32768"]
+    assert node_plan(load_config(), ["ptb"], "cuda")["check_runs"] == ["ptb/vlnhmm-16384", "ptb/vlnhmm-32768"]
+
+
+def test_bad_node_settings_are_named():
+    with pytest.raises(ConfigError, match="node: `parallel` must be an integer >= 1, got 0"):
+        node_settings({"parallel": 0})
+    with pytest.raises(ConfigError, match=r"node: unknown setting\(s\) budgt"):
+        node_settings({"budgt": 3})
+    config = merged_config("config/config.yaml") | {"priority": ["ptb/kn5"]}
+    with pytest.raises(ConfigError, match="priority: ptb/kn5 is a kn5 run, not a trained one"):
+        node_plan(config, None, "cuda")
+    assert NodeConfig().budget == 540
+
+
+def test_throughput_record_compares_alone_and_together():
+    rows = [{"tokens_per_s": 100, "active_min": 1, "active_max": 1}] * 3 + \
+           [{"tokens_per_s": 70, "active_min": 3, "active_max": 3}] * 2
+    tp = throughput({"ptb/ff": {"curve": rows}})
+    assert tp["per_run"]["ptb/ff"]["tokens_per_s_by_runs_going"] == {1: 100, 3: 70}
+    assert tp["estimate"]["total_gain_if_all_slow_alike"] == 2.1 and "raises" in tp["verdict"]
+
+
+def test_provenance_without_git_reads_repro_commit(monkeypatch):
+    import pipeline.provenance as p
+
+    monkeypatch.setattr(p, "git_commit", lambda: None)
+    monkeypatch.setenv("REPRO_COMMIT", "0123456789-dirty")
+    assert p.provenance()["commit"] == "0123456789-dirty" and p.provenance()["commit_source"] == "REPRO_COMMIT"
+    monkeypatch.delenv("REPRO_COMMIT")
+    assert p.commit() == ("unknown", "none")
