@@ -447,6 +447,7 @@ class VLNHMM(nn.Module):
         self.param = param_cls(cfg, vocab_size, self.structure.num_blocks)
         self._generator: torch.Generator | None = None
         self._cache: tuple[tuple, HMMParams] | None = None
+        self.capturable = True  # a training step has no host reads: it can be captured as a CUDA graph
 
     @property
     def generator(self) -> torch.Generator:
@@ -520,6 +521,22 @@ class VLNHMM(nn.Module):
         with record_function("vlnhmm.emission"):
             log_emit = self.emission_table(live)
         return HMMParams(live, log_start, transition, log_emit)
+
+    def clear_cache(self) -> None:
+        """Forget the cached evaluation parameters."""
+        self._cache = None
+
+    def train(self, mode: bool = True) -> "VLNHMM":
+        """Entering training mode forgets the cached evaluation parameters: optimizers that update
+        weights in place without bumping their version counters (fused AdamW, replayed CUDA graphs)
+        would otherwise leave a stale cache."""
+        if mode:
+            self.clear_cache()
+        return super().train(mode)
+
+    def prepare_evaluation(self) -> None:
+        """Build (and cache) the evaluation parameters now, e.g. before timing evaluation batches."""
+        self.params_for(False)
 
     def params_for(self, training: bool) -> HMMParams:
         """Fresh parameters in training; cached ones at evaluation until a weight changes."""

@@ -46,6 +46,7 @@ class TrainConfig:
     matmul_precision: Literal["highest", "high", "medium"] = setting(
         "highest", "float32 matmuls: highest = fp32, high = TF32, medium = bf16 (torch's names)")
     eval_batch_size: int = setting(16, "streams when scoring valid and test", min=1)
+    cuda_graph: bool = setting(False, "replay the VLNHMM's training step from CUDA graphs (GPU; not yet run on one)")
 
     def __post_init__(self):
         check_fields(self)
@@ -93,7 +94,7 @@ TRAIN_DEFAULTS = {
     "vlnhmm": {"batch_size": 16, "bptt": 32, "lr": 1e-2, "epochs": 50},
 }
 # Settings that say where or for how long a run executes, not what it computes.
-EXECUTION_SETTINGS = frozenset({"device", "max_seconds"})
+EXECUTION_SETTINGS = frozenset({"device", "max_seconds", "cuda_graph"})
 
 
 def _names(cls) -> set[str]:

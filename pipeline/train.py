@@ -67,12 +67,14 @@ def perplexity(nll: float) -> float:
 
 @torch.no_grad()
 def evaluate(model, ids: torch.Tensor, batch_size: int, bptt: int, device) -> tuple[float, float]:
-    """(perplexity, ms per batch) of ``ids`` scored as ``batch_size`` streams with carry.
+    """(perplexity, ms per batch with cached parameters) of ``ids`` scored as ``batch_size`` streams with carry.
 
     The perplexity is inf where it overflows and NaN where a score is NaN; callers decide."""
     model.eval()
     windows = Windows(ids, batch_size, bptt)
     total, carry = torch.zeros((), dtype=torch.float64, device=device), model.initial_state(windows.batch_size)
+    if hasattr(model, "prepare_evaluation"):  # one-off work (the VLNHMM's cached parameters) is not timed
+        model.prepare_evaluation()
     synchronize(device)
     start = time.perf_counter()
     for x, mask in windows:
@@ -157,8 +159,12 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         torch.set_float32_matmul_precision(cfg.matmul_precision)
         model.to(self.device).train()
-        # fused AdamW (CPU and CUDA): one kernel per step, and no read of the step count to the host
-        self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        # fused AdamW (CPU and CUDA): one kernel per step, and no read of the step count to the host;
+        # a captured step needs its state and lr on the device (the lr schedule then updates it in place)
+        graphed = cfg.cuda_graph and self.device.type == "cuda"
+        lr = torch.tensor(cfg.lr, device=self.device) if graphed else cfg.lr
+        self.opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, fused=True,
+                                     capturable=graphed)
         self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, mode="min", factor=cfg.lr_decay,
                                                                 patience=cfg.patience)
         self.steps_per_epoch = len(Windows(corpus.splits["train"], cfg.batch_size, cfg.bptt))
@@ -173,6 +179,10 @@ class Trainer:
         self.cut_by_time = False
         self._windows: tuple[int, Windows] | None = None
         self._reset_device_sums()
+        self.graphs = None
+        if graphed:
+            from pipeline.graphs import CapturedStep
+            self.graphs = CapturedStep(self)
 
     @property
     def name(self) -> str:
@@ -197,13 +207,20 @@ class Trainer:
         self.sched.load_state_dict(ckpt["scheduler"])
         _set_rng_state(self.model, self.device, ckpt["rng"])
         self.state = ckpt["state"]
+        self._reset_device_sums()
         say(f"[{self.name}] resumed from {ckpt_path} at step {self.state['step']:,}/{self.last_step:,}")
 
     # -- step -------------------------------------------------------------------------------
 
     def _reset_device_sums(self) -> None:
-        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)  # sum of log p
-        self.bad_step = torch.zeros((), dtype=torch.long, device=self.device)      # first non-finite step
+        """Device-side running sums, updated in place (so a captured step updates them too)."""
+        if not hasattr(self, "loss_sum"):
+            self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)  # sum of log p
+            self.bad_step = torch.zeros((), dtype=torch.long, device=self.device)      # first non-finite step
+            self.step_t = torch.zeros((), dtype=torch.long, device=self.device)        # the step count
+        self.loss_sum.zero_()
+        self.bad_step.zero_()
+        self.step_t.fill_(self.state["step"])
 
     def window(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The training window of ``step`` (x, mask on the CPU); each epoch reshuffles the documents."""
@@ -216,23 +233,33 @@ class Trainer:
             self._windows = (epoch, windows)
         return self._windows[1].window(step % self.steps_per_epoch)
 
-    def step(self, x: torch.Tensor, mask: torch.Tensor, ntok: int) -> torch.Tensor:
-        """One optimizer step on window (x, mask) of ``ntok`` real tokens; returns the loss (on the device)."""
-        if self.state["step"] % self.steps_per_epoch == 0:
+    def step(self, x: torch.Tensor, mask: torch.Tensor, ntok: int) -> None:
+        """One optimizer step on window (x, mask) of ``ntok`` real tokens (replayed from a CUDA graph
+        where ``cuda_graph`` is set and the capture worked)."""
+        first = self.state["step"] % self.steps_per_epoch == 0
+        if first:
             self.state["carry"] = self.model.initial_state(x.shape[0])
-        logp, carry = self.model(x, mask, self.state["carry"])
+        if self.graphs is None or not self.graphs.step(x, mask, ntok, first):
+            self.state["carry"] = self.step_body(x, mask, torch.tensor(float(ntok), device=self.device),
+                                                 self.state["carry"])
+        self.state["step"] += 1
+
+    def step_body(self, x, mask, ntok, carry, zero_grad: bool = True):
+        """The step itself, on device tensors only (``ntok`` a 0-d tensor): loss, backward, clip,
+        AdamW, the device-side sums; returns the carry.  Captured as is by pipeline.graphs."""
+        logp, carry = self.model(x, mask, carry)
         loss = -logp.sum() / ntok
-        self.opt.zero_grad(set_to_none=True)
+        if zero_grad:
+            self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
         self.opt.step()
-        self.state["carry"] = carry
-        self.state["step"] += 1
+        self.step_t.add_(1)
         finite = torch.isfinite(loss)
-        self.bad_step = torch.where(~finite & (self.bad_step == 0), self.state["step"], self.bad_step)
-        self.loss_sum += torch.where(finite, -loss.detach().double() * ntok, 0.0)
-        return loss.detach()
+        self.bad_step.copy_(torch.where(~finite & (self.bad_step == 0), self.step_t, self.bad_step))
+        self.loss_sum.add_(torch.where(finite, -loss.detach().double() * ntok, 0.0))
+        return carry
 
     def guard(self) -> None:
         """Raise if a step since the last guard had a non-finite loss (one host read)."""
@@ -256,10 +283,10 @@ class Trainer:
         if not math.isfinite(valid_ppl):
             what = "overflows" if valid_ppl == math.inf else "not finite"
             raise TrainingError(f"[{self.name}] validation perplexity {what} at step {st['step']} (epoch "
-                                f"{math.ceil(epoch)}, {epoch:.2f} epochs done); lr {self.opt.param_groups[0]['lr']:.2e} "
+                                f"{math.ceil(epoch)}, {epoch:.2f} epochs done); lr {float(self.opt.param_groups[0]['lr']):.2e} "
                                 f"may be too high; the last checkpoint ({self.checkpoint}) is kept")
         train_ppl = perplexity(-st["train_logp"] / st["train_tokens"])
-        lr = self.opt.param_groups[0]["lr"]
+        lr = float(self.opt.param_groups[0]["lr"])
         nll = math.log(valid_ppl)
         self.sched.step(nll)
         if nll < st["best"]:
@@ -313,7 +340,6 @@ class Trainer:
         st, cfg = self.state, self.cfg
         self.model.load_state_dict(torch.load(self.best_path, map_location=self.device, weights_only=True))
         valid_ppl, _ = evaluate(self.model, self.corpus.splits["valid"], cfg.eval_batch_size, cfg.bptt, self.device)
-        # timed on test: the valid pass has built the cached evaluation parameters (warm timing)
         test_ppl, ms = evaluate(self.model, self.corpus.splits["test"], cfg.eval_batch_size, cfg.bptt, self.device)
         epochs = st["step"] / self.steps_per_epoch
         if st["step"] >= self.total_steps:

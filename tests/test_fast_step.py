@@ -68,3 +68,37 @@ def test_the_counter_sees_host_reads():
         t[t > 1]
         t.repeat_interleave(torch.tensor([1, 2, 3]))
     assert len(counter.reads) == 7, counter.reads
+
+
+def test_capture_helpers_keep_the_carry_structure():
+    """pipeline.graphs' static buffers: a carry's tensors cloned and copied in place, any structure;
+    a shorter window padded to bptt with masked positions (the capture itself needs a GPU)."""
+    from hmm.model import Carry
+    from pipeline.graphs import clone, copy_into, leaves, pad_window
+    carry = Carry(torch.arange(6).view(2, 3), torch.randn(2, 3), torch.tensor([4, 5]), torch.tensor([True, False]))
+    for c in (carry, (torch.randn(2, 4), torch.randn(2, 4)), torch.arange(3), None):
+        static = clone(c)
+        assert all(a is not b and torch.equal(a, b) for a, b in zip(leaves(static), leaves(c)))
+        for t in leaves(c):
+            t.add_(1) if t.dtype != torch.bool else t.logical_not_()
+        copy_into(static, c)
+        assert all(torch.equal(a, b) for a, b in zip(leaves(static), leaves(c)))
+    x, mask = torch.ones(2, 5, dtype=torch.long), torch.ones(2, 5, dtype=torch.bool)
+    px, pm = pad_window(x, mask, 8)
+    assert px.shape == pm.shape == (2, 8) and int(pm.sum()) == 10 and not pm[:, 5:].any()
+
+
+def test_padded_window_scores_like_the_short_one():
+    """The model scores a window padded to bptt exactly like the short window (what a replayed graph
+    relies on for an epoch's last window)."""
+    from hmm.config import HMMConfig
+    from hmm.model import VLNHMM
+    from pipeline.graphs import pad_window
+    model = VLNHMM(HMMConfig(num_states=16, num_clusters=4, hidden=8, state_dropout=0.0), V,
+                   np.arange(V) % 4, eos_id=V - 1).eval()
+    g = torch.Generator().manual_seed(0)
+    x, mask = torch.randint(0, V, (3, 5), generator=g), torch.ones(3, 5, dtype=torch.bool)
+    mask[2, 3:] = False
+    short, _ = model(x, mask, None)
+    padded, _ = model(*pad_window(x, mask, 9), None)
+    assert torch.allclose(short, padded)

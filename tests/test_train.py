@@ -59,7 +59,8 @@ def test_resume_after_kill_equals_uninterrupted(small_ptb, tmp_path, model):
     assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (cut / "metrics.json").exists()
+    provisional = cut / "metrics.json"  # written at every check: if there, it says the run is incomplete
+    assert not provisional.exists() or json.loads(provisional.read_text())["status"].startswith("incomplete")
     step = torch.load(ckpt, weights_only=False)["state"]["step"]
     resumed = subprocess.run(cli(spec, small_ptb, cut, ckpt), check=True, env=env, capture_output=True, text=True)
     assert f"resumed from {ckpt} at step {step}" in resumed.stdout
@@ -113,3 +114,14 @@ def test_checkpoint_of_other_data_is_set_aside(small_ptb, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "made with other settings or data" in out and "resumed" not in out
     assert again["steps"] == first["steps"]
+
+
+def test_evaluation_follows_the_weights(small_ptb, tmp_path):
+    """Fused AdamW updates weights in place without bumping their version counters: the VLNHMM's
+    cached evaluation parameters must still follow the weights (valid ppl moves between checks)."""
+    run = resolve_run({"name": "t", "dataset": "ptb", "model": "vlnhmm", "epochs": 1}, DEFAULTS)
+    corpus = Corpus.load(small_ptb)
+    clusters = round_robin_clusters(small_ptb, 4)
+    train(run, corpus, build_model(run, corpus, clusters), tmp_path / "out", tmp_path / "ckpt.pt")
+    valid = [float(line.split(",")[4]) for line in (tmp_path / "out/curve.csv").read_text().splitlines()[1:]]
+    assert len(set(valid)) == len(valid), valid
