@@ -112,7 +112,7 @@ def plot(csv: str | Path, png: str | Path, title: str, spec: dict | None = None,
     df = pd.read_csv(csv)
 
     fig, ax = plt.subplots(figsize=(7.6, 5.2))
-    fig.subplots_adjust(left=0.1, right=0.97 if df["lr"].nunique() <= 1 else 0.88, top=0.8, bottom=0.3)
+    fig.subplots_adjust(left=0.1, right=0.97 if df["lr"].nunique() <= 1 else 0.85, top=0.8, bottom=0.3)
     ax.plot(df["epoch"], df["valid_ppl"], "s-", ms=4, color="C1", label="valid ppl (each check)")
     ax.plot(df["epoch"], df["train_ppl"], "o:", ms=3, color="C0", label="train ppl (running, under dropout)")
     best = df["valid_ppl"].idxmin()
@@ -140,7 +140,7 @@ def plot(csv: str | Path, png: str | Path, title: str, spec: dict | None = None,
         lr.yaxis.set_major_locator(FixedLocator(sorted(set(df["lr"]))))
         lr.yaxis.set_minor_locator(NullLocator())
         lr.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        lr.set_ylabel("learning rate", color="0.45")
+        lr.set_ylabel("lr", color="0.45")
         handles = ax.get_legend_handles_labels()[0] + lr.get_legend_handles_labels()[0]
     else:
         handles = ax.get_legend_handles_labels()[0]

@@ -200,14 +200,14 @@ def render(frames: dict[str, pd.DataFrame], paper: dict, profile: str | None, la
     lines += ["", f"**Single seed.** Every number of ours is one run ({seeds}); the paper reports single runs "
               "without a spread either.  A difference of a few percent can be seed noise; only larger gaps say "
               "something.", ""]
-    notes = [f"- {rst(paper[n]['caption'].split(':')[0])} ({rst(k)}): {rst(' '.join(str(v).split()))}"
-             for n in ITEMS if n in frames for k, v in (paper[n].get("notes") or {}).items()]
-    if notes:
-        lines += ["**Notes of the tables**", "", *notes, ""]
     if profile and profile != "full":
         lines += [f"**Not comparable.** This is the ``{profile}`` profile: {rst(label or 'a scaled-down configuration')}.  "
                   "Its numbers check that the pipeline runs end to end; they are not evidence for or against the "
                   "paper.  Figures plot our runs at the paper-equivalent size.", ""]
+    notes = [f"- {rst(paper[n]['caption'].split(':')[0])} ({rst(k)}): {rst(' '.join(str(v).split()))}"
+             for n in ITEMS if n in frames for k, v in (paper[n].get("notes") or {}).items()]
+    if notes:
+        lines += ["**Notes of the tables**", "", *notes, ""]
     lines += ["Our settings beside the paper's", "-------------------------------", ""]
     lines += _rst_table([tuple(map(rst, r)) for r in settings_rows(frames)],
                         ("setting", "paper (its text; config/config.yaml)", f"ours ({profile or 'full'})"))

@@ -561,8 +561,8 @@ def render_figure(df: pd.DataFrame, name: str, paper: dict, title: list[str], sc
     """
     xkey = paper[name]["x"]
     factor = (scale or {}).get(xkey) or 1
-    fig = plt.figure(figsize=(10, 6.0))
-    ax = fig.add_axes((0.08, 0.2, 0.6, 0.55 if factor != 1 else 0.61))
+    fig = plt.figure(figsize=(10, 6.6))
+    ax = fig.add_axes((0.08, 0.27, 0.6, 0.5 if factor != 1 else 0.56))
     kinds = sorted({_series_kind(s) for s in df.series})
     dodge = {k: 1.0 if len(kinds) == 1 else 0.94 + 0.12 * i / (len(kinds) - 1) for i, k in enumerate(kinds)}
     ours = df[df.series.str.startswith("ours")]
@@ -618,7 +618,7 @@ def render_figure(df: pd.DataFrame, name: str, paper: dict, title: list[str], sc
     ax.margins(y=0.25)
     ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.03, 1), borderaxespad=0)
     for i, line in enumerate(title):
-        fig.text(0.5, 0.975 - i * 0.045, line, ha="center", va="top", fontsize=11 if i == 0 else 9.5,
+        fig.text(0.5, 0.98 - i * 0.04, line, ha="center", va="top", fontsize=11 if i == 0 else 9.5,
                  weight="bold" if i == 0 else "normal", color="#8a4b00" if i == 2 else INK)
     notes = [FIGURE_NOTE]
     if modal is not None:
