@@ -93,8 +93,9 @@ TRAIN_DEFAULTS = {
     "lstm": {"batch_size": 16, "bptt": 32, "lr": 1e-3, "epochs": 50},
     "vlnhmm": {"batch_size": 16, "bptt": 32, "lr": 1e-2, "epochs": 50},
 }
-# Settings that say where or for how long a run executes, not what it computes.
-EXECUTION_SETTINGS = frozenset({"device", "max_seconds", "cuda_graph"})
+# Settings that say where, how fast or for how long a run executes, not what it computes (the two
+# scan backends compute the same numbers; the TVM kernels are checked against PyTorch before use).
+EXECUTION_SETTINGS = frozenset({"device", "max_seconds", "cuda_graph", "backend"})
 
 
 def _names(cls) -> set[str]:

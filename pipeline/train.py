@@ -364,22 +364,22 @@ class Trainer:
 
     # -- the whole run ----------------------------------------------------------------------
 
-    def _deadline_near(self, clock_start: float, segment: float) -> bool:
-        """max_seconds: stop when the next segment and the final scoring would not fit."""
+    def _deadline_near(self, upcoming: float) -> bool:
+        """max_seconds (wall time of this process): stop when ``upcoming`` seconds of training, a
+        check and the final scoring (valid + test, about 2.5 checks) would not fit any more."""
         if self.cfg.max_seconds is None:
             return False
-        last_eval = self.state["curve"][-1]["eval_ms_per_batch"] / 1e3 if self.state["curve"] else 0.0
-        finish = 3 * last_eval * self.valid_batches  # final valid + test passes, with some slack
-        return self.state["wall"] + (time.perf_counter() - clock_start) + segment + finish > self.cfg.max_seconds
+        elapsed = time.perf_counter() - self.started
+        return elapsed + upcoming + 3.5 * self.check_seconds > self.cfg.max_seconds
 
     def fit(self) -> dict:
+        self.started, self.check_seconds = time.perf_counter(), 0.0
         self.restore()
         say(f"[{self.name}] {self.run.model}: {self.params:,} parameters on {self.device}; "
             f"{self.steps_per_epoch:,} steps/epoch, validation every {self.check_every:,} steps, "
             f"{self.last_step:,} steps")
         bar = progress(total=self.last_step, initial=self.state["step"], desc=self.name, unit="step")
         tokens, start = 0, time.perf_counter()
-        segment = 0.0  # seconds of the last segment between checks
         while self.state["step"] < self.last_step:
             x, mask = self.window(self.state["step"])
             ntok = int(mask.sum())  # on the CPU: no wait for the GPU
@@ -390,15 +390,16 @@ class Trainer:
             at_check = step % self.check_every == 0 or step == self.last_step
             if not at_check and step % NAN_CHECK_EVERY == 0:
                 self.guard()
-            if not at_check and self._deadline_near(start, 0.0):
+            if not at_check and self._deadline_near(0.0):
                 at_check = self.cut_by_time = True  # out of time inside a segment: check now
             if not at_check:
                 continue
             synchronize(self.device)
             segment = time.perf_counter() - start
             self.check(tokens, segment)
+            self.check_seconds = time.perf_counter() - start - segment
             tokens, start = 0, time.perf_counter()
-            if step < self.last_step and self._deadline_near(start, segment):
+            if step < self.last_step and self._deadline_near(segment):
                 self.cut_by_time = True
             if self.cut_by_time:
                 break

@@ -42,16 +42,17 @@ def dense(params):
 
 
 def brute_force(log_prior, log_a, log_o, log_start, xs, reset):
-    """log sum over every state path of p(x, z); log_prior [C'] is the distribution of z_1."""
-    C = len(log_prior)
-    total = []
-    for path in itertools.product(range(C), repeat=len(xs)):
-        s = log_prior[path[0]] + log_o[path[0], xs[0]]
-        for t in range(1, len(xs)):
-            step = log_start[path[t]] if (reset and xs[t - 1] == EOS) else log_a[path[t - 1], path[t]]
-            s = s + step + log_o[path[t], xs[t]]
-        total.append(s)
-    return torch.logsumexp(torch.stack(total), dim=0)
+    """log sum over every state path of p(x, z); log_prior [C'] is the distribution of z_1.
+
+    All C'^T paths at once: paths [P, T] (itertools.product order), one score per path."""
+    C, T = len(log_prior), len(xs)
+    paths = torch.tensor(list(itertools.product(range(C), repeat=T)))
+    x = torch.tensor(xs)
+    score = log_prior[paths[:, 0]] + log_o[paths[:, 0], x[0]]
+    for t in range(1, T):
+        step = log_start[paths[:, t]] if (reset and xs[t - 1] == EOS) else log_a[paths[:, t - 1], paths[:, t]]
+        score = score + step + log_o[paths[:, t], x[t]]
+    return torch.logsumexp(score, dim=0)
 
 
 def window(seed, lengths, T):
@@ -111,7 +112,6 @@ def test_carried_state_across_two_windows_is_exact_at_evaluation(name):
     lp2, carry2 = model(x2, mask2, carry)
     log_start, log_a, log_o = dense(model.params_for(False))
     reset = model.cfg.eos_reset == "always"
-    x[0, -1] = x[0, -1]
     for b in range(2):
         xs = x[b, : int(mask[b].sum())].tolist() + x2[b, : int(mask2[b].sum())].tolist()
         expected = brute_force(log_start, log_a, log_o, log_start, xs, reset)

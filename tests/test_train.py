@@ -17,9 +17,9 @@ from pipeline.models import build_model
 from pipeline.train import TrainingError, evaluate, resolve_device, train
 
 DEFAULTS = {"train": {"device": "cpu", "evals_per_epoch": 4, "patience": 1, "seed": 7},
-            "vlnhmm": {"num_states": 32, "num_clusters": 4, "hidden": 16, "batch_size": 8, "bptt": 16, "epochs": 6},
-            "lstm": {"hidden": 16, "batch_size": 8, "bptt": 16, "epochs": 6},
-            "ff": {"hidden": 16, "batch_size": 8, "bptt": 16, "epochs": 6}}
+            "vlnhmm": {"num_states": 32, "num_clusters": 4, "hidden": 16, "batch_size": 8, "bptt": 16, "epochs": 2},
+            "lstm": {"hidden": 16, "batch_size": 8, "bptt": 16, "epochs": 2},
+            "ff": {"hidden": 16, "batch_size": 8, "bptt": 16, "epochs": 2}}
 
 
 def round_robin_clusters(data: Path, m: int) -> Path:
@@ -83,7 +83,7 @@ def test_perplexity_counts_every_token(small_ptb):
             return -math.log(V) * mask.sum(1).double(), carry
 
     ppl, ms = evaluate(Uniform(), corpus.splits["valid"], 16, 32, torch.device("cpu"))
-    assert ppl == pytest.approx(V, rel=1e-9) and ms >= 0
+    assert ppl == pytest.approx(V, rel=1e-9)
 
 
 def test_nan_loss_stops_with_step_and_batch(small_ptb, tmp_path):
