@@ -16,8 +16,8 @@ The tables (pipeline.report) show such a run, where no local result exists, as
 ``reference: <its status> (<GPU>, <date>, commit <commit>)``: a run the budget stopped says
 ``cut short: time ...``.  A run is refused, naming the setting, when its spec differs from today's
 config in anything but execution settings (pipeline.config.EXECUTION_SETTINGS: device,
-max_seconds) and the scan backend the node picked from its kernel check (NODE_SETTINGS here:
-both scans compute the same numbers, checked on the node before it picks TVM).  A measured
+max_seconds, cuda_graph and the scan backend, which the node picks from its kernel check: both scans
+compute the same numbers); the backend used and why are recorded.  A measured
 reference is not replaced by a cut-short one without ``--force``.  Bench CSVs go to
 results/bench/; summary.json, check.json and the CSVs are also kept, committed, in
 ``results/reference/_sessions/<date>-<device>/``.  Exit status 1 if any run was refused.
@@ -38,7 +38,6 @@ from pipeline.config import ConfigError, resolve_runs, spec_differences
 
 ROOT = Path(__file__).resolve().parent.parent
 # Settings a node may set for itself from what it measured: recorded, never a reason to refuse.
-NODE_SETTINGS = frozenset({"backend"})
 
 
 def _read(path: Path) -> dict | None:
@@ -64,7 +63,7 @@ def refusal(key: str, trained: dict | None, current) -> str | None:
         return f"{key} is not a run of today's config"
     if trained is None:
         return f"{key}: its metrics.json records no spec"
-    diffs = [d for d in spec_differences(trained, current.result_spec()) if d[0] not in NODE_SETTINGS]
+    diffs = spec_differences(trained, current.result_spec())
     if not diffs:
         return None
     what = "; ".join(f"`{k}` trained {old!r}, config now {new!r}" for k, old, new in diffs)
@@ -118,7 +117,9 @@ def import_out(out_dir: Path, config: dict, reference: Path, bench_dir: Path, fo
                 result["refused"].append((key, why))
                 print(f"REFUSED {why}", file=sys.stderr)
                 continue
-            chosen = [d for d in spec_differences(trained, current[key].result_spec()) if d[0] in NODE_SETTINGS]
+            configured = current[key].result_spec()["settings"].get("backend")
+            used = (trained.get("settings") or {}).get("backend")
+            chosen = [("backend", used, configured)] if used != configured else []
             dest = reference / key
             old = _read(dest / "metrics.json")
             if old and old.get("status") == "measured" and metrics.get("status") != "measured" and not force:
