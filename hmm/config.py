@@ -118,8 +118,15 @@ def settings_table(cls, title: str) -> str:
     return "\n".join(rows) + "\n"
 
 
+class Settings:
+    """Base of the settings dataclasses: a constructed object has been checked (``check_fields``)."""
+
+    def __post_init__(self):
+        check_fields(self)
+
+
 @dataclass(frozen=True)
-class HMMConfig:
+class HMMConfig(Settings):
     """The VLNHMM (paper sections 3-5, A.4); defaults are the paper's Table 1 model."""
 
     num_states: int = setting(32768, "|Z|: hidden states", min=1)
@@ -139,7 +146,7 @@ class HMMConfig:
     backend: Literal["torch", "tvm"] = setting("torch", "forward/backward scans: plain PyTorch or TVM kernels")
 
     def __post_init__(self):
-        check_fields(self)
+        super().__post_init__()
         self._check_rules()
 
     @property

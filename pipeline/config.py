@@ -19,14 +19,14 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from hmm.config import ConfigError, HMMConfig, check_fields, from_dict, setting, settings_table
+from hmm.config import ConfigError, HMMConfig, Settings, from_dict, setting, settings_table
 from hmm.kernels import target_for
 
 __all__ = ["ConfigError", "Run", "TrainConfig", "resolve_run", "resolve_runs", "stale_reason"]
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Settings):
     """The training loop shared by FF, LSTM and VLNHMM (paper A.3)."""
 
     batch_size: int = setting(doc="streams per batch (B)", min=1)
@@ -48,42 +48,34 @@ class TrainConfig:
     eval_batch_size: int = setting(16, "streams when scoring valid and test", min=1)
     cuda_graph: bool = setting(False, "replay the VLNHMM's training step from CUDA graphs (GPU; not yet run on one)")
 
-    def __post_init__(self):
-        check_fields(self)
 
 
 @dataclass(frozen=True)
-class KN5Config:
+class KN5Config(Settings):
     """KenLM modified Kneser-Ney n-gram model (Table 1)."""
 
     order: int = setting(5, "n-gram order", min=2, max=6)
 
-    def __post_init__(self):
-        check_fields(self)
 
 
 @dataclass(frozen=True)
-class FFConfig:
+class FFConfig(Settings):
     """256-d feed-forward 5-gram model (paper A.3)."""
 
     order: int = setting(5, "n-gram order: the model sees order - 1 previous words", min=2)
     hidden: int = setting(256, "embedding and hidden width", min=1)
     dropout: float = setting(0.3, "dropout on embeddings and activations", min=0, below=1)
 
-    def __post_init__(self):
-        check_fields(self)
 
 
 @dataclass(frozen=True)
-class LSTMConfig:
+class LSTMConfig(Settings):
     """2 x 256 LSTM (paper A.3)."""
 
     layers: int = setting(2, "LSTM layers", min=1)
     hidden: int = setting(256, "embedding and hidden width", min=1)
     dropout: float = setting(0.3, "dropout on embeddings, between layers and on outputs", min=0, below=1)
 
-    def __post_init__(self):
-        check_fields(self)
 
 
 MODELS = {"kn5": KN5Config, "ff": FFConfig, "lstm": LSTMConfig, "vlnhmm": HMMConfig}
