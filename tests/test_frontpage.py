@@ -105,7 +105,8 @@ def test_tiny_report_front_page_matches_the_csvs():
     text = html.unescape(re.sub(r"<[^>]+>", "", desc))
     assert "Scaling Hidden Markov Language Models: reproduction report" in text and "Single seed." in text
     assert "tiny profile" in text and re.search(r"Commit: [0-9a-f]{10}", text) and "Hardware:" in text
-    lines = {m.group(1): m.group(0) for m in re.finditer(r"^(Table [1-4]|Figure [34]) \(.*$", text, re.M)}
+    lines = {m.group(1): m.group(0) for m in re.finditer(r"^(Table [1-4]|Figure [34]) \(.*?\): \d+ (?:rows|points "
+                                                          r"of ours): .*$", text, re.M)}
     assert len(lines) == len(ITEMS)
     for name in ITEMS:
         df = read_csv(tiny / f"results/{name}.csv")
