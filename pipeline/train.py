@@ -198,10 +198,12 @@ class Trainer:
             return
         ckpt = torch.load(ckpt_path, map_location=self.device, weights_only=False)
         if ckpt.get("fingerprint") != self.fingerprint:
-            stale = ckpt_path.with_name("stale.pt")
-            os.replace(ckpt_path, stale)
-            say(f"[{self.name}] {ckpt_path} was made with other settings or data: kept as {stale}, starting over")
-            return
+            return self._set_aside("was made with other settings or data")
+        mine = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        theirs = {k: tuple(v.shape) for k, v in ckpt["model"].items()}
+        if mine != theirs:  # written by another version of the code (checked before anything is loaded)
+            differ = sorted(set(mine) ^ set(theirs)) or [k for k in mine if mine[k] != theirs[k]]
+            return self._set_aside(f"does not fit this code's model (e.g. {differ[0]})")
         self.model.load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
@@ -209,6 +211,11 @@ class Trainer:
         self.state = ckpt["state"]
         self._reset_device_sums()
         say(f"[{self.name}] resumed from {ckpt_path} at step {self.state['step']:,}/{self.last_step:,}")
+
+    def _set_aside(self, why: str) -> None:
+        stale = self.checkpoint.with_name("stale.pt")
+        os.replace(self.checkpoint, stale)
+        say(f"[{self.name}] {self.checkpoint} {why}: kept as {stale}, starting over")
 
     # -- step -------------------------------------------------------------------------------
 

@@ -125,3 +125,18 @@ def test_evaluation_follows_the_weights(small_ptb, tmp_path):
     train(run, corpus, build_model(run, corpus, clusters), tmp_path / "out", tmp_path / "ckpt.pt")
     valid = [float(line.split(",")[4]) for line in (tmp_path / "out/curve.csv").read_text().splitlines()[1:]]
     assert len(set(valid)) == len(valid), valid
+
+
+def test_checkpoint_of_other_code_is_set_aside(small_ptb, tmp_path, capsys):
+    """A checkpoint whose weights do not fit the model (written by an older version of the code, with
+    the same settings) is set aside, and the run starts over from its initial weights."""
+    run = resolve_run({"name": "t", "dataset": "ptb", "model": "ff"}, DEFAULTS | {"ff": {"hidden": 8, "epochs": 1}})
+    corpus = Corpus.load(small_ptb)
+    ckpt = tmp_path / "ckpt.pt"
+    first = train(run, corpus, build_model(run, corpus), tmp_path / "a", ckpt, fingerprint="same")
+    state = torch.load(ckpt, weights_only=False)
+    state["model"] = {"renamed." + k: v for k, v in state["model"].items()}
+    torch.save(state, ckpt)
+    again = train(run, corpus, build_model(run, corpus), tmp_path / "b", ckpt, fingerprint="same")
+    assert (tmp_path / "stale.pt").exists() and "does not fit this code's model" in capsys.readouterr().out
+    assert again["steps"] == first["steps"]
