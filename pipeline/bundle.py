@@ -38,7 +38,8 @@ from pathlib import Path
 
 from hmm.config import ConfigError, HMMConfig
 from pipeline.config import Run, kernel_states, resolve_runs
-from pipeline.node import BUNDLE_FORMAT, node_settings, sha256_file
+from pipeline.fetch import sha256
+from pipeline.node import BUNDLE_FORMAT, node_settings
 from pipeline.provenance import commit_label, git_commit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -215,11 +216,11 @@ def copy_data(plan: dict, workdir: Path, stage: Path) -> dict:
             dst.parent.mkdir(parents=True, exist_ok=True)
             if "/clusters/" in rel:
                 slim_clusters(src, dst)
-                files[rel] = {"sha256": sha256_file(dst), "bytes": dst.stat().st_size,
-                              "slimmed_from": {"sha256": sha256_file(src), "bytes": src.stat().st_size}}
+                files[rel] = {"sha256": sha256(dst), "bytes": dst.stat().st_size,
+                              "slimmed_from": {"sha256": sha256(src), "bytes": src.stat().st_size}}
             else:
                 shutil.copyfile(src, dst)
-                files[rel] = {"sha256": sha256_file(dst), "bytes": dst.stat().st_size}
+                files[rel] = {"sha256": sha256(dst), "bytes": dst.stat().st_size}
     return files
 
 

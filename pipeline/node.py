@@ -44,7 +44,6 @@ import argparse
 import copy
 import csv
 import dataclasses
-import hashlib
 import io
 import json
 import os
@@ -61,7 +60,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from hmm.config import ConfigError, from_dict, setting
+from hmm.config import ConfigError, Settings, from_dict, setting
+from pipeline.fetch import sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE_FORMAT = 1
@@ -72,7 +72,7 @@ PHASES = ("env", "check", "bench", "runs")
 
 
 @dataclass(frozen=True)
-class NodeConfig:
+class NodeConfig(Settings):
     """Time and parallelism of the node job (config ``node:``; ``check_runs`` is kept apart)."""
 
     budget: float = setting(540.0, "seconds the node job may take, packing included (--budget)", above=0)
@@ -89,32 +89,19 @@ class NodeConfig:
     memory_headroom: float = setting(1.3, "start another run only if free memory >= this x the largest "
                                           "footprint a run has shown", min=1)
     run_reserve: float = setting(30.0, "seconds of a run's time kept for start-up and final scoring", min=0)
-    train_share: float = setting(0.8, "max_seconds = this x (time left - margin - run_reserve): max_seconds "
-                                      "counts training only, not the validation checks", above=0, max=1)
+    train_share: float = setting(0.9, "max_seconds = this x (time left - margin - run_reserve); a run's "
+                                      "max_seconds counts its whole wall time, checks and final scoring included",
+                                 above=0, max=1)
     min_run_seconds: float = setting(60.0, "start no run with less time left than this", min=0)
     pack_every: float = setting(60.0, "seconds between packs of OUT while runs go on", above=0)
     threads: int | None = setting(None, "CPU threads per run (default: 2 with a GPU, cores / parallel "
                                         "without)", min=1)
-
-    def __post_init__(self):
-        from hmm.config import check_fields
-
-        check_fields(self)
-
 
 def node_settings(section: dict | None) -> tuple[NodeConfig, list[str]]:
     """The config's ``node:`` mapping as (NodeConfig, check_runs); ConfigError names a bad key."""
     section = dict(section or {})
     check_runs = list(section.pop("check_runs", []) or [])
     return from_dict(NodeConfig, section, "node"), check_runs
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(2**20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:
@@ -311,7 +298,7 @@ class Node:
         bad: dict[str, list[str]] = {}
         for rel, info in (self.manifest.get("files") or {}).items():
             path = self.bundle / rel
-            if not path.is_file() or path.stat().st_size != info["bytes"] or sha256_file(path) != info["sha256"]:
+            if not path.is_file() or path.stat().st_size != info["bytes"] or sha256(path) != info["sha256"]:
                 bad.setdefault(rel.split("/")[1] if rel.startswith("data/") else rel.split("/")[0], []).append(rel)
         self.summary["bundle"]["integrity"] = "ok" if not bad else {k: v[:5] for k, v in bad.items()}
         if bad:
