@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
+from bench import save_plot
 from hmm.inference import TorchScan, log_partition_blocks
-
 from hmm.kernels import TVMScan, target_for
 from pipeline.timing import time_ms
 
@@ -144,12 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         where = f"CPU, {torch.get_num_threads()} torch threads, TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS')}"
     title = f"HMM block scans, B={args.B}, T={args.T}, U={args.U}, float32 ({where}, torch {torch.__version__})"
-    try:
-        plot(rows, out.with_suffix(".png"), title)
-    except ImportError as err:  # a bare GPU node: the CSV is the record
-        print(f"wrote {out} (no plot: {err})")
-        return
-    print(f"wrote {out} and {out.with_suffix('.png')}")
+    save_plot(lambda: plot(rows, out.with_suffix(".png"), title), out, out.with_suffix(".png"))
 
 
 if __name__ == "__main__":

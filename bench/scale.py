@@ -44,17 +44,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench import save_plot
 from hmm import inference
 from hmm.config import HMMConfig
 from hmm.model import VLNHMM
 from pipeline.config import resolve_run
 from pipeline.data import Corpus, Vocab
-from pipeline.models import count_parameters
-from pipeline.timing import Clock, CountHostReads, median, synchronize
+from pipeline.models import NORMALIZER_PRECISION, count_parameters
+from pipeline.timing import CountHostReads, median, synchronize, time_ms
 from pipeline.train import Trainer
 
 PTB_TRAIN_TOKENS = 929_589
-MATMUL_PRECISION = {"fp32": "highest", "tf32": "high", "bf16": "medium"}  # torch's names
+MATMUL_PRECISION = {ours: torch_name for torch_name, ours in NORMALIZER_PRECISION.items()}  # fp32 -> highest, ...
 PARTS = {"mlp": "vlnhmm.mlp", "normalizer": "vlnhmm.normalizer", "emission": "vlnhmm.emission",
          "potentials": "vlnhmm.potentials", "scan_forward": "hmm.scan.forward",
          "scan_backward": "hmm.scan.backward", "normalizer_backward": "hmm.normalizer.backward",
@@ -183,13 +184,7 @@ def measure(setup: Setup, mode: str) -> dict:
     args, device = setup.args, setup.device
     fn = {"train": setup.train_step, "eval": setup.eval_batch, "eval_build": setup.eval_build}[mode]
     setup.model.train(mode == "train")
-    clock = Clock(device)
-    times = []
-    for _ in range(args.warmup + args.steps):
-        t0 = clock()
-        fn()
-        times.append(clock() - t0)
-    row = {"ms": median(times[args.warmup:])}
+    row = {"ms": median(time_ms(fn, device, warmup=args.warmup, repeats=args.steps))}
     row.update(profile_parts(fn, device))
     row["host_reads"] = host_reads(fn)
     row["peak_mib"] = peak_mib(fn, device)
@@ -355,12 +350,8 @@ def main(argv=None) -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but torch sees no GPU")
     run(args)
-    try:
-        plot(args.out, args.out.with_suffix(".png"))
-    except ImportError as err:  # a bare GPU node: the CSV is the record
-        print(f"wrote {args.out} (no plot: {err})")
-        return
-    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    png = args.out.with_suffix(".png")
+    save_plot(lambda: plot(args.out, png), args.out, png)
 
 
 if __name__ == "__main__":

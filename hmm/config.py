@@ -99,9 +99,7 @@ def from_dict(cls, values: dict, where: str = ""):
         raise ConfigError(f"{prefix}unknown setting(s) {', '.join(unknown)} (settings: {', '.join(sorted(names))})")
     try:
         return cls(**values)
-    except ConfigError as err:
-        raise ConfigError(f"{prefix}{err}") from None
-    except TypeError as err:  # a required setting is missing
+    except (ConfigError, TypeError) as err:  # TypeError: a required setting is missing
         raise ConfigError(f"{prefix}{err}") from None
 
 
@@ -189,5 +187,3 @@ class HMMConfig(Settings):
             raise ConfigError("state_repr factored needs blocks: not available with constraint uniform")
         if self.state_repr == "factored" and (not self.neural or self.hidden % 2):
             raise ConfigError("state_repr factored needs neural: true and an even hidden size")
-        if not self.neural and self.state_repr != "independent":
-            raise ConfigError("neural: false has no state embeddings: leave state_repr independent")

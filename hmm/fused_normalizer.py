@@ -40,7 +40,7 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 from torch.profiler import record_function
 
-from hmm.normalizer import PRECISIONS, round_operand
+from hmm.normalizer import check_precision, round_operand
 
 INTERPRETED = bool(triton.knobs.runtime.interpret)  # fixed when the kernels below are decorated
 # precision -> (block_r, block_c) of the forward kernel and of the two backward kernels.  At
@@ -231,8 +231,7 @@ class _FusedRowLogSumExp(torch.autograd.Function):
 def _check(p: torch.Tensor, q: torch.Tensor, precision: str, block: tuple[int, int] | None) -> None:
     if p.dim() != 2 or q.dim() != 2 or p.shape[1] != q.shape[1]:
         raise ValueError(f"need p [R, h] and q [C, h], got {tuple(p.shape)} and {tuple(q.shape)}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision(precision)
     for b in block or ():
         if b < 16 or b & (b - 1):
             raise ValueError(f"block sizes must be powers of two >= 16, got {block}")

@@ -45,6 +45,12 @@ IMPLS = ("triton", "torch")
 _TF32_DROPPED_BITS = 13            # float32 has 23 mantissa bits, TF32 keeps 10
 
 
+def check_precision(precision: str) -> None:
+    """ValueError unless ``precision`` is one of PRECISIONS."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
 def _round_tf32(x: torch.Tensor) -> torch.Tensor:
     """float32 -> float32 with the mantissa rounded to 10 bits (nearest, ties to even).
 
@@ -85,8 +91,7 @@ def round_operand(x: torch.Tensor, precision: str) -> torch.Tensor:
     "fp32": x itself (any dtype); "tf32" / "bf16": float32 x -> float32 of TF32 / bfloat16
     values.  Differentiable with the identity gradient.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision(precision)
     if precision == "fp32":
         return x
     return _RoundOperand.apply(x, precision)
@@ -155,8 +160,7 @@ def row_logsumexp(p: torch.Tensor, q: torch.Tensor, precision: str = "fp32", imp
     "torch".  ``tile``: columns per tile of the torch path (default ``TILE``).  Differentiable
     in p and q.  Returns float32 (float64 for float64 inputs on the torch path with "fp32").
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision(precision)
     if impl is None:
         impl = "torch" if tile is not None else default_impl(p, q)
     if impl == "triton":

@@ -27,6 +27,7 @@ The directory is written beside ``--out`` first and moved into place when comple
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -37,13 +38,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from hmm.config import ConfigError, HMMConfig
-from pipeline.config import Run, kernel_states, resolve_runs
+from hmm.kernels import CUDA_MAX_STATES
+from pipeline.config import kernel_states, resolve_runs
 from pipeline.fetch import sha256
 from pipeline.node import BUNDLE_FORMAT, node_settings
 from pipeline.provenance import commit_label, git_commit
 
 ROOT = Path(__file__).resolve().parent.parent
-CUDA_MAX_STATES = 1024          # the CUDA scans' limit on n (hmm/kernels/README.md)
 DATA_FILES = ("vocab.tsv", "stats.json") + tuple(f"{s}{e}" for s in ("train", "valid", "test") for e in (".npy", ".docs.npy"))
 MIB = 2**20
 
@@ -136,7 +137,7 @@ def node_plan(config: dict, datasets: list[str] | None, target: str) -> dict:
     bundled = [r for r in trained if r.dataset in datasets]
     device = "cuda" if target == "cuda" else "cpu"
     bench = config["bench"]
-    scale = [z for z in (bench.get("scale_states") or {}).get(device, [])]
+    scale = list((bench.get("scale_states") or {}).get(device, []))
     extra = list(bench["kernel_states"])
     for z in scale:  # bench.scale: n = k' in training, k at evaluation (state dropout 0.5, its default)
         try:
@@ -283,8 +284,7 @@ def build(args) -> dict:
         "config_overrides": args.config or [], "label": config.get("label"), "datasets": plan["datasets"],
         "target": args.target, "archs": list(args.arch) if args.target == "cuda" else [], "python": args.python,
         "kernel_states": plan["kernel_states"], "priority": plan["priority"],
-        "node": {"check_runs": plan["check_runs"], **{k: getattr(plan["node"], k) for k in
-                                                      plan["node"].__dataclass_fields__}},
+        "node": {"check_runs": plan["check_runs"], **dataclasses.asdict(plan["node"])},
         "bench": plan["bench"], "runs": [r.key for r in plan["runs"]], "files": files,
     }
     (stage / "BUNDLE.json").write_text(json.dumps(manifest, indent=1) + "\n")

@@ -49,13 +49,11 @@ class TrainConfig(Settings):
     cuda_graph: bool = setting(False, "replay the VLNHMM's training step from CUDA graphs (GPU; not yet run on one)")
 
 
-
 @dataclass(frozen=True)
 class KN5Config(Settings):
     """KenLM modified Kneser-Ney n-gram model (Table 1)."""
 
     order: int = setting(5, "n-gram order", min=2, max=6)
-
 
 
 @dataclass(frozen=True)
@@ -67,7 +65,6 @@ class FFConfig(Settings):
     dropout: float = setting(0.3, "dropout on embeddings and activations", min=0, below=1)
 
 
-
 @dataclass(frozen=True)
 class LSTMConfig(Settings):
     """2 x 256 LSTM (paper A.3)."""
@@ -75,7 +72,6 @@ class LSTMConfig(Settings):
     layers: int = setting(2, "LSTM layers", min=1)
     hidden: int = setting(256, "embedding and hidden width", min=1)
     dropout: float = setting(0.3, "dropout on embeddings, between layers and on outputs", min=0, below=1)
-
 
 
 MODELS = {"kn5": KN5Config, "ff": FFConfig, "lstm": LSTMConfig, "vlnhmm": HMMConfig}
@@ -180,7 +176,7 @@ def resolve_run(entry: dict, defaults: dict | None = None) -> Run:
     trained = model in TRAIN_DEFAULTS
     model_keys, train_keys = _names(model_cls), _names(TrainConfig) if trained else set()
     merged = dict(TRAIN_DEFAULTS.get(model, {}))
-    for scope, values in ((f"defaults.train", defaults.get("train") if trained else None),
+    for scope, values in (("defaults.train", defaults.get("train") if trained else None),
                           (f"defaults.{model}", defaults.get(model)), (where, entry)):
         unknown = sorted(set(values or {}) - model_keys - train_keys)
         if unknown:

@@ -26,17 +26,11 @@ import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
 
+from pipeline.files import read_json  # noqa: E402
 from pipeline.report import run_label  # noqa: E402
 
 PAPER_YAML = Path(__file__).resolve().parent.parent / "config" / "paper.yaml"
 CONTEXT_ENV = "REPRO_CURVE_CONTEXT"
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def paper_numbers(spec: dict | None, paper: dict | None) -> list[tuple[float, str]]:
@@ -100,11 +94,11 @@ def plot(csv: str | Path, png: str | Path, title: str, spec: dict | None = None,
          paper: dict | str | Path | None = None, profile: str | None = None, rows: list[str] | None = None) -> None:
     """The curve of ``csv`` into ``png``; spec, metrics, paper numbers, profile label, rows as the module says."""
     csv, ctx = Path(csv), context()
-    spec = spec if spec is not None else _read_json(csv.parent / "spec.json")
+    spec = spec if spec is not None else read_json(csv.parent / "spec.json")
     if spec is not None and not spec.get("rows"):
         key = f"{spec.get('dataset')}/{spec.get('name')}"
         spec = {**spec, "rows": rows if rows is not None else (ctx.get("rows") or {}).get(key, [])}
-    metrics = metrics if metrics is not None else _read_json(csv.parent / "metrics.json")
+    metrics = metrics if metrics is not None else read_json(csv.parent / "metrics.json")
     if paper is None or isinstance(paper, (str, Path)):
         path = Path(paper) if paper is not None else PAPER_YAML
         paper = yaml.safe_load(path.read_text()) if path.is_file() else None

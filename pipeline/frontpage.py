@@ -8,7 +8,7 @@ rows lie within +-3 % of the paper; the single-seed caveat.  Every number on it 
 the CSVs, so a test can count them again.
 
     python -m pipeline.frontpage --tables results/table1.csv ... results/fig4.csv --paper config/paper.yaml \
-        [--profile tiny] [--label "..."] [--scale '{"num_states": 32}'] --out results/frontpage.rst
+        [--profile tiny] [--label "..."] [--curves N] --out results/frontpage.rst
 """
 from __future__ import annotations
 

@@ -35,16 +35,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline.config import ConfigError, resolve_runs, spec_differences
+from pipeline.files import read_json
 
 ROOT = Path(__file__).resolve().parent.parent
-# Settings a node may set for itself from what it measured: recorded, never a reason to refuse.
-
-
-def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _extract(archive: Path, dest: Path) -> None:
@@ -98,7 +91,7 @@ def provenance(metrics: dict, summary: dict, trained: dict, out_dir: Path, chose
 
 def import_out(out_dir: Path, config: dict, reference: Path, bench_dir: Path, force: bool = False) -> dict:
     out_dir = Path(out_dir)
-    summary = _read(out_dir / "summary.json")
+    summary = read_json(out_dir / "summary.json")
     if summary is None:
         raise SystemExit(f"{out_dir}/summary.json is missing: is {out_dir} the OUT of a pipeline.node job?")
     current = {r.key: r for r in resolve_runs(config)}
@@ -110,7 +103,7 @@ def import_out(out_dir: Path, config: dict, reference: Path, bench_dir: Path, fo
         for mpath in sorted((tmp / "runs").glob("*/*/metrics.json")):
             src = mpath.parent
             key = f"{src.parent.name}/{src.name}"
-            metrics = _read(mpath) or {}
+            metrics = read_json(mpath) or {}
             trained = metrics.get("spec")
             why = refusal(key, trained, current.get(key))
             if why:
@@ -121,7 +114,7 @@ def import_out(out_dir: Path, config: dict, reference: Path, bench_dir: Path, fo
             used = (trained.get("settings") or {}).get("backend")
             chosen = [("backend", used, configured)] if used != configured else []
             dest = reference / key
-            old = _read(dest / "metrics.json")
+            old = read_json(dest / "metrics.json")
             if old and old.get("status") == "measured" and metrics.get("status") != "measured" and not force:
                 msg = (f"{key}: kept the measured reference of {(old.get('provenance') or {}).get('date')}; this one is "
                        f"'{metrics.get('status')}' (--force replaces it)")

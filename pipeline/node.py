@@ -62,6 +62,7 @@ from pathlib import Path
 
 from hmm.config import ConfigError, Settings, from_dict, setting
 from pipeline.fetch import sha256
+from pipeline.files import copy_atomic, read_json, write_atomic, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE_FORMAT = 1
@@ -104,19 +105,6 @@ def node_settings(section: dict | None) -> tuple[NodeConfig, list[str]]:
     return from_dict(NodeConfig, section, "node"), check_runs
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def read_curve(path: Path) -> list[dict]:
     try:
         with open(path, newline="") as f:
@@ -130,6 +118,11 @@ def _num(value) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
+
+
+def log_tail(path: Path, nbytes: int, lines: int) -> list[str]:
+    """The last ``lines`` lines within the last ``nbytes`` bytes of a log."""
+    return path.read_bytes()[-nbytes:].decode(errors="replace").strip().splitlines()[-lines:]
 
 
 class Interrupted(Exception):
@@ -229,6 +222,11 @@ class Node:
         self.children[proc.pid] = proc
         return proc, log
 
+    @property
+    def stop_grace(self) -> float:
+        """Seconds a child stopped at a time limit gets between SIGINT and SIGKILL (a third of the margin)."""
+        return min(10.0, max(1.0, self.cfg.margin / 3))
+
     def stop(self, proc: subprocess.Popen, grace: float = 10.0) -> None:
         """SIGINT to the child's process group, SIGKILL after ``grace`` seconds."""
         if proc.poll() is None:
@@ -254,7 +252,7 @@ class Node:
             rc = proc.wait(timeout=max(limit, 0.1))
         except subprocess.TimeoutExpired:
             timed_out = True
-            self.stop(proc, grace=min(10.0, max(1.0, self.cfg.margin / 3)))
+            self.stop(proc, grace=self.stop_grace)
             rc = proc.returncode
         except BaseException:  # Interrupted: the child goes too
             self.stop(proc, grace=3.0)
@@ -262,7 +260,7 @@ class Node:
         finally:
             log.close()
             self.children.pop(proc.pid, None)
-        tail = log_path.read_bytes()[-600:].decode(errors="replace").strip().splitlines()[-3:]
+        tail = log_tail(log_path, 600, 3)
         return {"rc": rc, "seconds": round(time.monotonic() - start, 1), "timed_out": timed_out, "tail": tail}
 
     def limit(self, cap: float) -> float:
@@ -350,7 +348,7 @@ class Node:
             res = self.call("bench_kernels", ["-m", "bench.kernels", "--device", self.device, "--states",
                                               *map(str, bench.get("kernel_states", [])), "--kernels", kdir,
                                               "--out", str(kcsv)], lim)
-            rows = max(len(read_curve(kcsv)), 0)
+            rows = len(read_curve(kcsv))
             record["kernels"] = {"rows": rows, **res, "status": self._bench_status(res, rows)}
             self.pack()
         scsv = self.work / "bench" / f"scale_{self.device}.csv"
@@ -435,7 +433,7 @@ class Node:
         spec = self.run_spec(key, max_seconds)
         ds, name = key.split("/")
         spec_path = self.work / "specs" / f"{ds}__{name}.json"
-        spec_path.write_text(json.dumps(spec, indent=2) + "\n")
+        write_json(spec_path, spec)
         out = self.work / "runs" / ds / name
         out.mkdir(parents=True, exist_ok=True)
         args = ["-m", "pipeline.train", "--spec", str(spec_path), "--data", str(self.bundle / "data" / ds),
@@ -488,8 +486,7 @@ class Node:
         if why:
             rec["stopped"] = why
         if rc and not metrics:
-            tail = (rp.out / "train.log").read_bytes()[-400:].decode(errors="replace").strip().splitlines()[-2:]
-            rec["error"] = " | ".join(tail)
+            rec["error"] = " | ".join(log_tail(rp.out / "train.log", 400, 2))
         self.say(f"run {rp.key}: {rec['status']} (exit {rc}, {rec['seconds']} s; valid ppl {rec.get('valid_ppl')})")
 
     def runs_phase(self, _limit: float) -> dict:
@@ -522,7 +519,7 @@ class Node:
                         self.summary["runs"][rp.key]["memory_mib"] = round(footprints[-1])
             if self.left() <= self.cfg.margin:
                 for key, rp in list(active.items()):
-                    self.stop(rp.proc, grace=min(10.0, max(1.0, self.cfg.margin / 3)))
+                    self.stop(rp.proc, grace=self.stop_grace)
                     del active[key]
                     self.finish_run(rp, rp.proc.returncode, "stopped at the node deadline (SIGINT/SIGKILL)")
                 break
@@ -579,22 +576,17 @@ class Node:
         if any(rec.get("curve") for rec in self.summary["runs"].values()):
             self.summary["throughput"] = throughput(self.summary["runs"])
         self.summary["packed"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        write_atomic(self.out / "summary.json", json.dumps(self.summary, indent=1, default=str) + "\n")
-        for name in ("check.json",):
-            if (self.work / name).is_file():
-                shutil.copyfile(self.work / name, self.out / f"{name}.tmp")
-                os.replace(self.out / f"{name}.tmp", self.out / name)
-        for name in (f"kernel_{self.device}.csv", f"scale_{self.device}.csv"):
-            if (self.work / "bench" / name).is_file():
-                shutil.copyfile(self.work / "bench" / name, self.out / f"{name}.tmp")
-                os.replace(self.out / f"{name}.tmp", self.out / name)
+        write_json(self.out / "summary.json", self.summary, indent=1, default=str)
+        for src in (self.work / "check.json", self.work / "bench" / f"kernel_{self.device}.csv",
+                    self.work / "bench" / f"scale_{self.device}.csv"):
+            if src.is_file():
+                copy_atomic(src, self.out / src.name)
         for tail in (LOG_TAIL_BYTES, 64 * 1024):
             data = self._archive(tail)
             if len(data) <= MAX_OUT_BYTES:
                 break
         write_atomic(self.out / "runs.tgz", data)
-        shutil.copyfile(self.work / "logs" / "node.log", self.out / "node.log.tmp")
-        os.replace(self.out / "node.log.tmp", self.out / "node.log")
+        copy_atomic(self.work / "logs" / "node.log", self.out / "node.log")
 
     def _archive(self, tail: int) -> bytes:
         buf = io.BytesIO()

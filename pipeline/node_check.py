@@ -44,15 +44,16 @@ from pathlib import Path
 
 import torch
 
+from hmm.kernels import target_for
+from pipeline.files import write_json
+
 LOSS_TOLERANCE = 1e-5    # relative, one step's loss
 GRAD_TOLERANCE = 1e-4    # ||g_tvm - g_torch|| / ||g_torch|| over all parameters
 OPTIONAL = ("numpy", "triton", "pandas", "matplotlib", "pyyaml", "tqdm", "pytest", "snakemake", "apache-tvm")
 
 
 def _write(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
+    write_json(path, obj, indent=1, default=str)
 
 
 def _nvidia_smi() -> dict:
@@ -216,8 +217,7 @@ def check(bundle: Path, device_name: str, out: Path, runs: list[str]) -> dict:
     from hmm.kernels import check as kcheck
 
     device = torch.device(device_name)
-    target = "cuda" if device.type == "cuda" else "llvm"
-    kdir = bundle / "kernels" / target
+    kdir = bundle / "kernels" / target_for(device.type)
     start = time.perf_counter()
     report: dict = {"device": device_name, "torch": torch.__version__, "kernels_dir": str(kdir),
                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,

@@ -29,7 +29,6 @@ import html
 import json
 import math
 import re
-import statistics
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -157,7 +156,7 @@ def paper_runs(config_path: str | Path | None) -> list[dict]:
 # ---------------------------------------------------------------------------------- labels
 def pow2(n: Any) -> str:
     """2^k for powers of two from 1024 up (the paper's notation), the plain number otherwise."""
-    if n is None or n is pd.NA or isinstance(n, float) and math.isnan(n):
+    if _missing(n):
         return "\u2013"
     n = int(n)
     return f"2^{n.bit_length() - 1}" if n >= 1024 and n & (n - 1) == 0 else f"{n}"

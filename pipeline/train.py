@@ -37,6 +37,7 @@ import torch
 
 from pipeline.config import Run
 from pipeline.data import Corpus, Windows
+from pipeline.files import write_json
 from pipeline.models import build_model, count_parameters
 from pipeline.progress import progress, say
 from pipeline.provenance import CPU_NAME, provenance
@@ -140,12 +141,6 @@ def write_curve(curve: list[dict], path: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=list(curve[0]))
         writer.writeheader()
         writer.writerows(curve)
-
-
-def write_json(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 class Trainer:
@@ -312,9 +307,9 @@ class Trainer:
                      "rng": _rng_state(self.model, self.device), "state": st}, self.checkpoint)
         self.out.mkdir(parents=True, exist_ok=True)
         write_curve(st["curve"], self.out / "curve.csv")
-        write_json(self.metrics(status=f"incomplete: last check at step {st['step']:,} of {self.last_step:,} "
-                                       f"({epoch:.2f} of {cfg.epochs:g} epochs); no test score yet"),
-                   self.out / "metrics.json")
+        write_json(self.out / "metrics.json",
+                   self.metrics(status=f"incomplete: last check at step {st['step']:,} of {self.last_step:,} "
+                                       f"({epoch:.2f} of {cfg.epochs:g} epochs); no test score yet"))
         return row
 
     # -- finish -----------------------------------------------------------------------------
@@ -357,7 +352,7 @@ class Trainer:
             status = f"cut short: max_steps {cfg.max_steps:,} ({epochs:.2f} of {cfg.epochs:g} epochs)"
         metrics = self.metrics(status, valid_ppl, test_ppl, ms)
         write_curve(st["curve"], self.out / "curve.csv")
-        write_json(metrics, self.out / "metrics.json")
+        write_json(self.out / "metrics.json", metrics)
         try:
             from pipeline.curves import plot as plot_curve
         except ImportError:  # a node without matplotlib/pandas: the CSV is the record
@@ -440,7 +435,7 @@ def main(argv: list[str] | None = None) -> None:
         corpus = Corpus.load(data)
         model = build_model(run, corpus, clusters, a.kernel_root)
         out.mkdir(parents=True, exist_ok=True)
-        write_json(run.to_dict(), out / "spec.json")
+        write_json(out / "spec.json", run.to_dict())
         train(run, corpus, model, out, checkpoint, fingerprint_of(run, data / "vocab.tsv", data / "stats.json", clusters))
     except TrainingError as e:
         sys.exit(f"error: {e}")

@@ -3,7 +3,9 @@
 ``import hmm.kernels`` imports neither TVM nor the submodules; TVM is imported when a
 kernel is first loaded.
 """
-__all__ = ["KernelError", "TVMScan", "load_scan", "target_for"]
+__all__ = ["CUDA_MAX_STATES", "KernelError", "TVMScan", "load_scan", "target_for"]
+
+CUDA_MAX_STATES = 1024  # the CUDA scans use at least one thread per state (README.md in this folder)
 
 
 def target_for(device: str) -> str:

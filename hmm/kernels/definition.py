@@ -52,6 +52,8 @@ import tvm
 from tvm.script import tirx as T
 from tvm.tirx import Cast, floor, reinterpret
 
+from . import CUDA_MAX_STATES
+
 NEG_INF = float("-inf")
 LOG2E = 1.4426950408889634
 LN2_HI = 0.693359375  # ln 2 = LN2_HI + LN2_LO; k * LN2_HI is exact for |k| < 2^14
@@ -225,8 +227,8 @@ def cuda_layout(n: int) -> tuple[int, int]:
     """(P, TJ): P threads share each state's reduction (P * n threads per block, about
     CUDA_THREADS); TJ columns per backward table tile (n * (TJ + 1) floats of shared memory).
     Both divide n, and P divides TJ."""
-    if n > 1024:
-        raise ValueError(f"n={n}: CUDA kernels use at least one thread per state (at most 1024)")
+    if n > CUDA_MAX_STATES:
+        raise ValueError(f"n={n}: CUDA kernels use at least one thread per state (at most {CUDA_MAX_STATES})")
     tj = math.gcd(n, max(1, min(32, CUDA_TILE_BYTES // (4 * n))))
     p = math.gcd(max(1, min(CUDA_THREADS // n, n // 16)), tj)
     return p, tj
