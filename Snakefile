@@ -1,5 +1,5 @@
 # The VLNHMM reproduction pipeline (Chiu & Rush 2020).  Stages live in workflow/rules/*.smk.
-#   snakemake --cores 8 --resources gpu=1 results/table1.csv      one table (full data)
+#   snakemake results/table1.csv --cores 8 --resources gpu=1      one table (full data; targets first)
 #   snakemake --profile profiles/tiny all                          everything, tiny data, CPU
 # See README.md for the targets and config/README.md for every run setting.
 import os
@@ -45,6 +45,9 @@ include: "workflow/rules/kernels.smk"
 include: "workflow/rules/runs.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/bench.smk"
+
+
+default_local_resources(workflow)
 
 
 # The report's landing page: the front page the pipeline writes (results/frontpage.rst), see tables.smk.

@@ -1,5 +1,5 @@
 # Benchmarks (not part of `all`): kernel micro benchmark and the per-step scale benchmark.
-#   snakemake --cores 8 --resources gpu=1 results/bench/kernel_cuda.csv results/bench/scale_cuda.csv
+#   snakemake results/bench/kernel_cuda.csv results/bench/scale_cuda.csv --cores 8 --resources gpu=1
 BENCH = config["bench"]
 
 

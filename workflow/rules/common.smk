@@ -4,6 +4,7 @@ import shutil
 import subprocess
 
 import yaml
+from snakemake.resources import Resource
 
 from hmm.kernels import target_for
 from pipeline.config import ConfigError, kernel_states, name_pattern, resolve_runs
@@ -66,6 +67,24 @@ def check_gpu_before_jobs(workflow):
             "need one. Run them on a GPU machine or cluster (profiles/gpu, profiles/slurm), use the tiny "
             "profile (--profile profiles/tiny), set gpu_runs: auto to leave them out, or device: cpu for a run."
         )
+
+
+def default_local_resources(workflow):
+    """A plain `snakemake TARGET` (no --cores, no --resources gpu=N, local execution) runs on all cores of
+    this machine with one GPU job at a time: the settings of `./repro run`.  Given ones are kept; a
+    cluster executor gets neither (its jobs are sized per rule)."""
+    if not (workflow.local_exec and workflow.is_main_process) or workflow.dryrun or workflow.touch:
+        return
+    settings, chosen = workflow.resource_settings, []
+    if settings.cores is None:
+        settings.cores = os.cpu_count() or 1
+        workflow.global_resources["_cores"] = Resource("_cores", settings.cores)
+        chosen.append(f"--cores {settings.cores} (all of this machine's)")
+    if "gpu" not in workflow.global_resources:
+        workflow.register_resource("gpu", 1)
+        chosen.append("--resources gpu=1 (GPU jobs one at a time)")
+    if chosen:
+        print(f"[repro] not given on the command line: {'; '.join(chosen)}", file=sys.stderr)
 
 
 def raw_files(dataset):
