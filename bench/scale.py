@@ -37,12 +37,18 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
+import os
 import sys
 import traceback
 from pathlib import Path
 
-import numpy as np
-import torch
+# torch.profiler's kineto writes two "USDT: ... profiler_start/stop" lines per profiled step (level 5)
+# and c10 a warning about blocks allocated before it: keep the output to the rows (read at torch's import)
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from bench import save_plot
 from hmm import inference
@@ -272,6 +278,22 @@ def summary(row: dict) -> str:
             + ("" if row["status"] == "ok" else f" [{row['status']}]"))
 
 
+def closing_summary(rows: list[dict]) -> str:
+    """One line per |Z|: training step and evaluation batch, reference against fast, and the faster."""
+    lines = [f"summary ({len(rows)} rows, {sum(r['status'] != 'ok' for r in rows)} failed):"]
+    for states in dict.fromkeys(r["states"] for r in rows):
+        cells = []
+        for mode in ("train", "eval"):
+            ms = {r["path"]: r.get("ms") for r in rows if r["states"] == states and r["mode"] == mode}
+            if ms.get("reference") and ms.get("fast"):
+                faster = "fast" if ms["fast"] < ms["reference"] else "reference"
+                cells.append(f"{mode} {ms['reference']:.1f} / {ms['fast']:.1f} ms ({faster} faster)")
+            else:
+                cells.append(f"{mode} " + " / ".join(f"{ms.get(p) or '-'}" for p in ("reference", "fast")))
+        lines.append(f"  |Z|={states:>7}: reference / fast: " + "; ".join(cells))
+    return "\n".join(lines)
+
+
 def append_row(row: dict, path: Path) -> None:
     with open(path, "a", newline="") as f:
         csv.DictWriter(f, fieldnames=COLUMNS).writerow(
@@ -349,7 +371,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but torch sees no GPU")
-    run(args)
+    rows = run(args)
+    print(closing_summary(rows))
     png = args.out.with_suffix(".png")
     save_plot(lambda: plot(args.out, png), args.out, png)
 
