@@ -450,6 +450,12 @@ class VLNHMM(nn.Module):
         self.capturable = True  # a training step has no host reads: it can be captured as a CUDA graph
 
     @property
+    def transition_path(self) -> str:
+        """The training step's transition as built: "factored" (factors and row normalizers) or "dense"."""
+        exact = self.cfg.neural and self.cfg.transition_dropout == 0
+        return "factored" if self.lean_transition and exact else "dense"
+
+    @property
     def generator(self) -> torch.Generator:
         """The dropout draws' generator, on the model's device (its state is checkpointed)."""
         device = self.structure.device

@@ -12,6 +12,25 @@ from pipeline.data import EOS, Corpus
 NORMALIZER_PRECISION = {"highest": "fp32", "high": "tf32", "medium": "bf16"}
 
 
+# The training step's transition (hmm.model.VLNHMM, ``lean_transition``): "factored" (MLP factors and
+# row normalizers, never the [C', C'] matrix's gradient; fused in Triton on CUDA) or "dense" (the
+# reference: log_softmax of the [C', C'] logits).  Both give the same numbers (tests/test_fast_step.py).
+# On a CPU (bench.scale, 2 threads, h = 256, V = 10,000, B x T = 16 x 32; README, "Which transition
+# path") the dense one was faster at every size measured but one: M = 8 for |Z| 256 to 4,096, M = 128
+# for |Z| 1,024 to 4,096; the factored one won at |Z| = 8,192, M = 128.  Its per-edge blocks cost
+# ~ B T k'^2 and the dense matrix ~ C'^2 = M^2 k'^2, so it needs many blocks as well as many states:
+# CPUs take it from both measured thresholds on; GPUs always (its reason to be: no [C', C'] gradient).
+CPU_FACTORED_FROM_STATES = 8192
+CPU_FACTORED_FROM_BLOCKS = 128
+
+
+def transition_path(device_type: str, num_states: int, num_clusters: int) -> str:
+    """The faster training transition for the device ("cpu" | "cuda") and size: "factored" or "dense"."""
+    if device_type == "cpu" and (num_states < CPU_FACTORED_FROM_STATES or num_clusters < CPU_FACTORED_FROM_BLOCKS):
+        return "dense"
+    return "factored"
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     """Number of trainable numbers (works on the meta device: nothing is allocated)."""
     return sum(p.numel() for p in model.parameters())
@@ -40,6 +59,8 @@ def build_model(run: Run, corpus: Corpus, clusters: Path | None = None,
             from hmm.kernels import TVMScan
             scan = TVMScan(Path(kernel_root) / run.kernel_target)
         cluster_ids = load_clusters(clusters, corpus.vocab) if s.constraint == "brown" else None
+        device_type = "cpu" if run.train.device == "cpu" else "cuda"  # auto: CUDA or a stop (pipeline.train)
+        lean = transition_path(device_type, s.num_states, s.num_clusters) == "factored"
         return VLNHMM(s, vocab_size, cluster_ids, corpus.vocab.index[EOS], seed=run.train.seed, scan=scan,
-                      precision=NORMALIZER_PRECISION[run.train.matmul_precision])
+                      precision=NORMALIZER_PRECISION[run.train.matmul_precision], lean_transition=lean)
     raise ValueError(f"model {run.model!r} has no neural implementation here (kn5 runs through pipeline.kn5)")

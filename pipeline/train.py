@@ -331,6 +331,7 @@ class Trainer:
             "eval_ms_per_batch": None if eval_ms is None else round(eval_ms, 3),
             "eval_batch": [self.cfg.eval_batch_size, self.cfg.bptt], "device": self.device.type,
             "backend": getattr(self.run.settings, "backend", "torch"),
+            "transition_path": getattr(self.model, "transition_path", None),
             "matmul_precision": self.cfg.matmul_precision,
             "spec": self.run.result_spec(), "provenance": _provenance(self.device),
         }
@@ -377,9 +378,10 @@ class Trainer:
     def fit(self) -> dict:
         self.started, self.check_seconds = time.perf_counter(), 0.0
         self.restore()
-        say(f"[{self.name}] {self.run.model}: {self.params:,} parameters on {self.device}; "
-            f"{self.steps_per_epoch:,} steps/epoch, validation every {self.check_every:,} steps, "
-            f"{self.last_step:,} steps")
+        path = getattr(self.model, "transition_path", None)
+        say(f"[{self.name}] {self.run.model}: {self.params:,} parameters on {self.device}"
+            + (f" ({path} transition)" if path else "") + f"; {self.steps_per_epoch:,} steps/epoch, "
+            f"validation every {self.check_every:,} steps, {self.last_step:,} steps")
         bar = progress(total=self.last_step, initial=self.state["step"], desc=self.name, unit="step")
         tokens, start = 0, time.perf_counter()
         while self.state["step"] < self.last_step:

@@ -35,8 +35,9 @@ def synthetic_corpus(seed: int = 0) -> Corpus:
     return Corpus(Vocab(tokens, (1,) * V), splits, docs)
 
 
+@pytest.mark.parametrize("lean", [True, False], ids=["factored", "dense"])
 @pytest.mark.parametrize("name", SETTINGS)
-def test_training_step_reads_nothing_back(name, tmp_path):
+def test_training_step_reads_nothing_back(name, lean, tmp_path):
     from pipeline.models import build_model
     corpus = synthetic_corpus()
     clusters = tmp_path / "c.tsv"
@@ -46,6 +47,7 @@ def test_training_step_reads_nothing_back(name, tmp_path):
     run = resolve_run({"name": "s", "dataset": "ptb", "model": "vlnhmm", "hidden": 16, "device": "cpu",
                        "batch_size": 4, "bptt": 8, **SETTINGS[name]})
     model = build_model(run, corpus, clusters if run.settings.constraint == "brown" else None)
+    model.lean_transition = lean  # both training transitions (a CPU run of this size gets the dense one)
     trainer = Trainer(run, corpus, model, tmp_path / "out", tmp_path / "ckpt.pt")
     windows = Windows(corpus.splits["train"], 4, 8)
     for w in range(3):  # the first window (no carry) and two with a carried posterior
@@ -102,3 +104,20 @@ def test_padded_window_scores_like_the_short_one():
     short, _ = model(x, mask, None)
     padded, _ = model(*pad_window(x, mask, 9), None)
     assert torch.allclose(short, padded)
+
+
+def test_each_device_and_size_gets_its_faster_transition():
+    """The measured crossover (pipeline.models): dense on a CPU below 8,192 states or 128 blocks, factored
+    from there and on every GPU; the model reports the path it trains with."""
+    from hmm.config import HMMConfig
+    from hmm.model import VLNHMM
+    from pipeline.models import transition_path
+    assert transition_path("cpu", 1024, 8) == transition_path("cpu", 4096, 128) == "dense"
+    assert transition_path("cpu", 8192, 8) == transition_path("cpu", 65536, 64) == "dense"
+    assert transition_path("cpu", 8192, 128) == transition_path("cpu", 32768, 128) == "factored"
+    assert transition_path("cuda", 64, 8) == transition_path("cuda", 32768, 128) == "factored"
+    cfg = HMMConfig(num_states=16, num_clusters=4, hidden=8)
+    assert VLNHMM(cfg, V, np.arange(V) % 4, V - 1, lean_transition=True).transition_path == "factored"
+    assert VLNHMM(cfg, V, np.arange(V) % 4, V - 1, lean_transition=False).transition_path == "dense"
+    scalar = HMMConfig(num_states=16, num_clusters=4, hidden=8, neural=False)
+    assert VLNHMM(scalar, V, np.arange(V) % 4, V - 1, lean_transition=True).transition_path == "dense"

@@ -122,9 +122,10 @@ def test_evaluation_follows_the_weights(small_ptb, tmp_path):
     run = resolve_run({"name": "t", "dataset": "ptb", "model": "vlnhmm", "epochs": 1}, DEFAULTS)
     corpus = Corpus.load(small_ptb)
     clusters = round_robin_clusters(small_ptb, 4)
-    train(run, corpus, build_model(run, corpus, clusters), tmp_path / "out", tmp_path / "ckpt.pt")
+    metrics = train(run, corpus, build_model(run, corpus, clusters), tmp_path / "out", tmp_path / "ckpt.pt")
     valid = [float(line.split(",")[4]) for line in (tmp_path / "out/curve.csv").read_text().splitlines()[1:]]
     assert len(set(valid)) == len(valid), valid
+    assert metrics["transition_path"] == "dense"  # a small CPU run takes the faster path there, and says so
 
 
 def test_checkpoint_of_other_code_is_set_aside(small_ptb, tmp_path, capsys):
