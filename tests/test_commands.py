@@ -1,0 +1,160 @@
+"""Every shell command the documentation gives works as written.
+
+The commands are read from the Markdown files (fenced blocks and inline code that start with
+``./repro``, ``snakemake``, ``python``, or environment assignments before one of them), so a command
+added to a README is tested without a line here.  Each runs in its documented form:
+
+- snakemake and ``./repro run``: a dry run (``-n`` put first, so the words after it stay as written);
+  ``--report`` for real on the tiny profile once the tiny pipeline has run (it reads its outputs);
+- ``./repro setup``: for real (idempotent); ``./repro test``: this suite itself, not run from inside it;
+- ``./repro bundle|import`` and ``python -m MODULE``: the module's own argument parser reads the words
+  (its dry run: an unknown option, a missing required one or a bad value fails); ``python -m pytest``
+  collects; ``python -m pipeline.config --doc`` runs and must give config/README.md.
+
+Placeholders (``OUT``, ``DIR``, ``ARGS``, ``<dataset>``, ``<name>``, ``$OUT``) get example values.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import runpy
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ["README.md", "results/README.md", "config/README.md", "hmm/kernels/README.md", ".test/README.md",
+        *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
+STARTS = ("./repro", "snakemake", "python", ".venv/bin/")
+ENV_ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=\S*$")
+PLACEHOLDERS = {"<dataset>": "ptb", "<name>": "kn5", "<target>": "llvm", "$OUT": "/tmp/repro-doc-out",
+                "OUT": "/tmp/repro-doc-out", "DIR": "/tmp/repro-doc-dir", "ARGS": ""}
+MODULE_OF = {"bundle": "pipeline.bundle", "import": "pipeline.importer"}
+# documented commands that are not run here, each with the reason (kept short: every other one runs)
+NOT_RUN = {
+    "./repro test": "it is this test suite (CI runs it)",
+    "REPRO_TORCH=cuda ./repro setup": "installs torch's CUDA build (GBs) on a GPU machine",
+}
+
+
+def _is_command(text: str) -> bool:
+    words = text.split()
+    while words and ENV_ASSIGNMENT.match(words[0]):
+        words = words[1:]
+    return bool(words) and words[0].startswith(STARTS)
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """(file, command) for every command in the documentation, comments stripped, lines joined."""
+    found = []
+    for doc in DOCS:
+        text = (ROOT / doc).read_text()
+        for block in re.findall(r"```[^\n]*\n(.*?)```", text, flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = re.sub(r"\s+#\s.*$", "", line).strip()
+                if _is_command(line):
+                    found.append((doc, line))
+        prose = re.sub(r"```.*?```", "", text, flags=re.S)
+        for span in re.findall(r"(?<!`)`([^`\n]+)`(?!`)", prose):
+            if _is_command(span.strip()):
+                found.append((doc, span.strip()))
+    return list({command: (doc, command) for doc, command in reversed(found)}.values())[::-1]  # once each
+
+
+def _words(command: str) -> tuple[dict, list[str]]:
+    """Environment assignments and the words of ``command``, placeholders filled in."""
+    command = command.split(" > ")[0]
+    words = [PLACEHOLDERS.get(w, w) for w in shlex.split(command)]
+    for key, value in PLACEHOLDERS.items():
+        if key.startswith("<"):
+            words = [w.replace(key, value) for w in words]
+    env = {}
+    while words and ENV_ASSIGNMENT.match(words[0]):
+        key, _, value = words.pop(0).partition("=")
+        env[key] = value
+    return env, [w for w in words if w]
+
+
+class ParsedOnly(Exception):
+    """Raised once the module's parser has read its arguments: nothing more of it runs."""
+
+
+def parse_only(module: str, args: list[str], monkeypatch) -> None:
+    """Run ``python -m module args`` up to its argument parsing (fails on a bad option or value)."""
+    real = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, argv=None, namespace=None):
+        real(self, argv, namespace)
+        raise ParsedOnly
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    monkeypatch.setattr(sys, "argv", [module, *args])
+    with pytest.raises(ParsedOnly):
+        runpy.run_module(module, run_name="__main__", alter_sys=False)
+
+
+def run(words: list[str], env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
+    path = f"{ROOT / '.venv/bin'}{os.pathsep}{os.environ['PATH']}"
+    proc = subprocess.run(words, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=os.environ | {"PATH": path} | env)
+    assert proc.returncode == 0, f"{' '.join(words)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n" \
+                                 f"{proc.stderr[-4000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def tiny_outputs():
+    """The tiny pipeline's outputs (what the documented --report commands read); a no-op once built."""
+    run([sys.executable, "-m", "snakemake", "--profile", "profiles/tiny", "all"], {}, timeout=1800)
+
+
+COMMANDS = documented_commands()
+
+
+def test_the_documentation_gives_commands():
+    kinds = {words[0] if words[0] != "./repro" else f"./repro {words[1]}"
+             for words in (_words(c)[1] for _, c in COMMANDS if _words(c)[1])}
+    assert len(COMMANDS) >= 30 and {"./repro run", "snakemake", "python"} <= {k.split()[0] if k.startswith(
+        ("snakemake", "python")) else k for k in kinds}, kinds
+
+
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")  # runpy of an imported module
+@pytest.mark.parametrize("doc, command", COMMANDS, ids=[f"{d}: {c}" for d, c in COMMANDS])
+def test_documented_command_works_as_written(doc, command, request, monkeypatch):
+    if command in NOT_RUN:
+        pytest.skip(f"{command}: {NOT_RUN[command]}")
+    env, words = _words(command)
+    exe = words[0]
+    if exe == "./repro" and words[1:2] == ["setup"]:
+        run(words, env)
+    elif exe == "./repro" and len(words) > 1 and words[1] in MODULE_OF:
+        parse_only(MODULE_OF[words[1]], words[2:], monkeypatch)
+    elif exe in ("./repro", "snakemake"):
+        snakemake_args = words[2:] if exe == "./repro" else words[1:]
+        head = words[:2] if exe == "./repro" else [str(ROOT / ".venv/bin/snakemake")]
+        if "--report" in snakemake_args:
+            if "profiles/tiny" not in snakemake_args:
+                pytest.skip("a report of the full config reads the full pipeline's outputs; the tiny one runs")
+            request.getfixturevalue("tiny_outputs")
+            run(head + snakemake_args, env)
+        else:
+            out = run(head + ["-n"] + snakemake_args, env)
+            assert "This was a dry-run" in out.stdout + out.stderr or "Nothing to be done" in out.stdout + out.stderr
+    elif exe.startswith("python"):
+        assert words[1] == "-m", command
+        module, args = words[2], words[3:]
+        if module == "pytest":
+            run([sys.executable, "-m", "pytest", "--collect-only", "-q", *args], env)
+        elif module == "pipeline.config" and args == ["--doc"]:
+            out = run([sys.executable, "-m", module, *args], env)
+            assert out.stdout == (ROOT / "config/README.md").read_text()
+        else:
+            for key, value in env.items():
+                monkeypatch.setenv(key, value)
+            parse_only(module, args, monkeypatch)
+    else:
+        raise AssertionError(f"{doc}: no way to run {command!r} here: add it to this test")
