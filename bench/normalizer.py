@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from hmm import normalizer
-from hmm.normalizer import PRECISIONS
+from hmm.precision import PRECISIONS
 from pipeline.timing import median, time_ms
 
 COLUMNS = ["impl", "precision", "R", "C", "h", "device", "fwd_ms", "fwd_bwd_ms", "max_abs_diff"]

@@ -40,7 +40,7 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 from torch.profiler import record_function
 
-from hmm.normalizer import check_precision, round_operand
+from hmm.precision import check_precision, round_operand
 
 INTERPRETED = bool(triton.knobs.runtime.interpret)  # fixed when the kernels below are decorated
 # precision -> (block_r, block_c) of the forward kernel and of the two backward kernels.  At

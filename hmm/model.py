@@ -47,7 +47,8 @@ from torch.profiler import record_function
 
 from hmm import inference
 from hmm.config import HMMConfig
-from hmm.normalizer import round_operand, row_logsumexp
+from hmm.normalizer import row_logsumexp
+from hmm.precision import round_operand
 
 EMIT_CHUNK = 32  # words per emission chunk
 

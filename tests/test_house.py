@@ -37,6 +37,41 @@ def test_imports_only_run_downward(package):
     assert not bad, f"{package} may import only {sorted(ALLOWED[package])}: {bad}"
 
 
+def module_graph() -> dict[str, set[str]]:
+    """module -> the repository modules it imports (any import statement, at any depth)."""
+    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+               for package in PACKAGES for p in (ROOT / package).rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                deps |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        graph[name] = {d for d in deps if d in modules and d != name and not name.startswith(f"{d}.")}
+    return graph
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    """No cycle among the modules (e.g. hmm.normalizer and hmm.fused_normalizer: one way only)."""
+    graph, cycles = module_graph(), []
+
+    def visit(node, path):
+        for dep in graph[node]:
+            if dep in path:
+                cycles.append(path[path.index(dep):] + [dep])
+            elif dep not in done:
+                visit(dep, path + [dep])
+        done.add(node)
+
+    done: set[str] = set()
+    for module in sorted(graph):
+        if module not in done:
+            visit(module, [module])
+    assert not cycles, cycles
+
+
 def test_settings_are_declared_in_the_dataclasses_only():
     """The schema checks the config's structure; no run setting is declared (or defaulted) there or in
     config.yaml's defaults."""

@@ -19,7 +19,8 @@ import torch
 from hmm import normalizer
 from hmm.config import HMMConfig
 from hmm.model import BlockTransition, DenseTransition, FactoredTransition, VLNHMM
-from hmm.normalizer import round_operand, row_logsumexp
+from hmm.normalizer import row_logsumexp
+from hmm.precision import round_operand
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
