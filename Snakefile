@@ -63,4 +63,5 @@ rule all:
 
 
 onstart:
+    announce_defaults()
     check_gpu_before_jobs(workflow)

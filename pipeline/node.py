@@ -156,7 +156,7 @@ class Node:
         self.manifest = read_json(self.bundle / "BUNDLE.json")
         if self.manifest is None:
             raise SystemExit(f"{self.bundle}/BUNDLE.json is missing or unreadable: make the bundle with "
-                             "./repro bundle --out DIR on the CPU machine")
+                             "`./repro bundle --out DIR` on the CPU machine")
         if self.manifest.get("format") != BUNDLE_FORMAT:
             raise SystemExit(f"bundle format {self.manifest.get('format')} is not {BUNDLE_FORMAT}: remake it "
                              "with this commit's ./repro bundle")

@@ -58,7 +58,7 @@ def resolve_device(name: str) -> torch.device:
     raise TrainingError(
         f"device: {name} needs a CUDA GPU and torch sees none (torch {torch.__version__}). "
         "This is a paper-size run; on a CPU-only machine use the tiny profile "
-        "(snakemake --profile profiles/tiny ...) or set `device: cpu` for this run in the config.")
+        "(`./repro run --profile profiles/tiny all`) or set `device: cpu` for this run in the config.")
 
 
 def perplexity(nll: float) -> float:

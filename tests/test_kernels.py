@@ -247,8 +247,8 @@ def test_input_checks(scan):
 
 
 def test_missing_n_raises_kernel_error(scan):
-    with pytest.raises(KernelError, match=r"n=32 .*rebuild: snakemake --cores 2 --forcerun kernels_llvm "
-                                          r"build/kernels/llvm/manifest.json \(or delete build/kernels/llvm"):
+    with pytest.raises(KernelError, match=r"n=32 .*rebuild: `snakemake build/kernels/llvm/manifest.json --cores 2 "
+                                          r"--forcerun kernels_llvm` \(or delete build/kernels/llvm"):
         scan.forward(*potentials(2, 3, 32))
 
 
@@ -286,7 +286,7 @@ def test_corrupt_library_raises_kernel_error(tmp_path, llvm_dir, how):
     msg = str(err.value)
     assert f"{kdir / 'scan_n4.so'} does not match manifest.json" in msg
     assert f"expected sha256 {expected}, actual {actual}" in msg
-    assert "rebuild: snakemake --cores 2 --forcerun kernels_llvm build/kernels/llvm/manifest.json" in msg
+    assert "rebuild: `snakemake build/kernels/llvm/manifest.json --cores 2 --forcerun kernels_llvm`" in msg
 
 
 def test_library_hashed_once_per_process(tmp_path, llvm_dir, monkeypatch):

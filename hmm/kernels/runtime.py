@@ -37,7 +37,7 @@ import torch
 from . import target_for
 from .build import ABI, MANIFEST
 
-BUILD_HINT = ("rebuild: snakemake --cores 2 --forcerun kernels_{target} build/kernels/{target}/manifest.json "
+BUILD_HINT = ("rebuild: `snakemake build/kernels/{target}/manifest.json --cores 2 --forcerun kernels_{target}` "
               "(or delete build/kernels/{target} and rerun)")
 INT32_LIMIT = 2**31
 _LOCK = threading.Lock()

@@ -69,22 +69,30 @@ def check_gpu_before_jobs(workflow):
         )
 
 
+DEFAULTS_CHOSEN = []
+
+
 def default_local_resources(workflow):
-    """A plain `snakemake TARGET` (no --cores, no --resources gpu=N, local execution) runs on all cores of
-    this machine with one GPU job at a time: the settings of `./repro run`.  Given ones are kept; a
-    cluster executor gets neither (its jobs are sized per rule)."""
-    if not (workflow.local_exec and workflow.is_main_process) or workflow.dryrun or workflow.touch:
+    """A plain `snakemake TARGET` (no --cores, no --resources gpu=N) runs locally on all cores of this
+    machine with one GPU job at a time: the settings of `./repro run`.  Given ones are kept.  A cluster
+    run has --jobs (snakemake requires it there, and locally it stands for --cores): nothing is set
+    for it, its jobs are sized per rule.  (The executor itself is not known while the Snakefile is read.)"""
+    settings = workflow.resource_settings
+    if settings.nodes is not None or not workflow.is_main_process:
         return
-    settings, chosen = workflow.resource_settings, []
     if settings.cores is None:
         settings.cores = os.cpu_count() or 1
         workflow.global_resources["_cores"] = Resource("_cores", settings.cores)
-        chosen.append(f"--cores {settings.cores} (all of this machine's)")
+        DEFAULTS_CHOSEN.append(f"--cores {settings.cores} (all of this machine's)")
     if "gpu" not in workflow.global_resources:
         workflow.register_resource("gpu", 1)
-        chosen.append("--resources gpu=1 (GPU jobs one at a time)")
-    if chosen:
-        print(f"[repro] not given on the command line: {'; '.join(chosen)}", file=sys.stderr)
+        DEFAULTS_CHOSEN.append("--resources gpu=1 (GPU jobs one at a time)")
+
+
+def announce_defaults():
+    """Said when jobs start (not in a dry run): what a plain run was given by default_local_resources."""
+    if DEFAULTS_CHOSEN:
+        print(f"[repro] not given on the command line: {'; '.join(DEFAULTS_CHOSEN)}", file=sys.stderr)
 
 
 def raw_files(dataset):
