@@ -206,3 +206,22 @@ def test_advised_command_works_as_printed(source, command, request, monkeypatch)
         command = command.replace(field, value)
     assert not re.search(r"\{\w+\}", command), f"{source}: give {command!r}'s placeholder an example in FIELDS"
     test_documented_command_works_as_written(source, command, request, monkeypatch)
+
+
+@pytest.mark.parametrize("given, expected", [
+    ("--cores 8 --resources gpu=1 results/table1.csv", "results/table1.csv --cores 8 --resources gpu=1"),
+    ("--cores 8 --resources gpu=1 -- results/table1.csv", "results/table1.csv --cores 8 --resources gpu=1"),
+    ("--cores 2 --forcerun kernels_llvm build/kernels/llvm/manifest.json",
+     "build/kernels/llvm/manifest.json --cores 2 --forcerun kernels_llvm"),
+    ("--configfile my.yaml results/runs/ptb/kn5/metrics.json", "results/runs/ptb/kn5/metrics.json --configfile my.yaml"),
+    ("--config mirror=../shared/data profile=tiny -n all", "all --config mirror=../shared/data profile=tiny -n"),
+    ("-np results/a.csv --set-resources train:mem_mb=1 --until table results/b.csv",
+     "results/a.csv results/b.csv -np --set-resources train:mem_mb=1 --until table"),
+    ("--profile profiles/tiny --report results/report.html", "--profile profiles/tiny --report results/report.html"),
+    ("--rerun-triggers mtime params all", "all --rerun-triggers mtime params"),
+    ("--forcerun results/runs/ptb/kn5/metrics.json", "--forcerun results/runs/ptb/kn5/metrics.json"),
+])
+def test_repro_run_puts_targets_first(given, expected):
+    """./repro run's reordering (pipeline.snakemake_args): targets out of many-valued options, rest kept."""
+    from pipeline.snakemake_args import targets_first
+    assert " ".join(targets_first(given.split())) == expected
