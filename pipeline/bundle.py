@@ -40,12 +40,13 @@ from pathlib import Path
 from hmm.config import ConfigError, HMMConfig
 from hmm.kernels import CUDA_MAX_STATES
 from pipeline.config import kernel_states, resolve_runs
-from pipeline.fetch import sha256
+from pipeline.data import FILES
+from pipeline.integrity import SUMS, record, sha256, verify
 from pipeline.node import BUNDLE_FORMAT, node_settings
 from pipeline.provenance import commit_label, git_commit
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA_FILES = ("vocab.tsv", "stats.json") + tuple(f"{s}{e}" for s in ("train", "valid", "test") for e in (".npy", ".docs.npy"))
+DATA_FILES = (*FILES, SUMS)  # a prepared dataset with its SHA-256 records
 MIB = 2**20
 
 
@@ -216,9 +217,12 @@ def copy_data(plan: dict, workdir: Path, stage: Path) -> dict:
             src, dst = workdir / rel, stage / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
             if "/clusters/" in rel:
+                verify(src, f"remake it: `snakemake {rel} --cores 2 --forcerun brown_clusters`")
                 slim_clusters(src, dst)
-                files[rel] = {"sha256": sha256(dst), "bytes": dst.stat().st_size,
+                files[rel] = {"sha256": record(dst), "bytes": dst.stat().st_size,
                               "slimmed_from": {"sha256": sha256(src), "bytes": src.stat().st_size}}
+                side = f"{rel}.sha256"
+                files[side] = {"sha256": sha256(stage / side), "bytes": (stage / side).stat().st_size}
             else:
                 shutil.copyfile(src, dst)
                 files[rel] = {"sha256": sha256(dst), "bytes": dst.stat().st_size}

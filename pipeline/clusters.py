@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data import Corpus, Vocab
+from pipeline.integrity import IntegrityError, record, verify
 
 
 def _common_prefix(codes: list[str]) -> str:
@@ -46,10 +47,12 @@ def write_clusters(path: Path, vocab: Vocab, cluster_of: dict[str, int], codes: 
         f.write("word\tcluster\tbits\tcount\n")
         for tok, count in zip(vocab.tokens, vocab.counts):
             f.write(f"{tok}\t{cluster_of[tok]}\t{codes.get(tok, '')}\t{count}\n")
+    record(path)
 
 
 def load_clusters(path: str | Path, vocab: Vocab) -> np.ndarray:
-    """Cluster id of every vocabulary word, [V] int64, checked against the vocabulary."""
+    """Cluster id of every vocabulary word, [V] int64, checked against its SHA-256 record and the vocabulary."""
+    verify(path, f"remake it: `snakemake {path} --cores 2 --forcerun brown_clusters` (or delete it and rerun)")
     rows = [line.rstrip("\n").split("\t") for line in open(path, encoding="utf-8")][1:]
     words = tuple(r[0] for r in rows)
     if words != vocab.tokens:
@@ -89,7 +92,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--summary", required=True, type=Path)
     a = p.parse_args(argv)
-    corpus = Corpus.load(a.data)
+    try:
+        corpus = Corpus.load(a.data)
+    except IntegrityError as err:
+        raise SystemExit(f"error: {err}") from None
     tokens = [corpus.vocab.tokens[i] for i in corpus.splits["train"].tolist()]
     start = time.perf_counter()
     cluster_of, codes = brown_clusters(tokens, a.num_clusters, a.alpha)

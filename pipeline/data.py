@@ -15,16 +15,21 @@ import argparse
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 
+from pipeline.fetch import DataError
+from pipeline.integrity import record_dir, verify_dir
+
 EOS = "<eos>"
 UNK = "<unk>"
 SPLITS = ("train", "valid", "test")
+# what `prepare` writes (each listed with its SHA-256 in SHA256SUMS beside them)
+FILES = ("vocab.tsv", "stats.json") + tuple(f"{s}{e}" for s in SPLITS for e in (".npy", ".docs.npy"))
 
 
 def read_lines(path: str | Path, max_lines: int | None = None) -> list[list[str]]:
@@ -98,13 +103,17 @@ class Corpus:
     vocab: Vocab
     splits: dict[str, torch.Tensor]
     docs: dict[str, torch.Tensor]
+    digests: dict[str, str] = field(default_factory=dict)  # file -> SHA-256 of what was loaded
 
     @classmethod
     def load(cls, directory: str | Path) -> "Corpus":
+        """The prepared dataset in ``directory``, each file checked against its SHA256SUMS first."""
         d = Path(directory)
+        digests = verify_dir(d, list(FILES), f"remake it: `snakemake {d}/stats.json --cores 2 --forcerun prepare` "
+                                   f"(or delete {d} and rerun)")
         splits = {s: torch.from_numpy(np.load(d / f"{s}.npy").astype(np.int64)) for s in SPLITS}
         docs = {s: torch.from_numpy(np.load(d / f"{s}.docs.npy")) for s in SPLITS}
-        return cls(Vocab.load(d / "vocab.tsv"), splits, docs)
+        return cls(Vocab.load(d / "vocab.tsv"), splits, docs, digests)
 
     def ordered(self, split: str, rng: np.random.Generator | None = None) -> torch.Tensor:
         """The split's ids with its documents in file order, or shuffled by ``rng``."""
@@ -151,9 +160,14 @@ class Windows:
 
 
 def prepare(raw: dict[str, Path], out: Path, documents: str, max_lines: dict[str, int | None]) -> dict:
-    """Build vocabulary and token files for one dataset; returns the stats written to stats.json."""
+    """Build vocabulary and token files for one dataset (``out``: data/<dataset>) and their SHA256SUMS;
+    returns the stats written to stats.json.  A split without a token is refused, naming it."""
     out.mkdir(parents=True, exist_ok=True)
     lines = {s: read_lines(raw[s], max_lines.get(s)) for s in SPLITS}
+    for split in SPLITS:
+        if not any(lines[split]):
+            raise DataError(f"the {split} split of {out.name} ({raw[split]}) has no tokens: check the file "
+                            f"(and its checksum in the config)")
     vocab = Vocab.build(lines["train"])
     vocab.save(out / "vocab.tsv")
     stats: dict = {"vocab_size": len(vocab), "documents": documents, "max_lines": max_lines, "splits": {}}
@@ -172,6 +186,7 @@ def prepare(raw: dict[str, Path], out: Path, documents: str, max_lines: dict[str
             "oov_types": len(oov),
         }
     (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    record_dir(out, list(FILES))
     return stats
 
 

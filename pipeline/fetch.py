@@ -10,7 +10,6 @@ directory, when given, replaces them: ``<mirror>/<file>`` or ``<mirror>/<file>.x
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import lzma
 import shutil
@@ -21,17 +20,11 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from pipeline.integrity import sha256
+
 
 class DataError(RuntimeError):
     """A data file is missing, truncated or does not match its pinned checksum."""
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify(path: Path, expected: str, source: str = "") -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from baselines.kn5 import UNK_WORD, estimate, ngram_counts, perplexity
 from pipeline.config import Run
 from pipeline.data import EOS, UNK, Corpus
+from pipeline.integrity import IntegrityError
 from pipeline.provenance import CPU_NAME, provenance
 
 
@@ -54,7 +55,10 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     run = Run.from_dict(json.loads(a.spec))
     order = run.settings.order
-    corpus = Corpus.load(a.data)
+    try:
+        corpus = Corpus.load(a.data)
+    except IntegrityError as err:
+        raise SystemExit(f"error: {err}") from None
     a.work.mkdir(parents=True, exist_ok=True)
     start = time.time()
     texts = {s: a.work / f"{s}.txt" for s in ("train", "valid", "test")}
@@ -75,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     metrics["device_name"] = CPU_NAME
     metrics["provenance"] = provenance()
     metrics["spec"] = run.result_spec()
+    metrics["inputs"] = {"data": corpus.digests}
     arpa.unlink()  # large and redundant with the binary
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(metrics, indent=2) + "\n")

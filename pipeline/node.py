@@ -61,7 +61,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from hmm.config import ConfigError, Settings, from_dict, setting
-from pipeline.fetch import sha256
+from pipeline.integrity import sha256
 from pipeline.files import copy_atomic, read_json, write_atomic, write_json
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -25,6 +25,7 @@ import argparse
 import csv
 import errno
 import hashlib
+import io
 import json
 import math
 import os
@@ -38,6 +39,7 @@ import torch
 from pipeline.config import Run
 from pipeline.data import Corpus, Windows
 from pipeline.files import write_json
+from pipeline.integrity import IntegrityError, record, recorded, sha256, sidecar, verify
 from pipeline.models import build_model, count_parameters
 from pipeline.progress import progress, say
 from pipeline.provenance import CPU_NAME, provenance
@@ -92,22 +94,30 @@ def _provenance(device: torch.device) -> dict:
     return provenance() | {"torch": torch.__version__, "device_name": name}
 
 
-def save_atomic(obj, path: Path) -> None:
-    """torch.save to ``path`` through a temporary file: the previous file stays until the new
-    one is complete.  A full disk raises TrainingError naming the path."""
+def save_atomic(obj, path: Path) -> str:
+    """torch.save to ``path`` through a temporary file, with its SHA-256 record (``path.sha256``): the
+    previous file stays until the new one is complete.  torch serializes into memory first, so that a
+    full disk is one OSError of ours (torch writing a file itself reports it as ``unexpected pos``),
+    raised as TrainingError naming the path, with the partial file removed.  Returns the digest."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getbuffer()
+    digest = hashlib.sha256(data).hexdigest()
     tmp = path.with_suffix(".tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.replace(tmp, path)
+        record(path, digest)
     except OSError as err:
         tmp.unlink(missing_ok=True)
         if err.errno == errno.ENOSPC:
             kept = f"; the previous {path.name} is kept" if path.exists() else ""
             raise TrainingError(f"no space left on device while writing {path}{kept}") from None
         raise TrainingError(f"cannot write {path}: {err.strerror or err}") from None
-    os.replace(tmp, path)
+    return digest
 
 
 def _rng_state(model, device) -> dict:
@@ -147,8 +157,10 @@ class Trainer:
     """Train ``model`` as ``run`` says (see the module docstring for the steps)."""
 
     def __init__(self, run: Run, corpus: Corpus, model: torch.nn.Module, out: Path, checkpoint: Path,
-                 fingerprint: str | None = None):
+                 fingerprint: str | None = None, inputs: dict | None = None):
+        """``inputs``: the SHA-256 of what the run reads beyond ``corpus`` (clusters, kernels), for metrics.json."""
         cfg = self.cfg = run.train
+        self.inputs = {"data": dict(corpus.digests)} | (inputs or {})
         self.run, self.corpus, self.model, self.out, self.checkpoint = run, corpus, model, Path(out), Path(checkpoint)
         self.fingerprint = fingerprint or fingerprint_of(run)
         self.device = resolve_device(cfg.device)
@@ -186,12 +198,19 @@ class Trainer:
     # -- restore --------------------------------------------------------------------------
 
     def restore(self) -> None:
-        """Continue from the checkpoint if it has this run's fingerprint (else set it aside)."""
+        """Continue from the checkpoint if it matches its SHA-256 record and has this run's fingerprint;
+        else set it aside (``ckpt.pt.corrupt`` / ``stale.pt``) and start over."""
         ckpt_path = self.checkpoint
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
         if not ckpt_path.exists():
             return
-        ckpt = torch.load(ckpt_path, map_location=self.device, weights_only=False)
+        try:
+            digest = verify(ckpt_path, "it is set aside")
+            ckpt = torch.load(ckpt_path, map_location=self.device, weights_only=False)
+            if ckpt["state"]["best_step"]:
+                verify(self.best_path, "it is set aside")
+        except Exception as err:  # IntegrityError, or a file torch cannot read at all
+            return self._set_aside_corrupt(err)
         if ckpt.get("fingerprint") != self.fingerprint:
             return self._set_aside("was made with other settings or data")
         mine = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
@@ -204,8 +223,22 @@ class Trainer:
         self.sched.load_state_dict(ckpt["scheduler"])
         _set_rng_state(self.model, self.device, ckpt["rng"])
         self.state = ckpt["state"]
+        self.state.setdefault("resumed_from", []).append({"step": self.state["step"], "sha256": digest})
         self._reset_device_sums()
         say(f"[{self.name}] resumed from {ckpt_path} at step {self.state['step']:,}/{self.last_step:,}")
+
+    def _set_aside_corrupt(self, err: Exception) -> None:
+        """A checkpoint (or its best weights) that does not match its record or cannot be read: kept
+        beside as ``*.corrupt`` for a look, never loaded; the run starts from scratch."""
+        kept = []
+        for path in (self.checkpoint, self.best_path):
+            for f in (path, sidecar(path)):
+                if f.exists():
+                    os.replace(f, f.with_name(f.name + ".corrupt"))
+                    kept.append(f.name + ".corrupt")
+        reason = str(err) if isinstance(err, IntegrityError) else f"torch cannot read it ({type(err).__name__}: {err})"
+        say(f"[{self.name}] {self.checkpoint} is corrupt and is not used: {reason}. Kept as {', '.join(kept)} "
+            f"in {self.checkpoint.parent}; starting over from scratch")
 
     def _set_aside(self, why: str) -> None:
         stale = self.checkpoint.with_name("stale.pt")
@@ -334,6 +367,7 @@ class Trainer:
             "transition_path": getattr(self.model, "transition_path", None),
             "matmul_precision": self.cfg.matmul_precision,
             "spec": self.run.result_spec(), "provenance": _provenance(self.device),
+            "inputs": self.inputs | {"resumed_from": st.get("resumed_from", [])},
         }
         metrics["device_name"] = metrics["provenance"]["device_name"]
         return metrics
@@ -341,6 +375,10 @@ class Trainer:
     def finish(self) -> dict:
         """Score the best weights on valid and test; write metrics.json, curve.csv and curve.png."""
         st, cfg = self.state, self.cfg
+        try:
+            verify(self.best_path, f"delete {self.checkpoint.parent} and rerun the run")
+        except IntegrityError as err:
+            raise TrainingError(str(err)) from None
         self.model.load_state_dict(torch.load(self.best_path, map_location=self.device, weights_only=True))
         valid_ppl, _ = evaluate(self.model, self.corpus.splits["valid"], cfg.eval_batch_size, cfg.bptt, self.device)
         test_ppl, ms = evaluate(self.model, self.corpus.splits["test"], cfg.eval_batch_size, cfg.bptt, self.device)
@@ -352,6 +390,7 @@ class Trainer:
         else:
             status = f"cut short: max_steps {cfg.max_steps:,} ({epochs:.2f} of {cfg.epochs:g} epochs)"
         metrics = self.metrics(status, valid_ppl, test_ppl, ms)
+        self.out.mkdir(parents=True, exist_ok=True)
         write_curve(st["curve"], self.out / "curve.csv")
         write_json(self.out / "metrics.json", metrics)
         try:
@@ -412,9 +451,9 @@ class Trainer:
 
 
 def train(run: Run, corpus: Corpus, model: torch.nn.Module, out: Path, checkpoint: Path,
-          fingerprint: str | None = None) -> dict:
+          fingerprint: str | None = None, inputs: dict | None = None) -> dict:
     """Train ``model`` as ``run`` says; resume from ``checkpoint`` if it has the same fingerprint."""
-    return Trainer(run, corpus, model, out, checkpoint, fingerprint).fit()
+    return Trainer(run, corpus, model, out, checkpoint, fingerprint, inputs).fit()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -435,11 +474,15 @@ def main(argv: list[str] | None = None) -> None:
         resolve_device(run.train.device)
         torch.manual_seed(run.train.seed)  # weight init and dropout; restored from the checkpoint on resume
         corpus = Corpus.load(data)
-        model = build_model(run, corpus, clusters, a.kernel_root)
+        model = build_model(run, corpus, clusters, a.kernel_root)  # checks the clusters' and kernels' records
+        inputs = {"clusters": clusters and recorded(clusters)}
+        if getattr(run.settings, "backend", None) == "tvm":
+            inputs["kernels"] = sha256(a.kernel_root / run.kernel_target / "manifest.json")  # it pins each library
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "spec.json", run.to_dict())
-        train(run, corpus, model, out, checkpoint, fingerprint_of(run, data / "vocab.tsv", data / "stats.json", clusters))
-    except TrainingError as e:
+        train(run, corpus, model, out, checkpoint, fingerprint_of(run, data / "vocab.tsv", data / "stats.json", clusters),
+              inputs)
+    except (TrainingError, IntegrityError) as e:
         sys.exit(f"error: {e}")
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 from pipeline.config import resolve_run
 from pipeline.data import Corpus, Vocab, Windows
+from pipeline.integrity import record
 from pipeline.timing import CountHostReads
 from pipeline.train import Trainer
 
@@ -44,6 +45,7 @@ def test_training_step_reads_nothing_back(name, lean, tmp_path):
     m = SETTINGS[name].get("num_clusters", 1)
     clusters.write_text("word\tcluster\tbits\tcount\n" + "".join(f"w{i}\t{i % m}\t0\t1\n" for i in range(V - 1))
                         + f"<eos>\t{(V - 1) % m}\t0\t1\n")
+    record(clusters)
     run = resolve_run({"name": "s", "dataset": "ptb", "model": "vlnhmm", "hidden": 16, "device": "cpu",
                        "batch_size": 4, "bptt": 8, **SETTINGS[name]})
     model = build_model(run, corpus, clusters if run.settings.constraint == "brown" else None)

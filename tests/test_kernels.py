@@ -514,12 +514,14 @@ def test_trained_model_potentials_match_reference(llvm_dir, small_ptb, tmp_path)
     from pipeline.config import resolve_run
     from pipeline.data import Corpus, Windows
     from pipeline.models import build_model
+    from pipeline.integrity import record
     from pipeline.train import train
     corpus = Corpus.load(small_ptb)
     vocab = corpus.vocab
     clusters = tmp_path / "clusters.tsv"
     clusters.write_text("word\tcluster\tbits\tcount\n" + "".join(
         f"{w}\t{i % 4}\t0\t{c}\n" for i, (w, c) in enumerate(zip(vocab.tokens, vocab.counts))))
+    record(clusters)
     run = resolve_run({"name": "k", "dataset": "ptb", "model": "vlnhmm"}, {
         "train": {"device": "cpu", "evals_per_epoch": 1},
         "vlnhmm": {"num_states": 32, "num_clusters": 4, "hidden": 16, "epochs": 1}})

@@ -13,6 +13,7 @@ import torch
 
 from pipeline.config import resolve_run
 from pipeline.data import Corpus
+from pipeline.integrity import record
 from pipeline.models import build_model
 from pipeline.train import TrainingError, evaluate, resolve_device, train
 
@@ -28,6 +29,7 @@ def round_robin_clusters(data: Path, m: int) -> Path:
     path = data / f"rr-{m}.tsv"
     path.write_text("word\tcluster\tbits\tcount\n" + "".join(
         f"{w}\t{i % m}\t0\t{c}\n" for i, (w, c) in enumerate(zip(vocab.tokens, vocab.counts))))
+    record(path)
     return path
 
 
@@ -138,6 +140,7 @@ def test_checkpoint_of_other_code_is_set_aside(small_ptb, tmp_path, capsys):
     state = torch.load(ckpt, weights_only=False)
     state["model"] = {"renamed." + k: v for k, v in state["model"].items()}
     torch.save(state, ckpt)
+    record(ckpt)  # intact, only of other code
     again = train(run, corpus, build_model(run, corpus), tmp_path / "b", ckpt, fingerprint="same")
     assert (tmp_path / "stale.pt").exists() and "does not fit this code's model" in capsys.readouterr().out
     assert again["steps"] == first["steps"]

@@ -6,6 +6,7 @@ rule brown_clusters:
         "data/{dataset}/stats.json",
     output:
         clusters="data/{dataset}/clusters/brown-{num_clusters}.tsv",
+        sha256="data/{dataset}/clusters/brown-{num_clusters}.tsv.sha256",
         summary="data/{dataset}/clusters/brown-{num_clusters}.md",
     log:
         "logs/clusters/{dataset}-brown-{num_clusters}.log",

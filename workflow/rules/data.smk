@@ -29,6 +29,7 @@ rule prepare:
         vocab="data/{dataset}/vocab.tsv",
         stats="data/{dataset}/stats.json",
         ids=expand("data/{{dataset}}/{split}{ext}", split=SPLITS, ext=(".npy", ".docs.npy")),
+        sums="data/{dataset}/SHA256SUMS",
     log:
         "logs/prepare/{dataset}.log",
     conda:
