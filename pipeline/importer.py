@@ -36,6 +36,7 @@ from pathlib import Path
 
 from pipeline.config import ConfigError, resolve_runs, spec_differences
 from pipeline.files import read_json
+from pipeline.integrity import SUMS, record_dir, sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,6 +49,20 @@ def _extract(archive: Path, dest: Path) -> None:
             if not (m.isfile() or m.isdir()) or not target.is_relative_to(dest.resolve()):
                 raise SystemExit(f"{archive}: refusing member {m.name!r}")
         tar.extractall(dest, filter="data")
+
+
+def archive_problem(key: str, src: Path, archived: dict | None) -> str | None:
+    """Why the run's files in runs.tgz are not the node's (None: each matches the SHA-256 that the node
+    wrote into summary.json when it packed them)."""
+    if archived is None:
+        return f"{key}: summary.json holds no archive_sha256 (a node job of older code?): its files cannot be checked"
+    for path in sorted(p for p in src.iterdir() if p.is_file()):
+        name = f"runs/{key}/{path.name}"
+        expected, actual = archived.get(name), sha256(path)
+        if expected != actual:
+            return (f"{key}: {name} in runs.tgz does not match the node's record in summary.json (expected "
+                    f"{expected}, actual {actual}): the archive was changed after the node job")
+    return None
 
 
 def refusal(key: str, trained: dict | None, current) -> str | None:
@@ -100,12 +115,13 @@ def import_out(out_dir: Path, config: dict, reference: Path, bench_dir: Path, fo
         tmp = Path(tmp)
         if (out_dir / "runs.tgz").is_file():
             _extract(out_dir / "runs.tgz", tmp)
+        archived = summary.get("archive_sha256")
         for mpath in sorted((tmp / "runs").glob("*/*/metrics.json")):
             src = mpath.parent
             key = f"{src.parent.name}/{src.name}"
             metrics = read_json(mpath) or {}
             trained = metrics.get("spec")
-            why = refusal(key, trained, current.get(key))
+            why = archive_problem(key, src, archived) or refusal(key, trained, current.get(key))
             if why:
                 result["refused"].append((key, why))
                 print(f"REFUSED {why}", file=sys.stderr)
@@ -132,6 +148,7 @@ def import_out(out_dir: Path, config: dict, reference: Path, bench_dir: Path, fo
             for name in ("curve.csv", "train.log", "spec.json"):
                 if (src / name).is_file():
                     shutil.copyfile(src / name, dest / name)
+            record_dir(dest, [p.name for p in dest.iterdir() if p.name != SUMS])  # the tables check these
             result["imported"].append(key)
             where = ", ".join(str(v) for v in (metrics.get("device_name"), prov.get("date"),
                                                f"commit {prov.get('commit')}") if v)

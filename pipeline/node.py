@@ -44,6 +44,7 @@ import argparse
 import copy
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -62,12 +63,14 @@ from pathlib import Path
 
 from hmm.config import ConfigError, Settings, from_dict, setting
 from pipeline.integrity import sha256
+from pipeline.lifetime import die_with_parent
 from pipeline.files import copy_atomic, read_json, write_atomic, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE_FORMAT = 1
 MAX_OUT_BYTES = 16 * 2**20       # per file brought back from the node
 LOG_TAIL_BYTES = 2**20           # a log longer than this is archived as its last MiB
+ENV_FLOOR_S = 15.0              # the env phase runs even past the budget's margin (it takes about a second)
 SOLO_ROWS = 3                    # the first run runs alone until its 3rd check (rows 2-3: solo rate)
 PHASES = ("env", "check", "bench", "runs")
 
@@ -218,7 +221,8 @@ class Node:
     def spawn(self, args: list[str], log_path: Path, threads: int | None = None) -> tuple[subprocess.Popen, object]:
         log = open(log_path, "ab")
         proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=self.env(threads), stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=lambda parent=os.getpid(): die_with_parent(signal.SIGKILL, parent))
         self.children[proc.pid] = proc
         return proc, log
 
@@ -272,6 +276,8 @@ class Node:
             self.summary["phases"][name] = {"status": "skipped: --skip"}
             return
         limit = self.limit(cap)
+        if name == "env":  # the environment record (about a second) comes back whatever the budget
+            limit = max(limit, min(cap, ENV_FLOOR_S))
         record = self.summary["phases"][name] = {"limit_s": round(limit, 1), "started_s": round(self.elapsed(), 1)}
         if limit < 3:
             record["status"] = f"skipped: {max(self.left(), 0):.0f} s left, {self.cfg.margin:g} s kept for packing"
@@ -504,13 +510,17 @@ class Node:
         footprints: list[float] = []
         last_pack, waiting_memory = time.monotonic(), False
         while True:
+            news = False  # a run finished or reached a check: OUT is packed at once (a kill loses nothing)
             for key, rp in list(active.items()):
                 rc = rp.proc.poll()
                 if rc is not None:
                     del active[key]
                     self.finish_run(rp, rc)
+                    news = True
             for rp in active.values():
+                checks = len(rp.rows)
                 self.poll_curve(rp, len(active))
+                news = news or len(rp.rows) > checks
                 if not rp.warm and (rp.rows or time.monotonic() - rp.started >= self.cfg.warm_seconds):
                     rp.warm = True
                     free = self.free_mib()
@@ -547,7 +557,7 @@ class Node:
                     else:
                         active[key] = rp
                         first = first or rp
-            if time.monotonic() - last_pack >= self.cfg.pack_every:
+            if news or time.monotonic() - last_pack >= self.cfg.pack_every:
                 self.pack()
                 last_pack = time.monotonic()
             time.sleep(0.5)
@@ -576,25 +586,29 @@ class Node:
         if any(rec.get("curve") for rec in self.summary["runs"].values()):
             self.summary["throughput"] = throughput(self.summary["runs"])
         self.summary["packed"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        for tail in (LOG_TAIL_BYTES, 64 * 1024):
+            data, digests = self._archive(tail)
+            if len(data) <= MAX_OUT_BYTES:
+                break
+        # ./repro import checks every file of runs.tgz against these (an archive edited later is refused)
+        self.summary["archive_sha256"] = digests
+        write_atomic(self.out / "runs.tgz", data)
         write_json(self.out / "summary.json", self.summary, indent=1, default=str)
         for src in (self.work / "check.json", self.work / "bench" / f"kernel_{self.device}.csv",
                     self.work / "bench" / f"scale_{self.device}.csv"):
             if src.is_file():
                 copy_atomic(src, self.out / src.name)
-        for tail in (LOG_TAIL_BYTES, 64 * 1024):
-            data = self._archive(tail)
-            if len(data) <= MAX_OUT_BYTES:
-                break
-        write_atomic(self.out / "runs.tgz", data)
         copy_atomic(self.work / "logs" / "node.log", self.out / "node.log")
 
-    def _archive(self, tail: int) -> bytes:
-        buf = io.BytesIO()
+    def _archive(self, tail: int) -> tuple[bytes, dict[str, str]]:
+        """runs.tgz's bytes and the SHA-256 of each member as archived."""
+        buf, digests = io.BytesIO(), {}
         with tarfile.open(fileobj=buf, mode="w:gz") as tar:
             def add(path: Path, arcname: str) -> None:
                 data = path.read_bytes()
                 if path.suffix == ".log" and len(data) > tail:
                     data = b"[... cut: last %d bytes follow]\n" % tail + data[-tail:]
+                digests[arcname] = hashlib.sha256(data).hexdigest()
                 info = tarfile.TarInfo(arcname)
                 info.size, info.mtime, info.mode = len(data), int(path.stat().st_mtime), 0o644
                 tar.addfile(info, io.BytesIO(data))
@@ -606,7 +620,7 @@ class Node:
                     add(path, f"logs/{path.name}")
             if (self.work / "env.json").is_file():
                 add(self.work / "env.json", "logs/env.json")
-        return buf.getvalue()
+        return buf.getvalue(), digests
 
     # -- the job ----------------------------------------------------------------------------
 

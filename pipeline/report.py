@@ -44,10 +44,12 @@ from matplotlib.textpath import TextToPath  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
 from pipeline.config import ConfigError, resolve_runs, stale_reason  # noqa: E402
+from pipeline.integrity import SUMS, IntegrityError, read_sums, verify_dir  # noqa: E402
 
 WITHIN_PCT = 3.0  # "within +-3 % of the paper", the front page's verdict
 # Status kinds, in the order the front page counts them; a status is "<kind>: detail" or "<kind>".
-STATUS_KINDS = ("measured", "reference", "cut short", "incomplete", "stale", "not run", "cited")
+STATUS_KINDS = ("measured", "reference", "cut short", "incomplete", "stale", "modified after import", "not run",
+                "cited")
 FIGURE_NOTE = ("Paper: only the points its tables also report (hollow squares; the paper's curves are not in its "
                "text and none is read off its plots).")
 FULL_PROFILE = "full"  # the profile column where no profile overlay is in use (config/config.yaml as is)
@@ -104,7 +106,8 @@ def load_runs(specs: list[dict], runs_dir: str | Path, reference: str | Path | N
     for spec in specs:
         key = f"{spec['dataset']}/{spec['name']}"
         found = [(m, None) for m in [_read_json(Path(runs_dir) / key / "metrics.json")] if m is not None]
-        if reference and (ref := _read_json(Path(reference) / key / "metrics.json")) is not None:
+        modified = reference and reference_problem(Path(reference) / key)
+        if reference and not modified and (ref := _read_json(Path(reference) / key / "metrics.json")) is not None:
             prov = ref.get("provenance") or {}
             where = ", ".join(str(v) for v in (ref.get("device_name"), prov.get("date"),
                                                prov.get("commit") and f"commit {str(prov['commit'])[:10]}") if v)
@@ -120,8 +123,25 @@ def load_runs(specs: list[dict], runs_dir: str | Path, reference: str | Path | N
         else:
             if stale:
                 run["status"] = stale[0]
+            elif modified:
+                run["status"] = f"modified after import: {modified}"
         runs.append(run)
     return runs
+
+
+def reference_problem(directory: Path) -> str | None:
+    """Why a reference run's files cannot be trusted (None: they match the SHA256SUMS written at import,
+    or there is no such run).  An edited number is never shown."""
+    if not (directory / "metrics.json").exists():
+        return None
+    sums = read_sums(directory / SUMS)
+    if not sums:
+        return f"{directory / SUMS} is missing; re-import the run (./repro import) or restore it from git"
+    try:
+        verify_dir(directory, sorted(sums), "re-import the run (./repro import) or restore it from git")
+    except IntegrityError as err:
+        return str(err)
+    return None
 
 
 def _result_spec(spec: dict) -> dict:

@@ -29,6 +29,7 @@ import io
 import json
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -40,12 +41,14 @@ from pipeline.config import Run
 from pipeline.data import Corpus, Windows
 from pipeline.files import write_json
 from pipeline.integrity import IntegrityError, record, recorded, sha256, sidecar, verify
+from pipeline.lifetime import die_with_parent, parent_is
 from pipeline.models import build_model, count_parameters
 from pipeline.progress import progress, say
 from pipeline.provenance import CPU_NAME, provenance
 from pipeline.timing import synchronize
 
 NAN_CHECK_EVERY = 50  # steps between host reads of the device-side non-finite flag
+JOB_PARENT: int | None = None  # the pid of the job's shell when run as `python -m pipeline.train` (main)
 
 
 class TrainingError(RuntimeError):
@@ -340,8 +343,7 @@ class Trainer:
                      "rng": _rng_state(self.model, self.device), "state": st}, self.checkpoint)
         self.out.mkdir(parents=True, exist_ok=True)
         write_curve(st["curve"], self.out / "curve.csv")
-        write_json(self.out / "metrics.json",
-                   self.metrics(status=f"incomplete: last check at step {st['step']:,} of {self.last_step:,} "
+        self._write_metrics(self.metrics(status=f"incomplete: last check at step {st['step']:,} of {self.last_step:,} "
                                        f"({epoch:.2f} of {cfg.epochs:g} epochs); no test score yet"))
         return row
 
@@ -372,6 +374,14 @@ class Trainer:
         metrics["device_name"] = metrics["provenance"]["device_name"]
         return metrics
 
+    def _write_metrics(self, metrics: dict) -> None:
+        """metrics.json, only while the job that started this process is there: a trainer whose job was
+        given up (its shell killed; pipeline.lifetime stops it too) must not leave a result behind."""
+        if JOB_PARENT is not None and not parent_is(JOB_PARENT):
+            raise TrainingError(f"the job that started this run (pid {JOB_PARENT}) is gone: stopping without "
+                                f"writing {self.out / 'metrics.json'}")
+        write_json(self.out / "metrics.json", metrics)
+
     def finish(self) -> dict:
         """Score the best weights on valid and test; write metrics.json, curve.csv and curve.png."""
         st, cfg = self.state, self.cfg
@@ -392,7 +402,7 @@ class Trainer:
         metrics = self.metrics(status, valid_ppl, test_ppl, ms)
         self.out.mkdir(parents=True, exist_ok=True)
         write_curve(st["curve"], self.out / "curve.csv")
-        write_json(self.out / "metrics.json", metrics)
+        self._write_metrics(metrics)
         try:
             from pipeline.curves import plot as plot_curve
         except ImportError:  # a node without matplotlib/pandas: the CSV is the record
@@ -465,6 +475,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, help="directory for metrics.json and curve.csv (default: the run's)")
     p.add_argument("--checkpoint", type=Path, help="checkpoint file, resumed if present (default: the run's)")
     a = p.parse_args(argv)
+    global JOB_PARENT
+    JOB_PARENT = os.getppid()
+    die_with_parent(signal.SIGTERM, JOB_PARENT)  # the job's shell killed: this process goes too
     run = Run.from_dict(json.loads(a.spec if a.spec.lstrip().startswith("{") else Path(a.spec).read_text()))
     inputs = run.inputs()
     data = a.data or Path(inputs["data"]).parent

@@ -106,7 +106,7 @@ def rehearsal(tmp_path_factory):
            json.dumps([r.to_dict() for r in resolve_runs(config)]), "--runs-dir", str(tmp / "no-local-runs"),
            "--reference", str(tmp / "reference"), "--csv", str(tmp / f"{name}.csv"), "--png", str(tmp / f"{name}.png"))
         tables[name] = pd.read_csv(tmp / f"{name}.csv")
-    return {"tmp": tmp, "bundle": bundle, "out": out, "overlay": overlay, "configs": configs, "made": made,
+    return {"tmp": tmp, "bundle": bundle, "out": out, "overlay": overlay, "configs": configs, "made": made, "env": env,
             "node": node, "imported": imported, "tables": tables, "probes": probes,
             "summary": json.loads((out / "summary.json").read_text()),
             "sandbox": (tmp / "sandbox.log").read_text().splitlines()}
@@ -182,6 +182,84 @@ def test_import_refuses_a_run_whose_setting_changed(rehearsal, tmp_path):
     assert "REFUSED ptb/ff: its spec differs from today's config in `hidden` (`hidden` trained 64, config now 32)" \
         in proc.stderr, proc.stderr
     assert not (tmp_path / "ref/ptb/ff").exists() and (tmp_path / "ref/ptb/vlnhmm-512/metrics.json").is_file()
+
+
+def repack(out: Path, dest: Path, edit) -> Path:
+    """A copy of the node's OUT whose runs.tgz went through ``edit(folder)``."""
+    import shutil
+    shutil.copytree(out, dest)
+    unpacked = dest / "unpacked"
+    with tarfile.open(dest / "runs.tgz") as tar:
+        tar.extractall(unpacked, filter="data")
+    edit(unpacked)
+    with tarfile.open(dest / "runs.tgz", "w:gz") as tar:
+        for path in sorted(unpacked.rglob("*")):
+            if path.is_file():
+                tar.add(path, str(path.relative_to(unpacked)))
+    shutil.rmtree(unpacked)
+    return dest
+
+
+def test_import_refuses_an_archive_edited_after_the_node_job(rehearsal, tmp_path):
+    def edit(folder):
+        path = folder / "runs/ptb/ff/metrics.json"
+        m = json.loads(path.read_text())
+        path.write_text(json.dumps(m | {"valid_ppl": m["valid_ppl"] - 1.0}, indent=2) + "\n")
+    out = repack(rehearsal["out"], tmp_path / "out", edit)
+    proc = py("-m", "pipeline.importer", str(out), *rehearsal["configs"], "--reference", str(tmp_path / "ref"),
+              "--bench-dir", str(tmp_path / "bench"), check=False)
+    assert proc.returncode == 1
+    assert re.search(r"REFUSED ptb/ff: runs/ptb/ff/metrics.json in runs.tgz does not match the node's record in "
+                     r"summary.json \(expected \w+, actual \w+\): the archive was changed after the node job",
+                     proc.stderr), proc.stderr
+    assert not (tmp_path / "ref/ptb/ff").exists() and (tmp_path / "ref/ptb/vlnhmm-512/SHA256SUMS").is_file()
+
+
+def test_table_blanks_a_reference_run_edited_after_import(rehearsal, tmp_path):
+    import shutil
+    ref = tmp_path / "reference"
+    shutil.copytree(rehearsal["tmp"] / "reference", ref)
+    path = ref / "ptb/ff/metrics.json"
+    path.write_text(path.read_text().replace('"valid_ppl": ', '"valid_ppl": 1', 1))
+    config = load_config("profiles/tiny", ["config/tiny.yaml", str(rehearsal["overlay"])])
+    py("-m", "pipeline.report", "table", "--name", "table1", "--paper", "config/paper.yaml", "--runs",
+       json.dumps([r.to_dict() for r in resolve_runs(config)]), "--runs-dir", str(tmp_path / "none"),
+       "--reference", str(ref), "--csv", str(tmp_path / "t1.csv"), "--png", str(tmp_path / "t1.png"))
+    row = pd.read_csv(tmp_path / "t1.csv").set_index("run").loc["ptb/ff"]
+    assert row["status"].startswith("modified after import: ") and "metrics.json does not match" in row["status"]
+    assert pd.isna(row["valid_ppl"]) and pd.isna(row["test_ppl"])
+
+
+def test_node_killed_loses_no_finished_run_and_leaves_no_child(rehearsal, tmp_path):
+    """kill -9 of the node right after a run finished: OUT already holds that run, and no child lives on."""
+    import signal
+    import time
+    out, work = tmp_path / "out", tmp_path / "work"
+    node = subprocess.Popen([sys.executable, "-m", "pipeline.node", "--bundle", str(rehearsal["bundle"]), "--out",
+                             str(out), "--device", "cpu", "--work", str(work), "--skip", "check", "bench",
+                             "--runs", "ptb/ff", "ptb/vlnhmm-512", "--budget", "60"],
+                            cwd=ROOT, env=rehearsal["env"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log, deadline = work / "logs/node.log", time.monotonic() + 120
+    while time.monotonic() < deadline and "run ptb/ff: measured" not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.2)
+    node.send_signal(signal.SIGKILL)
+    node.wait()
+    assert "run ptb/ff: measured" in log.read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["runs"]["ptb/ff"]["status"] == "measured"
+    with tarfile.open(out / "runs.tgz") as tar:
+        assert "runs/ptb/ff/metrics.json" in tar.getnames()
+    time.sleep(1.0)
+    alive = subprocess.run(["pgrep", "-f", f"pipeline.train .*{work}"], capture_output=True, text=True).stdout.split()
+    assert alive == [], f"trainers outlived the node: {alive}"
+
+
+def test_node_returns_its_environment_whatever_the_budget(rehearsal, tmp_path):
+    out = tmp_path / "out"
+    py("-m", "pipeline.node", "--bundle", str(rehearsal["bundle"]), "--out", str(out), "--device", "cpu",
+       "--work", str(tmp_path / "work"), "--budget", "2", env=rehearsal["env"])  # below the margin
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["phases"]["env"]["status"] == "ok" and summary["env"]["torch"]
 
 
 # ------------------------------------------------------------------ fast checks (no rehearsal)
