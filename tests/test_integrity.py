@@ -136,3 +136,28 @@ def test_empty_split_is_refused_by_prepare(tiny_raw, tmp_path):
 def test_prepare_records_every_file(small_ptb):
     sums = (small_ptb / "SHA256SUMS").read_text().splitlines()
     assert len(sums) == 8 and all(sha256(small_ptb / line.split()[1]) == line.split()[0] for line in sums)
+
+
+# 7. the job's shell killed (snakemake gave the job up): the trainer goes too and writes no result
+def test_trainer_dies_with_its_job_and_writes_nothing_after(small_ptb, tmp_path):
+    import os
+    import signal
+    import sys
+    import time
+    run = resolve_run({"name": "long", "dataset": "ptb", "model": "ff"},
+                      DEFAULTS | {"ff": {"hidden": 8, "batch_size": 8, "bptt": 16, "epochs": 500}})
+    out, ckpt = tmp_path / "out", tmp_path / "ckpt" / "ckpt.pt"
+    cmd = (f"{sys.executable} -m pipeline.train --spec {json.dumps(json.dumps(run.to_dict()))} --data {small_ptb} "
+           f"--out {out} --checkpoint {ckpt} 2>&1 | tee {tmp_path / 'log'}")
+    job = subprocess.Popen(["bash", "-c", cmd], cwd=Path(__file__).resolve().parent.parent)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (out / "metrics.json").exists():
+        time.sleep(0.2)
+    assert (out / "metrics.json").exists(), (tmp_path / "log").read_text()
+    os.kill(job.pid, signal.SIGTERM)  # what a job manager does to the job's shell
+    job.wait()
+    (out / "metrics.json").unlink()   # snakemake removes the failed job's outputs
+    time.sleep(3)
+    alive = subprocess.run(["pgrep", "-f", f"pipeline.train .*{ckpt}"], capture_output=True, text=True).stdout.split()
+    assert alive == [], "the trainer outlived its job"
+    assert not (out / "metrics.json").exists()
