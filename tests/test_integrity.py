@@ -161,3 +161,26 @@ def test_trainer_dies_with_its_job_and_writes_nothing_after(small_ptb, tmp_path)
     alive = subprocess.run(["pgrep", "-f", f"pipeline.train .*{ckpt}"], capture_output=True, text=True).stdout.split()
     assert alive == [], "the trainer outlived its job"
     assert not (out / "metrics.json").exists()
+
+
+# 10. a GPU run asked for by name on a machine without a GPU: stopped before its upstream jobs
+@pytest.mark.parametrize("profile", ["profiles/gpu", "profiles/tiny"])
+def test_gpu_run_without_gpu_stops_before_any_job(tmp_path, profile):
+    import shutil
+    import sys
+    if shutil.which("nvidia-smi") or torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    extra = ["--config", "gpu_runs=always", "profile=tiny"] if profile.endswith("tiny") else []
+    target = "results/runs/ptb/ff/metrics.json" if extra else "results/runs/ptb/vlnhmm-32768/metrics.json"
+    if extra:  # the tiny profile's ff run on `device: auto`
+        overlay = tmp_path / "auto.yaml"
+        overlay.write_text("defaults: {train: {device: auto}}\n")
+        extra += ["--configfile", "config/tiny.yaml", str(overlay)]
+    proc = subprocess.run([sys.executable, "-m", "snakemake", target, "--profile", profile, "--directory",
+                           str(tmp_path / "w"), *extra], cwd=Path(__file__).resolve().parent.parent,
+                          capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "need a GPU" in out and "no job was started" in out, out[-3000:]
+    assert not (tmp_path / "w/data").exists()
+    message = next(line for line in out.splitlines() if "need a GPU" in line)
+    assert ("--profile profiles/tiny" in message) == (profile == "profiles/gpu"), message  # not the one in use

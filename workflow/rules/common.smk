@@ -57,15 +57,24 @@ TRAINED = {key: run for key, run in IN_DAG.items() if run.train is not None}
 
 
 def check_gpu_before_jobs(workflow):
-    """gpu_runs: always on a machine without a GPU, executing locally: stop before any job runs."""
-    if config["gpu_runs"] != "always" or not workflow.local_exec:
+    """A job that needs a GPU (asked for by name, or gpu_runs: always) on a machine without one, executing
+    locally: stop before any job runs, upstream ones included."""
+    if not workflow.local_exec:
         return
-    need = sorted({str(job) for job in workflow.dag.needrun_jobs() if job.resources.get("gpu", 0)})
+    # from the runs themselves: a profile's `resources: gpu=0` scales a job's request down to 0
+    need = sorted({job.wildcards["name"] for job in workflow.dag.needrun_jobs() if job.rule.name == "train"
+                   and RUNS[f"{job.wildcards['dataset']}/{job.wildcards['name']}"].needs_gpu})
     if need and not gpu_present():
+        ways = ["run them on a GPU machine or cluster (profiles/gpu, profiles/slurm)"]
+        if config.get("profile") != "tiny":
+            ways.append("use the tiny profile (--profile profiles/tiny)")
+        ways += ["set `device: cpu` for a run in the config"]
+        if config["gpu_runs"] == "always":
+            ways.append("set gpu_runs: auto to leave them out")
         raise WorkflowError(
-            f"gpu_runs: always, but this machine has no GPU (nvidia-smi finds none) and {len(need)} job(s) "
-            "need one. Run them on a GPU machine or cluster (profiles/gpu, profiles/slurm), use the tiny "
-            "profile (--profile profiles/tiny), set gpu_runs: auto to leave them out, or device: cpu for a run."
+            f"{len(need)} job(s) need a GPU ({', '.join(need[:4])}{', ...' if len(need) > 4 else ''}; "
+            f"gpu_runs: {config['gpu_runs']}) and this machine has no GPU (nvidia-smi finds none); no job was "
+            f"started. To go on: {'; '.join(ways)}."
         )
 
 
