@@ -184,3 +184,21 @@ def test_gpu_run_without_gpu_stops_before_any_job(tmp_path, profile):
     assert not (tmp_path / "w/data").exists()
     message = next(line for line in out.splitlines() if "need a GPU" in line)
     assert ("--profile profiles/tiny" in message) == (profile == "profiles/gpu"), message  # not the one in use
+
+
+# 12. a bundle built for sm_80 on an sm_90 GPU (simulated): the fallback is named, or refused naming both
+def test_cuda_arch_fallback_is_said_and_an_older_gpu_refused(tmp_path, capsys):
+    from hmm.kernels.build import ABI, MANIFEST
+    from hmm.kernels.runtime import KernelError, _KernelDir
+    (tmp_path / MANIFEST).write_text(json.dumps({
+        "target": "cuda", "abi": ABI, "states": [8], "archs": ["sm_80"],
+        "kernels": [{"n": 8, "arch": "sm_80", "library": "scan_n8_sm_80.so", "binary": "scan_n8_sm_80.fatbin"}]}))
+    kernels = _KernelDir(tmp_path)
+    assert kernels.pick(8, "sm_80")["arch"] == "sm_80" and capsys.readouterr().err == ""
+    assert kernels.pick(8, "sm_90")["arch"] == "sm_80"
+    said = capsys.readouterr().err
+    assert "this GPU is sm_90" in said and "no sm_90 kernels" in said and "loading the sm_80 ones" in said
+    kernels.pick(8, "sm_90")
+    assert capsys.readouterr().err == ""  # once
+    with pytest.raises(KernelError, match=r"no cuda kernel for n=8 usable on sm_75 .*built: \['sm_80'\]"):
+        kernels.pick(8, "sm_75")

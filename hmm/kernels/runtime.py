@@ -151,6 +151,7 @@ class _KernelDir:
                               f"this code needs {ABI} (built by another version of hmm.kernels); "
                               + BUILD_HINT.format(target=self.target))
         self.loaded: dict[tuple[int, str | None], tuple] = {}
+        self.fallbacks: set[tuple[str, str]] = set()  # (GPU arch, arch loaded instead), each said once
 
     def pick(self, n: int, arch: str | None) -> dict:
         """The manifest entry for n states (and the best arch for a GPU of ``arch``)."""
@@ -166,7 +167,14 @@ class _KernelDir:
         if not usable:
             raise KernelError(f"no cuda kernel for n={n} usable on {arch} in {self.path} (built: "
                               f"{self.manifest['archs']}); add {arch} to kernels.cuda_archs in the config, then {hint}")
-        return max(usable, key=lambda k: _arch_key(k["arch"]))
+        entry = max(usable, key=lambda k: _arch_key(k["arch"]))
+        if entry["arch"] != arch and (arch, entry["arch"]) not in self.fallbacks:
+            self.fallbacks.add((arch, entry["arch"]))
+            print(f"[hmm.kernels] this GPU is {arch}, {self.path} has no {arch} kernels (built: "
+                  f"{', '.join(self.manifest['archs'])}): loading the {entry['arch']} ones, whose PTX the driver "
+                  f"compiles for {arch} (a slower first load, no {arch}-specific code); for an exact match add {arch} "
+                  f"to kernels.cuda_archs and rebuild", file=sys.stderr)
+        return entry
 
     def functions(self, n: int, device: torch.device):
         """(forward, backward) packed functions for n states on ``device``."""
