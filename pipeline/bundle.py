@@ -41,7 +41,7 @@ from hmm.config import ConfigError, HMMConfig
 from hmm.kernels import CUDA_MAX_STATES
 from pipeline.config import kernel_states, resolve_runs
 from pipeline.data import FILES
-from pipeline.integrity import SUMS, record, sha256, verify
+from pipeline.integrity import SUMS, record, sha256, verify, verify_dir
 from pipeline.node import BUNDLE_FORMAT, node_settings
 from pipeline.provenance import commit_label, git_commit
 
@@ -211,6 +211,8 @@ def make_data(plan: dict, args, logs: Path) -> Path:
 def copy_data(plan: dict, workdir: Path, stage: Path) -> dict:
     files = {}
     for ds in plan["datasets"]:
+        verify_dir(workdir / "data" / ds, list(FILES), f"remake it: `snakemake data/{ds}/stats.json --cores 2 "
+                                                       "--forcerun prepare`")
         names = [f"data/{ds}/{f}" for f in DATA_FILES]
         names += [f"data/{ds}/clusters/brown-{m}.tsv" for d, m in plan["clusters"] if d == ds]
         for rel in names:
