@@ -131,9 +131,11 @@ class Run:
         """The files the run reads, relative to the working directory (the rule's inputs).
 
         ``cuda_arch``: whose CUDA libraries a tvm run on a GPU depends on (any built arch loads)."""
-        inputs: dict[str, Any] = {"data": f"data/{self.dataset}/stats.json"}
+        # with the SHA-256 records that the run checks (a data directory made before them is remade)
+        inputs: dict[str, Any] = {"data": f"data/{self.dataset}/stats.json", "data_sums": f"data/{self.dataset}/SHA256SUMS"}
         if isinstance(self.settings, HMMConfig) and self.settings.constraint == "brown":
             inputs["clusters"] = f"data/{self.dataset}/clusters/brown-{self.settings.num_clusters}.tsv"
+            inputs["clusters_sha256"] = inputs["clusters"] + ".sha256"
         if isinstance(self.settings, HMMConfig) and self.settings.backend == "tvm":
             suffix = "" if self.kernel_target == "llvm" else f"_{cuda_arch}"
             kdir = f"build/kernels/{self.kernel_target}"

@@ -4,6 +4,7 @@
 rule brown_clusters:
     input:
         "data/{dataset}/stats.json",
+        "data/{dataset}/SHA256SUMS",
     output:
         clusters="data/{dataset}/clusters/brown-{num_clusters}.tsv",
         sha256="data/{dataset}/clusters/brown-{num_clusters}.tsv.sha256",

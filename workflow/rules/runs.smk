@@ -6,6 +6,7 @@
 rule kn5:
     input:
         data="data/{dataset}/stats.json",
+        data_sums="data/{dataset}/SHA256SUMS",
     output:
         "results/runs/{dataset}/{name}/metrics.json",
     log:
