@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from pipeline import curves
+from pipeline.integrity import record_dir
 from pipeline.report import build_figure, build_table, main, run_label, status_kind, title_lines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,6 +87,8 @@ def rendered(tmp_path_factory):
             if metrics:
                 (tmp / where / key).mkdir(parents=True)
                 (tmp / where / key / "metrics.json").write_text(json.dumps(metrics | {"spec": trained}))
+                if where == "reference":  # as ./repro import leaves it
+                    record_dir(tmp / where / key, ["metrics.json"])
     return {name: _render(tmp, name) for name in ["table1", "table2", "table3", "table4", "fig3", "fig4"]}
 
 

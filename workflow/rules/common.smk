@@ -62,8 +62,13 @@ def check_gpu_before_jobs(workflow):
     if not workflow.local_exec:
         return
     # from the runs themselves: a profile's `resources: gpu=0` scales a job's request down to 0
-    need = sorted({job.wildcards["name"] for job in workflow.dag.needrun_jobs() if job.rule.name == "train"
-                   and RUNS[f"{job.wildcards['dataset']}/{job.wildcards['name']}"].needs_gpu})
+    need = sorted(
+        {
+            job.wildcards["name"]
+            for job in workflow.dag.needrun_jobs()
+            if job.rule.name == "train" and RUNS[f"{job.wildcards['dataset']}/{job.wildcards['name']}"].needs_gpu
+        }
+    )
     if need and not gpu_present():
         ways = ["run them on a GPU machine or cluster (profiles/gpu, profiles/slurm)"]
         if config.get("profile") != "tiny":
