@@ -40,18 +40,51 @@ def gpu_present():
     return _GPU[0]
 
 
+def cluster_executor():
+    """The executor's name if this snakemake sends its jobs elsewhere (slurm, ...), else None.
+
+    Snakemake reads the Snakefile before it hands the workflow its executor, so this reads the
+    command line it parsed (profile included) from its own frame, `args_to_api(args, ...)`;
+    `-n` counts as the executor it dry-runs.  check_cluster_before_jobs() stops a real run whose
+    executor this missed, should a later snakemake move that frame."""
+    frame = sys._getframe()
+    while frame is not None and frame.f_code.co_name != "args_to_api":
+        frame = frame.f_back
+    name = frame and getattr(frame.f_locals.get("args"), "executor", None)
+    if not name:
+        return None
+    from snakemake_interface_executor_plugins.registry import ExecutorPluginRegistry
+
+    return None if ExecutorPluginRegistry().get_plugin(name).common_settings.local_exec else name
+
+
+CLUSTER = cluster_executor()
+
+
 def in_dag(run):
-    """GPU runs are left out where there is no GPU (gpu_runs: auto) or always (never)."""
+    """GPU runs are left out where there is no GPU (gpu_runs: auto) or always (never).
+    Under a cluster executor auto means always: the GPUs are on the nodes, not here."""
     mode = config["gpu_runs"]
-    return not run.needs_gpu or mode == "always" or (mode == "auto" and gpu_present())
+    return not run.needs_gpu or mode == "always" or (mode == "auto" and (CLUSTER or gpu_present()))
 
 
 IN_DAG = {key: run for key, run in RUNS.items() if in_dag(run)}
-NOT_RUN = {
-    key: "not run: needs a GPU and none was found (gpu_runs: auto); see README, Running on a GPU"
-    for key in RUNS
-    if key not in IN_DAG
-}
+_WHY = "gpu_runs: never" if config["gpu_runs"] == "never" else "gpu_runs: auto and nvidia-smi finds no GPU"
+NOT_RUN = {key: f"not run: needs a GPU ({_WHY}); see README, Running on a GPU" for key in RUNS if key not in IN_DAG}
+
+
+def announce_left_out():
+    """Every run left out of the DAG, said on stderr by the snakemake a person started (not by each job)."""
+    if NOT_RUN and not (workflow.remote_exec or workflow.subprocess_exec):
+        print(
+            f"WARNING: {len(NOT_RUN)} GPU run(s) left out of the DAG ({_WHY}); their table rows say 'not run'. "
+            f"Run them on a GPU machine (profiles/gpu) or a cluster (profiles/slurm), or set gpu_runs: always. "
+            f"Left out: {', '.join(NOT_RUN)}",
+            file=sys.stderr,
+        )
+
+
+announce_left_out()
 TRAINED = {key: run for key, run in IN_DAG.items() if run.train is not None}
 
 
