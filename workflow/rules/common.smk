@@ -101,6 +101,39 @@ def check_gpu_before_jobs(workflow):
         )
 
 
+# ---- cluster jobs: partition and size of each kind of job (config slurm:, README "Running on SLURM")
+SLURM = config["slurm"]
+
+
+def job_kind(kind):
+    """A kind of job (a key of slurm.jobs) as a function of wildcards: a name, or already a function."""
+    return kind if callable(kind) else lambda wc: kind
+
+
+def job_threads(kind):
+    """The job's threads: its cpus (the plugin asks --cpus-per-task for them; OMP_NUM_THREADS follows)."""
+    return lambda wc: SLURM["jobs"][job_kind(kind)(wc)]["cpus"]
+
+
+def job_resources(kind):
+    """The job's partition (GPU kinds end in _gpu), memory, runtime and account, as rule resources."""
+    of = job_kind(kind)
+    account = {"slurm_account": SLURM["account"]} if SLURM["account"] else {}
+    return {
+        "slurm_partition": lambda wc: SLURM["gpu_partition" if of(wc).endswith("_gpu") else "cpu_partition"],
+        "mem_mb": lambda wc: SLURM["jobs"][of(wc)]["mem_mb"],
+        "runtime": lambda wc: SLURM["jobs"][of(wc)]["runtime"],
+    } | account
+
+
+def train_kind(wc):
+    return "train_gpu" if the_run(wc).needs_gpu else "train_cpu"
+
+
+def bench_kind(wc):
+    return "bench_gpu" if wc.device == "cuda" else "bench_cpu"
+
+
 def raw_files(dataset):
     return {s: f"data/raw/{spec['file']}" for s, spec in config["datasets"][dataset]["splits"].items()}
 
