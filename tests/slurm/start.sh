@@ -4,7 +4,8 @@
 #                              munged, MariaDB, slurmdbd, slurmctld and two slurmd (partition gpu: node gpunode,
 #                              8 CPUs, 32000 MB, one declared GPU; partition cpu: node cpunode, 4 CPUs, 8000 MB)
 #   tests/slurm/stop.sh DIR    stop them again, by the pid files in DIR/run
-# Everything listens on 127.0.0.1 only; clients need SLURM_CONF=DIR/slurm.conf.  The GPU is declared, not real
+# /etc/slurm/slurm.conf becomes a link to DIR/slurm.conf (removed by stop.sh); it refuses to replace a real one.
+# Everything listens on 127.0.0.1 only; the daemons read DIR (SLURM_CONF=DIR/slurm.conf).  The GPU is declared, not real
 # (gres.conf File=/dev/null): jobs get gres/gpu=1 and CUDA_VISIBLE_DEVICES=0.  Nodes may be declared larger than
 # the machine (SlurmdParameters=config_overrides); memory is not enforced (no cgroups).
 set -euo pipefail
@@ -56,6 +57,7 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
 AccountingStoragePort=$((PORT + 2))
 AccountingStorageTRES=gres/gpu
+AccountingStoreFlags=job_comment
 GresTypes=gpu
 NodeName=gpunode NodeHostname=localhost NodeAddr=127.0.0.1 Port=$((PORT + 4)) CPUs=8 RealMemory=32000 Gres=gpu:1
 NodeName=cpunode NodeHostname=localhost NodeAddr=127.0.0.1 Port=$((PORT + 5)) CPUs=4 RealMemory=8000
@@ -83,6 +85,13 @@ StoragePass=slurm
 StorageLoc=slurm_acct_db
 CONF
 chmod 600 "$DIR/slurmdbd.conf"
+# Clients inside jobs read /etc/slurm/slurm.conf: the slurm-jobstep plugin drops SLURM_CONF from the
+# environment of the command it runs (srun).  Link it to ours, never over a site's own configuration.
+if [ -e /etc/slurm/slurm.conf ] && [ "$(readlink /etc/slurm/slurm.conf)" != "$DIR/slurm.conf" ]; then
+  echo "[slurm] /etc/slurm/slurm.conf exists and is not ours: this machine has a SLURM; not starting another" >&2
+  exit 1
+fi
+mkdir -p /etc/slurm && ln -sfn "$DIR/slurm.conf" /etc/slurm/slurm.conf
 
 step "munged"
 if ! pgrep -x munged >/dev/null; then

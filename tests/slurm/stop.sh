@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Stop what tests/slurm/start.sh DIR started, by its pid files (slurmd, slurmctld, slurmdbd, MariaDB, munged).
+# Stop what tests/slurm/start.sh DIR started, by its pid files (slurmd, slurmctld, slurmdbd, MariaDB, munged),
+# and remove its /etc/slurm/slurm.conf link.
 set -uo pipefail
 DIR=$(realpath -m "${1:?usage: stop.sh DIR}")
 for name in slurmd-gpunode slurmd-cpunode slurmctld slurmdbd mariadb munged; do
@@ -13,3 +14,5 @@ for name in slurmd-gpunode slurmd-cpunode slurmctld slurmdbd mariadb munged; do
   fi
   rm -f "$file"
 done
+[ "$(readlink /etc/slurm/slurm.conf)" = "$DIR/slurm.conf" ] && rm -f /etc/slurm/slurm.conf
+exit 0

@@ -1,0 +1,182 @@
+"""profiles/slurm on a real single-node SLURM 22.05 (tests/slurm/start.sh: Debian packages, 127.0.0.1 only).
+
+A slice of the tiny DAG goes through SLURM as the README says to run the tiny profile there: data, Brown
+clusters and KN5 on the cpu partition, a training run asking a GPU on the gpu partition's declared GPU; a
+request larger than every node is refused before anything is submitted; a running training job is
+cancelled with scancel (snakemake must fail it, not wait for ever), a SIGTERM to snakemake cancels its job,
+and a rerun resumes from the checkpoint.  What every job asked for and used (sacct) is printed.
+
+Runs where CI=true (or REPRO_SLURM_TEST=1), as root with apt-get; skipped elsewhere, with the reason.
+"""
+import csv
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SITE = "tests/slurm/site.yaml"  # the test SLURM's account, as a site would set it
+
+
+def reason_to_skip():
+    if os.environ.get("CI") != "true" and os.environ.get("REPRO_SLURM_TEST") != "1":
+        return "starts a real SLURM from Debian packages as root: runs where CI=true or REPRO_SLURM_TEST=1"
+    if os.geteuid() != 0:
+        return "needs root (installs and starts slurmctld, slurmd, slurmdbd, MariaDB, munged)"
+    if not shutil.which("apt-get") and not shutil.which("slurmctld"):
+        return "needs apt-get (Debian packages slurmctld slurmd slurm-client munge slurmdbd mariadb-server)"
+    conf = Path("/etc/slurm/slurm.conf")
+    if conf.exists() and not conf.is_symlink():
+        return "this machine has its own SLURM (/etc/slurm/slurm.conf): not starting another"
+    return None
+
+
+pytestmark = [pytest.mark.pipeline, pytest.mark.slurm, pytest.mark.skipif(bool(reason_to_skip()),
+                                                                          reason=reason_to_skip() or "")]
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """A running SLURM for this module, stopped (by its pid files) afterwards whatever happened."""
+    state = tmp_path_factory.mktemp("slurm")
+    start = time.monotonic()
+    proc = subprocess.run([ROOT / "tests/slurm/start.sh", state], capture_output=True, text=True)
+    try:
+        assert proc.returncode == 0, proc.stdout + proc.stderr + logs(state)
+        print(f"\n{proc.stdout}[slurm] started in {time.monotonic() - start:.0f} s")
+        yield state
+    finally:
+        subprocess.run([ROOT / "tests/slurm/stop.sh", state])
+
+
+def logs(state):
+    return "".join(f"\n--- {f}\n{f.read_text()[-2000:]}" for f in sorted((state / "log").glob("*.log")))
+
+
+def command(work, *args):
+    """The README's command for the tiny profile on SLURM, with the test's workdir, site file and quick checks."""
+    return ["./repro", "run", "--profile", "profiles/slurm", "--directory", str(work), "--configfile", SITE,
+            "--jobs", "4", "--slurm-init-seconds-before-status-checks", "2", *args, "--config", "profile=tiny"]
+
+
+def run(work, *args):
+    start = time.monotonic()
+    proc = subprocess.run(command(work, *args), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    print(f"[snakemake {' '.join(args)}] exit {proc.returncode} after {time.monotonic() - start:.0f} s")
+    return proc
+
+
+def jobs():
+    """Every job SLURM knows: id -> rule and wildcards (the plugin's comment), partition, state, request,
+    allocation, elapsed time and the largest resident memory of its steps."""
+    out = subprocess.run(["sacct", "--parsable2", "--noheader", "--allusers", "--format",
+                          "JobID,Comment,Partition,State,ReqTRES,AllocTRES,Elapsed,MaxRSS"],
+                         capture_output=True, text=True, check=True).stdout
+    table = {}
+    for row in csv.reader(out.splitlines(), delimiter="|"):
+        job, step = row[0].partition(".")[::2]
+        if not step:
+            table[job] = dict(zip(("comment", "partition", "state", "req", "alloc", "elapsed"), row[1:7]),
+                              max_rss="")
+        elif job in table and row[7]:
+            table[job]["max_rss"] = max(table[job]["max_rss"], row[7], key=kilobytes)
+    return table
+
+
+def kilobytes(rss):
+    return float(rss[:-1] or 0) * {"K": 1, "M": 1024, "G": 1024 ** 2}[rss[-1]] if rss else 0.0
+
+
+def show_jobs(capsys, title):
+    with capsys.disabled():
+        print(f"\n[sacct] {title}")
+        print(f"{'job':>4} {'rule / wildcards':<22} {'partition':<9} {'state':<14} {'requested':<46} "
+              f"{'elapsed':>8} {'max RSS':>8}")
+        for job, j in jobs().items():
+            print(f"{job:>4} {j['comment']:<22} {j['partition']:<9} {j['state']:<14} {j['req']:<46} "
+                  f"{j['elapsed']:>8} {j['max_rss']:>8}")
+
+
+def by_comment(prefix):
+    return {job: j for job, j in jobs().items() if j["comment"].startswith(prefix)}
+
+
+def wait_until(what, test, seconds):
+    for _ in range(seconds * 2):
+        if test():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{what}: not within {seconds} s")
+
+
+def running(prefix):
+    """Ids of the running jobs whose comment (rule_<rule>_wildcards_...) starts with ``prefix``."""
+    out = subprocess.run(["squeue", "--noheader", "--format", "%i|%T|%k"], capture_output=True, text=True).stdout
+    rows = [line.split("|") for line in out.splitlines()]
+    return [job for job, state, comment in rows if state == "RUNNING" and comment.startswith(prefix)]
+
+
+def test_slice_runs_cpu_jobs_on_cpu_and_a_gpu_job_on_the_gpu(slurm, tmp_path, capsys):
+    too_big = run(tmp_path, "data/ptb/stats.json", "--set-resources", "download_ptb:mem_mb=999999")
+    assert too_big.returncode != 0 and "ask more than any node of their partition" in too_big.stderr, \
+        too_big.stderr[-3000:]
+    assert not jobs(), "the refused run submitted jobs"
+
+    proc = run(tmp_path, "results/runs/ptb/kn5/metrics.json", "data/ptb/clusters/brown-16.tsv",
+               "results/runs/ptb/ff/metrics.json", "--set-resources", "train:gpu=1", "train:slurm_partition=gpu")
+    show_jobs(capsys, "the slice (train ptb/ff asked a GPU)")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    done = jobs()
+    rules = {j["comment"].split("_wildcards_")[0].removeprefix("rule_"): j for j in done.values()}
+    assert set(rules) == {"download_ptb", "prepare", "kn5", "brown_clusters", "train"}, rules
+    assert all(j["state"] == "COMPLETED" for j in done.values())
+    assert rules["train"]["partition"] == "gpu" and "gres/gpu=1" in rules["train"]["alloc"]
+    assert all(j["partition"] == "cpu" for rule, j in rules.items() if rule != "train")
+    assert "mem=4000M" in rules["kn5"]["req"] and "cpu=1," in rules["prepare"]["req"]
+    assert (tmp_path / "results/runs/ptb/ff/metrics.json").is_file()
+
+
+def test_scancel_fails_the_job_sigterm_cancels_it_and_a_rerun_resumes(slurm, tmp_path, capsys):
+    target = "results/runs/wt2/ff/metrics.json"
+    ckpt = tmp_path / "build/checkpoints/wt2/ff/ckpt.pt"
+    log = tmp_path / "logs/runs/wt2/ff.log"
+
+    # scancel of the running training job, once it has a checkpoint: snakemake fails it and stops
+    snake = subprocess.Popen(command(tmp_path, target), cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    wait_until("the training job running with a checkpoint", lambda: running("rule_train") and ckpt.exists(), 300)
+    job = running("rule_train")[0]
+    subprocess.run(["scancel", job], check=True)
+    cancelled = time.monotonic()
+    out = snake.communicate(timeout=180)[0]
+    seen = time.monotonic() - cancelled
+    with capsys.disabled():
+        print(f"\n[scancel] job {job} cancelled; snakemake exited {snake.returncode} {seen:.0f} s later")
+    assert snake.returncode != 0 and seen < 120, out[-3000:]
+    assert "CANCELLED" in out, out[-3000:]
+
+    # SIGTERM to snakemake while the rerun's job runs: snakemake cancels the job and exits
+    snake = subprocess.Popen(command(tmp_path, target), cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    wait_until("the rerun's training job running", lambda: running("rule_train"), 120)
+    job = running("rule_train")[0]
+    time.sleep(3)
+    snake.send_signal(signal.SIGTERM)
+    out = snake.communicate(timeout=120)[0]
+    wait_until("the job cancelled after SIGTERM", lambda: jobs()[job]["state"].startswith("CANCELLED"), 60)
+    with capsys.disabled():
+        print(f"[SIGTERM] snakemake exited {snake.returncode}; its job {job}: {jobs()[job]['state']}")
+
+    # the rerun resumes from the checkpoint and finishes
+    proc = run(tmp_path, target)
+    show_jobs(capsys, "scancel, SIGTERM, resume (train wt2/ff)")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    resumed = re.findall(r"resumed from \S+ at step [\d,]+/[\d,]+", log.read_text())
+    with capsys.disabled():
+        print(f"[resume] {resumed}")
+    assert resumed and (tmp_path / target).is_file()
