@@ -6,7 +6,8 @@ request larger than every node is refused before anything is submitted; a runnin
 cancelled with scancel (snakemake must fail it, not wait for ever), a SIGTERM to snakemake cancels its job,
 and a rerun resumes from the checkpoint.  What every job asked for and used (sacct) is printed.
 
-Runs where CI=true (or REPRO_SLURM_TEST=1), as root with apt-get; skipped elsewhere, with the reason.
+The SLURM tests run where CI=true (or REPRO_SLURM_TEST=1), as root with apt-get; skipped elsewhere, with
+the reason.  The dry runs (GPU runs in the DAG under the cluster executor whatever --config says) run anywhere.
 """
 import csv
 import os
@@ -14,10 +15,14 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from conftest import merged_config
+from pipeline.config import resolve_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = "tests/slurm/site.yaml"  # the test SLURM's account, as a site would set it
@@ -36,20 +41,44 @@ def reason_to_skip():
     return None
 
 
-pytestmark = [pytest.mark.pipeline, pytest.mark.slurm, pytest.mark.skipif(bool(reason_to_skip()),
-                                                                          reason=reason_to_skip() or "")]
+pytestmark = pytest.mark.pipeline
+
+
+def dry_run(work, *args):
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--directory", str(work), *args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    table = proc.stdout.split("Job stats:")[-1].split("total")[0]
+    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+    return counts, proc.stderr
+
+
+def test_gpu_runs_stay_in_the_dag_under_slurm_whatever_config_says(tmp_path):
+    plain, _ = dry_run(tmp_path, "--profile", "profiles/slurm", "all")
+    mirror, _ = dry_run(tmp_path, "--profile", "profiles/slurm", "all", "--config", "mirror=/srv/data")
+    trained = [r for r in resolve_runs(merged_config("config/config.yaml")) if r.train is not None]
+    assert plain == mirror and plain["train"] == len(trained) == 27, (plain, mirror)
+
+
+def test_runs_left_out_of_the_dag_are_listed(tmp_path):
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has a GPU")
+    counts, err = dry_run(tmp_path, "results/table1.csv")
+    assert "train" not in counts
+    assert "WARNING: 27 GPU run(s) left out of the DAG" in err and "ptb/vlnhmm-32768" in err, err[-2000:]
 
 
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
     """A running SLURM for this module, stopped (by its pid files) afterwards whatever happened."""
+    if reason_to_skip():
+        pytest.skip(reason_to_skip())
     state = tmp_path_factory.mktemp("slurm")
     start = time.monotonic()
     proc = subprocess.run([ROOT / "tests/slurm/start.sh", state], capture_output=True, text=True)
     try:
         assert proc.returncode == 0, proc.stdout + proc.stderr + logs(state)
-        print(f"\n{proc.stdout}[slurm] started in {time.monotonic() - start:.0f} s")
-        yield state
+        yield f"{proc.stdout}[slurm] started in {time.monotonic() - start:.0f} s"
     finally:
         subprocess.run([ROOT / "tests/slurm/stop.sh", state])
 
@@ -64,10 +93,16 @@ def command(work, *args):
             "--jobs", "4", "--slurm-init-seconds-before-status-checks", "2", *args, "--config", "profile=tiny"]
 
 
-def run(work, *args):
+def say(capsys, text):
+    """A line of the test's transcript (shown by pytest without -s too)."""
+    with capsys.disabled():
+        print(text)
+
+
+def run(capsys, work, *args):
     start = time.monotonic()
     proc = subprocess.run(command(work, *args), cwd=ROOT, capture_output=True, text=True, timeout=600)
-    print(f"[snakemake {' '.join(args)}] exit {proc.returncode} after {time.monotonic() - start:.0f} s")
+    say(capsys, f"[snakemake {' '.join(args)}] exit {proc.returncode} after {time.monotonic() - start:.0f} s")
     return proc
 
 
@@ -93,13 +128,13 @@ def kilobytes(rss):
 
 
 def show_jobs(capsys, title):
-    with capsys.disabled():
-        print(f"\n[sacct] {title}")
-        print(f"{'job':>4} {'rule / wildcards':<22} {'partition':<9} {'state':<14} {'requested':<46} "
-              f"{'elapsed':>8} {'max RSS':>8}")
-        for job, j in jobs().items():
-            print(f"{job:>4} {j['comment']:<22} {j['partition']:<9} {j['state']:<14} {j['req']:<46} "
-                  f"{j['elapsed']:>8} {j['max_rss']:>8}")
+    lines = [f"[sacct] {title}", f"{'job':>4} {'rule, wildcards':<30} {'partition':<9} {'state':<14} "
+             f"{'requested':<44} {'elapsed':>8} {'max RSS':>8}"]
+    for job, j in jobs().items():
+        rule = j["comment"].removeprefix("rule_").replace("_wildcards_", " ")
+        lines.append(f"{job:>4} {rule:<30} {j['partition']:<9} {j['state']:<14} {j['req']:<44} "
+                     f"{j['elapsed']:>8} {j['max_rss']:>8}")
+    say(capsys, "\n".join(lines))
 
 
 def by_comment(prefix):
@@ -122,12 +157,13 @@ def running(prefix):
 
 
 def test_slice_runs_cpu_jobs_on_cpu_and_a_gpu_job_on_the_gpu(slurm, tmp_path, capsys):
-    too_big = run(tmp_path, "data/ptb/stats.json", "--set-resources", "download_ptb:mem_mb=999999")
+    say(capsys, f"\n{slurm}")
+    too_big = run(capsys, tmp_path, "data/ptb/stats.json", "--set-resources", "download_ptb:mem_mb=999999")
     assert too_big.returncode != 0 and "ask more than any node of their partition" in too_big.stderr, \
         too_big.stderr[-3000:]
     assert not jobs(), "the refused run submitted jobs"
 
-    proc = run(tmp_path, "results/runs/ptb/kn5/metrics.json", "data/ptb/clusters/brown-16.tsv",
+    proc = run(capsys, tmp_path, "results/runs/ptb/kn5/metrics.json", "data/ptb/clusters/brown-16.tsv",
                "results/runs/ptb/ff/metrics.json", "--set-resources", "train:gpu=1", "train:slurm_partition=gpu")
     show_jobs(capsys, "the slice (train ptb/ff asked a GPU)")
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -155,10 +191,9 @@ def test_scancel_fails_the_job_sigterm_cancels_it_and_a_rerun_resumes(slurm, tmp
     cancelled = time.monotonic()
     out = snake.communicate(timeout=180)[0]
     seen = time.monotonic() - cancelled
-    with capsys.disabled():
-        print(f"\n[scancel] job {job} cancelled; snakemake exited {snake.returncode} {seen:.0f} s later")
-    assert snake.returncode != 0 and seen < 120, out[-3000:]
-    assert "CANCELLED" in out, out[-3000:]
+    say(capsys, f"\n[scancel] job {job} cancelled; snakemake exited {snake.returncode} {seen:.0f} s later")
+    assert snake.returncode != 0 and seen < 120 and "CANCELLED" in out, out[-3000:]
+    say(capsys, "\n".join(line for line in out.splitlines() if "CANCELLED" in line))
 
     # SIGTERM to snakemake while the rerun's job runs: snakemake cancels the job and exits
     snake = subprocess.Popen(command(tmp_path, target), cwd=ROOT, stdout=subprocess.PIPE,
@@ -169,14 +204,13 @@ def test_scancel_fails_the_job_sigterm_cancels_it_and_a_rerun_resumes(slurm, tmp
     snake.send_signal(signal.SIGTERM)
     out = snake.communicate(timeout=120)[0]
     wait_until("the job cancelled after SIGTERM", lambda: jobs()[job]["state"].startswith("CANCELLED"), 60)
-    with capsys.disabled():
-        print(f"[SIGTERM] snakemake exited {snake.returncode}; its job {job}: {jobs()[job]['state']}")
+    say(capsys, f"[SIGTERM] snakemake exited {snake.returncode}; its job {job}: {jobs()[job]['state']}")
+    say(capsys, "\n".join(line for line in out.splitlines() if "Terminating" in line or "Cancel" in line))
 
     # the rerun resumes from the checkpoint and finishes
-    proc = run(tmp_path, target)
+    proc = run(capsys, tmp_path, target)
     show_jobs(capsys, "scancel, SIGTERM, resume (train wt2/ff)")
     assert proc.returncode == 0, proc.stderr[-4000:]
     resumed = re.findall(r"resumed from \S+ at step [\d,]+/[\d,]+", log.read_text())
-    with capsys.disabled():
-        print(f"[resume] {resumed}")
+    say(capsys, f"[resume] {resumed}")
     assert resumed and (tmp_path / target).is_file()
