@@ -108,7 +108,8 @@ def run(capsys, work, *args):
 
 def jobs():
     """Every job SLURM knows: id -> rule and wildcards (the plugin's comment), partition, state, request,
-    allocation, elapsed time and the largest resident memory of its steps."""
+    allocation, elapsed time and memory: the peak resident sizes of its steps (snakemake in the batch step,
+    the rule's command in the srun step) summed, an upper bound of what it held at once."""
     out = subprocess.run(["sacct", "--parsable2", "--noheader", "--allusers", "--format",
                           "JobID,Comment,Partition,State,ReqTRES,AllocTRES,Elapsed,MaxRSS"],
                          capture_output=True, text=True, check=True).stdout
@@ -117,23 +118,24 @@ def jobs():
         job, step = row[0].partition(".")[::2]
         if not step:
             table[job] = dict(zip(("comment", "partition", "state", "req", "alloc", "elapsed"), row[1:7]),
-                              max_rss="")
+                              rss_kb=0)
         elif job in table and row[7]:
-            table[job]["max_rss"] = max(table[job]["max_rss"], row[7], key=kilobytes)
+            table[job]["rss_kb"] += kilobytes(row[7])
     return table
 
 
 def kilobytes(rss):
-    return float(rss[:-1] or 0) * {"K": 1, "M": 1024, "G": 1024 ** 2}[rss[-1]] if rss else 0.0
+    units = {"K": 1, "M": 1024, "G": 1024 ** 2}
+    return round(float(rss[:-1]) * units[rss[-1]] if rss[-1] in units else float(rss) / 1024)
 
 
 def show_jobs(capsys, title):
     lines = [f"[sacct] {title}", f"{'job':>4} {'rule, wildcards':<30} {'partition':<9} {'state':<14} "
-             f"{'requested':<44} {'elapsed':>8} {'max RSS':>8}"]
+             f"{'requested':<44} {'elapsed':>8} {'RSS MB':>6}"]
     for job, j in jobs().items():
         rule = j["comment"].removeprefix("rule_").replace("_wildcards_", " ")
         lines.append(f"{job:>4} {rule:<30} {j['partition']:<9} {j['state']:<14} {j['req']:<44} "
-                     f"{j['elapsed']:>8} {j['max_rss']:>8}")
+                     f"{j['elapsed']:>8} {j['rss_kb'] / 1024:>6.0f}")
     say(capsys, "\n".join(lines))
 
 
