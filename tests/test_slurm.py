@@ -176,6 +176,7 @@ def test_slice_runs_cpu_jobs_on_cpu_and_a_gpu_job_on_the_gpu(slurm, tmp_path, ca
     assert rules["train"]["partition"] == "gpu" and "gres/gpu=1" in rules["train"]["alloc"]
     assert all(j["partition"] == "cpu" for rule, j in rules.items() if rule != "train")
     assert "mem=4000M" in rules["kn5"]["req"] and "cpu=1," in rules["prepare"]["req"]
+    assert "cpu=2," in rules["train"]["req"] and "mem=2000M" in rules["train"]["req"]  # site.yaml: 2 cpus
     assert (tmp_path / "results/runs/ptb/ff/metrics.json").is_file()
 
 
