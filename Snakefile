@@ -39,6 +39,7 @@ validate(config, str(ROOT / "config/schema.yaml"))
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/cluster.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/clusters.smk"
 include: "workflow/rules/kernels.smk"
@@ -65,3 +66,4 @@ rule all:
 onstart:
     announce_defaults()
     check_gpu_before_jobs(workflow)
+    check_cluster_before_jobs(workflow)

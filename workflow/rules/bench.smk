@@ -15,13 +15,15 @@ rule bench_kernels:
         device="cpu|cuda",
     conda:
         ENV
+    threads: job_threads(bench_kind)
     resources:
+        **job_resources(bench_kind),
         gpu=lambda wc: int(wc.device == "cuda"),
     params:
         states=" ".join(map(str, BENCH["kernel_states"])),
         kernels=lambda wc, input: os.path.dirname(input[0]),
     shell:
-        "python -m bench.kernels --device {wildcards.device} --states {params.states} "
+        "OMP_NUM_THREADS={threads} TVM_NUM_THREADS={threads} python -m bench.kernels --device {wildcards.device} --states {params.states} "
         "--kernels {params.kernels} --out {output.csv} > {log} 2>&1"
 
 
@@ -37,7 +39,9 @@ rule bench_scale:
         device="cpu|cuda",
     conda:
         ENV
+    threads: job_threads(bench_kind)
     resources:
+        **job_resources(bench_kind),
         gpu=lambda wc: int(wc.device == "cuda"),
     params:
         states=lambda wc: " ".join(map(str, BENCH["scale_states"][wc.device])),
@@ -45,6 +49,6 @@ rule bench_scale:
         steps=BENCH["scale_steps"],
         kernels=lambda wc, input: os.path.dirname(input[0]),
     shell:
-        "python -m bench.scale --device {wildcards.device} --states {params.states} "
+        "OMP_NUM_THREADS={threads} TVM_NUM_THREADS={threads} python -m bench.scale --device {wildcards.device} --states {params.states} "
         "--num-clusters {params.clusters} --steps {params.steps} --backend tvm "
         "--kernels {params.kernels} --out {output.csv} > {log} 2>&1"

@@ -15,7 +15,9 @@ rule brown_clusters:
         num_clusters=r"\d+",
     conda:
         ENV
-    threads: 1
+    threads: job_threads("brown_clusters")
+    resources:
+        **job_resources("brown_clusters"),
     params:
         alpha=config["brown"]["alpha"],
         data=lambda wc, input: os.path.dirname(input[0]),

@@ -41,18 +41,51 @@ def gpu_present():
     return _GPU[0]
 
 
+def cluster_executor():
+    """The executor's name if this snakemake sends its jobs elsewhere (slurm, ...), else None.
+
+    Snakemake reads the Snakefile before it hands the workflow its executor, so this reads the
+    command line it parsed (profile included) from its own frame, `args_to_api(args, ...)`;
+    `-n` counts as the executor it dry-runs.  check_cluster_before_jobs() stops a real run whose
+    executor this missed, should a later snakemake move that frame."""
+    frame = sys._getframe()
+    while frame is not None and frame.f_code.co_name != "args_to_api":
+        frame = frame.f_back
+    name = frame and getattr(frame.f_locals.get("args"), "executor", None)
+    if not name:
+        return None
+    from snakemake_interface_executor_plugins.registry import ExecutorPluginRegistry
+
+    return None if ExecutorPluginRegistry().get_plugin(name).common_settings.local_exec else name
+
+
+CLUSTER = cluster_executor()
+
+
 def in_dag(run):
-    """GPU runs are left out where there is no GPU (gpu_runs: auto) or always (never)."""
+    """GPU runs are left out where there is no GPU (gpu_runs: auto) or always (never).
+    Under a cluster executor auto means always: the GPUs are on the nodes, not here."""
     mode = config["gpu_runs"]
-    return not run.needs_gpu or mode == "always" or (mode == "auto" and gpu_present())
+    return not run.needs_gpu or mode == "always" or (mode == "auto" and (CLUSTER or gpu_present()))
 
 
 IN_DAG = {key: run for key, run in RUNS.items() if in_dag(run)}
-NOT_RUN = {
-    key: "not run: needs a GPU and none was found (gpu_runs: auto); see README, Running on a GPU"
-    for key in RUNS
-    if key not in IN_DAG
-}
+_WHY = "gpu_runs: never" if config["gpu_runs"] == "never" else "gpu_runs: auto and nvidia-smi finds no GPU"
+NOT_RUN = {key: f"not run: needs a GPU ({_WHY}); see README, Running on a GPU" for key in RUNS if key not in IN_DAG}
+
+
+def announce_left_out():
+    """Every run left out of the DAG, said on stderr by the snakemake a person started (not by each job)."""
+    if NOT_RUN and not (workflow.remote_exec or workflow.subprocess_exec):
+        print(
+            f"WARNING: {len(NOT_RUN)} GPU run(s) left out of the DAG ({_WHY}); their table rows say 'not run'. "
+            f"Run them on a GPU machine (profiles/gpu) or a cluster (profiles/slurm), or set gpu_runs: always. "
+            f"Left out: {', '.join(NOT_RUN)}",
+            file=sys.stderr,
+        )
+
+
+announce_left_out()
 TRAINED = {key: run for key, run in IN_DAG.items() if run.train is not None}
 
 
@@ -89,10 +122,10 @@ DEFAULTS_CHOSEN = []
 def default_local_resources(workflow):
     """A plain `snakemake TARGET` (no --cores, no --resources gpu=N) runs locally on all cores of this
     machine with one GPU job at a time: the settings of `./repro run`.  Given ones are kept.  A cluster
-    run has --jobs (snakemake requires it there, and locally it stands for --cores): nothing is set
-    for it, its jobs are sized per rule.  (The executor itself is not known while the Snakefile is read.)"""
+    run (CLUSTER; it also has --jobs, which snakemake requires there) gets neither: its jobs are sized
+    per rule (cluster.smk)."""
     settings = workflow.resource_settings
-    if settings.nodes is not None or not workflow.is_main_process:
+    if CLUSTER or settings.nodes is not None or not workflow.is_main_process:
         return
     if settings.cores is None:
         settings.cores = os.cpu_count() or 1
@@ -107,6 +140,39 @@ def announce_defaults():
     """Said when jobs start (not in a dry run): what a plain run was given by default_local_resources."""
     if DEFAULTS_CHOSEN:
         print(f"[repro] not given on the command line: {'; '.join(DEFAULTS_CHOSEN)}", file=sys.stderr)
+
+
+# ---- cluster jobs: partition and size of each kind of job (config slurm:, README "Running on SLURM")
+SLURM = config["slurm"]
+
+
+def job_kind(kind):
+    """A kind of job (a key of slurm.jobs) as a function of wildcards: a name, or already a function."""
+    return kind if callable(kind) else lambda wc: kind
+
+
+def job_threads(kind):
+    """The job's threads: its cpus (the plugin asks --cpus-per-task for them; OMP_NUM_THREADS follows)."""
+    return lambda wc: SLURM["jobs"][job_kind(kind)(wc)]["cpus"]
+
+
+def job_resources(kind):
+    """The job's partition (GPU kinds end in _gpu), memory, runtime and account, as rule resources."""
+    of = job_kind(kind)
+    account = {"slurm_account": SLURM["account"]} if SLURM["account"] else {}
+    return {
+        "slurm_partition": lambda wc: SLURM["gpu_partition" if of(wc).endswith("_gpu") else "cpu_partition"],
+        "mem_mb": lambda wc: SLURM["jobs"][of(wc)]["mem_mb"],
+        "runtime": lambda wc: SLURM["jobs"][of(wc)]["runtime"],
+    } | account
+
+
+def train_kind(wc):
+    return "train_gpu" if the_run(wc).needs_gpu else "train_cpu"
+
+
+def bench_kind(wc):
+    return "bench_gpu" if wc.device == "cuda" else "bench_cpu"
 
 
 def raw_files(dataset):

@@ -12,6 +12,9 @@ for _name, _spec in config["datasets"].items():
             f"logs/download/{_name}.log",
         conda:
             ENV
+        threads: job_threads("download")
+        resources:
+            **job_resources("download"),
         params:
             spec=json.dumps(_spec, sort_keys=True),
             mirror=f"--mirror {MIRROR}" if MIRROR else "",
@@ -34,6 +37,9 @@ rule prepare:
         "logs/prepare/{dataset}.log",
     conda:
         ENV
+    threads: job_threads("prepare")
+    resources:
+        **job_resources("prepare"),
     params:
         spec=dataset_spec,
         files=lambda wc: " ".join(f"--{s} {f}" for s, f in raw_files(wc.dataset).items()),

@@ -13,6 +13,9 @@ rule kernels_llvm:
         "logs/kernels/llvm.log",
     conda:
         ENV
+    threads: job_threads("kernels")
+    resources:
+        **job_resources("kernels"),
     params:
         states=" ".join(map(str, KERNEL_STATES)),
         out=lambda wc, output: os.path.dirname(output.manifest),
@@ -33,6 +36,9 @@ rule kernels_cuda:
         "logs/kernels/cuda.log",
     conda:
         ENV
+    threads: job_threads("kernels")
+    resources:
+        **job_resources("kernels"),
     params:
         states=" ".join(map(str, KERNEL_STATES)),
         archs=" ".join(CUDA_ARCHS),

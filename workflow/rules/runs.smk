@@ -15,6 +15,9 @@ rule kn5:
         name=name_pattern(RUN_LIST, {"kn5"}),
     conda:
         ENV
+    threads: job_threads("kn5")
+    resources:
+        **job_resources("kn5"),
     params:
         spec=spec_of,
         data=lambda wc, input: os.path.dirname(input.data),
@@ -47,8 +50,9 @@ rule train:
         name=name_pattern(RUN_LIST, {"ff", "lstm", "vlnhmm"}),
     conda:
         ENV
-    threads: lambda wc: 2 if the_run(wc).needs_gpu else 1
+    threads: job_threads(train_kind)
     resources:
+        **job_resources(train_kind),
         gpu=lambda wc: int(the_run(wc).needs_gpu),
     params:
         spec=spec_of,

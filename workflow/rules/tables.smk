@@ -30,6 +30,9 @@ rule table:
         name="table[1-4]|fig[34]",
     conda:
         ENV
+    threads: job_threads("table")
+    resources:
+        **job_resources("table"),
     params:
         runs=lambda wc: json.dumps([r.to_dict() for r in runs_for(wc.name)], sort_keys=True),
         kind=lambda wc: "table" if wc.name.startswith("table") else "figure",
@@ -58,6 +61,9 @@ rule frontpage:
         "logs/tables/frontpage.log",
     conda:
         ENV
+    threads: job_threads("frontpage")
+    resources:
+        **job_resources("frontpage"),
     params:
         profile=PROFILE,
         label=LABEL,
