@@ -32,6 +32,7 @@ DOCS = ["README.md", "results/README.md", "config/README.md", "hmm/kernels/READM
 STARTS = ("./repro", "snakemake", "python", ".venv/bin/")
 ENV_ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=\S*$")
 PLACEHOLDERS = {"<dataset>": "ptb", "<name>": "kn5", "<target>": "llvm", "$OUT": "/tmp/repro-doc-out",
+                "site.yaml": "tests/slurm/site.yaml",  # a site file, as the README shows one
                 "OUT": "/tmp/repro-doc-out", "DIR": "/tmp/repro-doc-dir", "ARGS": ""}
 MODULE_OF = {"bundle": "pipeline.bundle", "import": "pipeline.importer"}
 # documented commands that are not run here, each with the reason (kept short: every other one runs)
