@@ -389,11 +389,12 @@ def fmt(v: Any, kind: str = "") -> str:
 
 
 def ours_settings(df: pd.DataFrame) -> str:
-    """What all our runs of a table or figure have in common: |Z|, M, epochs, seed (ones that vary are left out)."""
+    """What all our runs of a table or figure have in common: |Z|, M, epochs, seeds (ones that vary are left out)."""
     got = df[df["run"].fillna("") != ""] if "run" in df else df[df["series"].str.startswith("ours")]
     parts = []
+    seed = "seeds" if "seeds" in got else "seed"  # a row repeated over seeds has other seeds than the rest
     for col, label, kind in (("num_states", "|Z| = ", ""), ("num_clusters", "M = ", ""),
-                             ("epochs", "epochs ", "epochs"), ("seed", "seed ", "")):
+                             ("epochs", "epochs ", "epochs"), (seed, "seed ", "")):
         values = set(got[col].dropna()) if col in got else set()
         if len(values) == 1:
             parts.append(label + fmt(values.pop(), kind))
