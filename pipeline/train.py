@@ -359,6 +359,7 @@ class Trainer:
         """Score the best weights on valid and test; write metrics.json, curve.csv and curve.png."""
         st, cfg = self.state, self.cfg
         self.model.load_state_dict(torch.load(self.best_path, map_location=self.device, weights_only=True))
+        # ms per batch from a plain pass (the per-token passes below also gather every token's score)
         _, ms = evaluate(self.model, self.corpus.splits["test"], cfg.eval_batch_size, cfg.bptt, self.device)
         docs = {}
         for split in ("valid", "test"):  # every token's score, summed per document (pipeline.intervals)
@@ -384,7 +385,8 @@ class Trainer:
             pass
         else:
             plot_curve(self.out / "curve.csv", self.out / "curve.png", self.name)
-        say(f"[{self.name}] done: {status}; valid ppl {valid_ppl:.2f}, test ppl {test_ppl:.2f}, "
+        lo, hi = metrics["test_ppl_interval"]
+        say(f"[{self.name}] done: {status}; valid ppl {valid_ppl:.2f}, test ppl {test_ppl:.2f} [{lo:.2f}, {hi:.2f}], "
             f"{self.params:,} params, {st['wall']:.0f} s ({metrics['seconds_per_epoch']} s/epoch), "
             f"eval {ms:.2f} ms/batch")
         return metrics
