@@ -191,7 +191,8 @@ def render(frames: dict[str, pd.DataFrame], paper: dict, profile: str | None, la
     within = sum(all(abs(v) <= WITHIN_PCT for v in p) for p in compared.values())
     with_interval = {k: p for k, p in beyond_by_run.items() if p}
     inside = sum(all(v == 0 for v in p) for p in with_interval.values())
-    seeds = _span(got["seed"]) if "seed" in got else "\u2013"
+    every_seed = [int(float(v)) for text in (got["seeds"].dropna() if "seeds" in got else []) for v in str(text).split(",")]
+    seeds = _span(every_seed or (got["seed"] if "seed" in got else []))
     profile_text = f"``{profile}``" + (f": {rst(label)}" if label else "") if profile and profile != "full" else \
         "full configuration (``config/config.yaml``: the paper's sizes)" + (f"; {rst(label)}" if label else "")
     title = "Scaling Hidden Markov Language Models: reproduction report"
