@@ -184,3 +184,14 @@ def test_rows_show_mean_sd_n_and_the_verdict():
     ours = fig[fig.series.str.startswith("ours")]
     assert len(ours) == 1 and ours.iloc[0].n == 2 and ours.iloc[0].valid_ppl == 131
     assert ours.iloc[0].valid_lo < 130 and ours.iloc[0].valid_hi > 132
+
+
+def test_node_runs_the_seed_repeats_after_its_priority_list():
+    from conftest import merged_config
+    from pipeline.bundle import node_plan
+
+    config = merged_config("config/config.yaml", "config/tiny.yaml")
+    plan = node_plan(config, ["ptb"], "llvm")
+    listed = [k for k in config["priority"] if k.startswith("ptb/")]
+    assert plan["priority"] == listed + ["ptb/ff@2222"]  # vlnhmm-64 is not in the list: neither is its repeat
+    assert {"ptb/ff@2222", "ptb/vlnhmm-64@2222"} <= {r.key for r in plan["runs"]}
