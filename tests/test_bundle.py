@@ -29,12 +29,12 @@ ROOT = Path(__file__).resolve().parent.parent
 SANDBOX = ROOT / "tests/node_sandbox"
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 FORBIDDEN = ("snakemake", "yaml", "pandas", "matplotlib", "tqdm")
-# Over the tiny profile: one run that finishes (ff, 2 epochs, over two seeds: ff and ff@2222) and one the
+# Over the tiny profile: one run that finishes (ff, 1 epoch, over two seeds: ff and ff@2222) and one the
 # budget must cut short (a 512-state VLNHMM for 1000 epochs: far more than any machine trains in the budget),
 # all in table rows (budget 60 s: three runs).
 OVERLAY = """
 runs:
-  - {name: ff, dataset: ptb, model: ff, seeds: [1111, 2222], rows: [table1/ff]}
+  - {name: ff, dataset: ptb, model: ff, epochs: 1, seeds: [1111, 2222], rows: [table1/ff]}
   - {name: vlnhmm-512, dataset: ptb, model: vlnhmm, num_states: 512, epochs: 1000, rows: [table2/vlnhmm]}
 priority: [ptb/vlnhmm-512, ptb/ff]
 node: {check_runs: [ptb/vlnhmm-512], budget: 60, margin: 3, env_cap: 15, check_cap: 20, bench_kernels_cap: 5,
