@@ -50,8 +50,9 @@ class FFLM(nn.Module):
         h = F.relu(self.conv(ctx.transpose(1, 2)))[..., :-1].transpose(1, 2)  # drop the last: it sees no target
         return self.drop(F.relu(self.lin(self.drop(h))))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, carry: torch.Tensor | None):
-        """x [B, T] int64, mask [B, T] bool (padding only at the end) -> (logp [B], carry [B, K])."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, carry: torch.Tensor | None, per_token: bool = False):
+        """x [B, T] int64, mask [B, T] bool (padding only at the end) -> (logp [B], carry [B, K]);
+        ``per_token``: logp [B, T] of each token (0 at padding)."""
         B, K = x.shape[0], self.context
         if carry is None:
             carry = torch.arange(-K, 0, device=x.device).expand(B, K)
@@ -59,7 +60,8 @@ class FFLM(nn.Module):
         ids = torch.cat([carry, x], dim=1)                              # [B, K + T]
         h = self.hidden(self.drop(self.embed(ids)))                    # [B, T, h]
         logp = F.log_softmax(h @ self.emb.weight.T, dim=-1)            # [B, T, V]
-        logp = logp.gather(2, x[..., None])[..., 0].masked_fill(~mask, 0.0).sum(dim=1)
+        logp = logp.gather(2, x[..., None])[..., 0].masked_fill(~mask, 0.0)
+        logp = logp if per_token else logp.sum(dim=1)
         lengths = mask.sum(dim=1, keepdim=True)                        # last real token at K + len - 1
         new_carry = ids.gather(1, lengths + torch.arange(K, device=x.device))
         return logp, new_carry.detach()

@@ -48,14 +48,20 @@ def ngram_counts(arpa: Path) -> dict[int, int]:
     return counts
 
 
-def perplexity(binary: Path, sentences: Path) -> tuple[float, int]:
-    """(perplexity incl. ``</s>`` and OOVs, number of scored tokens)."""
+def sentence_scores(binary: Path, sentences: Path) -> tuple[list[float], list[int]]:
+    """(log10 p of each line incl. its ``</s>`` and OOVs, tokens scored on each line: words + 1)."""
     import kenlm
 
     model = kenlm.Model(str(binary))
-    log10_total, tokens = 0.0, 0
+    scores, tokens = [], []
     with open(sentences, encoding="utf-8") as f:
         for line in f:
-            log10_total += model.score(line.rstrip("\n"), bos=True, eos=True)
-            tokens += len(line.split()) + 1
-    return 10.0 ** (-log10_total / tokens), tokens
+            scores.append(model.score(line.rstrip("\n"), bos=True, eos=True))
+            tokens.append(len(line.split()) + 1)
+    return scores, tokens
+
+
+def perplexity(binary: Path, sentences: Path) -> tuple[float, int]:
+    """(perplexity incl. ``</s>`` and OOVs, number of scored tokens)."""
+    scores, tokens = sentence_scores(binary, sentences)
+    return 10.0 ** (-sum(scores) / sum(tokens)), sum(tokens)

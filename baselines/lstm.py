@@ -37,8 +37,10 @@ class LSTMLM(nn.Module):
     def initial_state(self, batch_size: int) -> None:
         return None
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, carry: tuple[torch.Tensor, torch.Tensor] | None):
-        """x [B, T] int64, mask [B, T] bool (padding only at the end) -> (logp [B], (h, c))."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, carry: tuple[torch.Tensor, torch.Tensor] | None,
+                per_token: bool = False):
+        """x [B, T] int64, mask [B, T] bool (padding only at the end) -> (logp [B], (h, c));
+        ``per_token``: logp [B, T] of each token (0 at padding)."""
         B, T = x.shape
         if carry is None:
             zeros = self.emb.weight.new_zeros(self.lstm.num_layers, B, self.lstm.hidden_size)
@@ -54,7 +56,8 @@ class LSTMLM(nn.Module):
         before = torch.cat([carry[0][-1][:, None], out[:, :-1]], dim=1)       # [B, T, h] before x_t
         logits = F.linear(self.drop(before), self.emb.weight, self.bias)      # [B, T, V]
         logp = F.log_softmax(logits, dim=-1).gather(2, x[..., None])[..., 0]
-        logp = logp.masked_fill(~mask, 0.0).sum(dim=1)
+        logp = logp.masked_fill(~mask, 0.0)
+        logp = logp if per_token else logp.sum(dim=1)
         keep = (lengths == 0)[None, :, None]  # rows without tokens keep their carry
         h, c = torch.where(keep, carry[0], h), torch.where(keep, carry[1], c)
         return logp, (h.detach(), c.detach())

@@ -587,17 +587,29 @@ class VLNHMM(nn.Module):
                 prior = torch.where(carry.after_eos[:, None], start[:, 0], prior)
         return prior + emit[:, 0], table, index, emit[:, 1:]
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, carry: Carry | None):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, carry: Carry | None, per_token: bool = False):
         """x [B, T] int64, mask [B, T] bool (every row of a stream's first window has a token;
-        padding only at the end of a row) -> (log p of each row [B], carry)."""
+        padding only at the end of a row) -> (log p of each row [B], carry).
+
+        ``per_token`` (no gradient): log p [B, T] of each token given the stream so far (0 at padding):
+        the differences of the prefix log-partitions logsumexp(alpha[:, t]); a row's sum is its log Z."""
         reset = self.cfg.eos_reset == "always" or (self.cfg.eos_reset == "train" and self.training)
         p = self.params_for(self.training)
         with record_function("vlnhmm.potentials"):
             init, table, index, emit = self.potentials(p, x, mask, carry, reset)
-        log_z, last_alpha = inference.log_partition_blocks(init, table, index, emit, self.scan)
+        if per_token:
+            with torch.no_grad():
+                alpha = self.scan.forward(init.contiguous(), table.contiguous(), index.to(torch.int32).contiguous(),
+                                          emit.contiguous())
+            prefix = alpha.logsumexp(dim=-1).double()                          # [B, T]
+            log_z = torch.diff(prefix, dim=1, prepend=prefix.new_zeros(len(prefix), 1)).masked_fill(~mask, 0.0)
+            last_alpha = alpha[:, -1]
+        else:
+            log_z, last_alpha = inference.log_partition_blocks(init, table, index, emit, self.scan)
         lengths = mask.sum(dim=1)
         has_token = lengths > 0
-        log_z = torch.where(has_token, log_z, torch.zeros_like(log_z))
+        if not per_token:
+            log_z = torch.where(has_token, log_z, torch.zeros_like(log_z))
         last_words = x.gather(1, (lengths - 1).clamp(min=0)[:, None])[:, 0]
         last_states = p.live.states[p.live.word_states[last_words]]  # [B, n] global ids
         new = Carry(last_states, last_alpha.log_softmax(dim=-1).detach(), last_words, last_words == self.eos_id)

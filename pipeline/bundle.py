@@ -152,8 +152,10 @@ def node_plan(config: dict, datasets: list[str] | None, target: str) -> dict:
         states = [n for n in states if n <= CUDA_MAX_STATES]
     clusters = sorted({(r.dataset, r.settings.num_clusters) for r in bundled
                        if r.model == "vlnhmm" and r.settings.constraint == "brown"})
-    return {"runs": bundled, "datasets": datasets, "priority": [k for k in config.get("priority") or []
-                                                               if by_key[k].dataset in datasets],
+    priority = list(config.get("priority") or [])
+    priority += [r.key for k in priority for r in runs if r.base != r.name and f"{r.dataset}/{r.base}" == k
+                 and r.key not in priority]  # seed repeats after every listed run
+    return {"runs": bundled, "datasets": datasets, "priority": [k for k in priority if by_key[k].dataset in datasets],
             "check_runs": [k for k in check_runs if by_key[k].dataset in datasets], "node": cfg,
             "kernel_states": states, "dropped_states": dropped, "clusters": clusters,
             "bench": {"kernel_states": list(bench["kernel_states"]), "scale_states": {device: scale},

@@ -81,6 +81,7 @@ TRAIN_DEFAULTS = {
     "lstm": {"batch_size": 16, "bptt": 32, "lr": 1e-3, "epochs": 50},
     "vlnhmm": {"batch_size": 16, "bptt": 32, "lr": 1e-2, "epochs": 50},
 }
+SEED_MARK = "@"  # ff@2222: run ff repeated with seed 2222
 # Settings that say where, how fast or for how long a run executes, not what it computes (the two
 # scan backends compute the same numbers; the TVM kernels are checked against PyTorch before use).
 EXECUTION_SETTINGS = frozenset({"device", "max_seconds", "cuda_graph", "backend"})
@@ -104,6 +105,11 @@ class Run:
     @property
     def key(self) -> str:
         return f"{self.dataset}/{self.name}"
+
+    @property
+    def base(self) -> str:
+        """The name of the run this one repeats with another seed (``ff`` for ``ff@2222``), else its own."""
+        return base_name(self.name)
 
     @property
     def needs_gpu(self) -> bool:
@@ -166,20 +172,50 @@ class Run:
                    from_dict(TrainConfig, d["train"], where) if d["train"] else None, tuple(d.get("rows", ())))
 
 
+def base_name(name: str) -> str:
+    """``ff@2222`` -> ``ff``: the run a seed repeat belongs to (a plain name is its own)."""
+    return name.split(SEED_MARK)[0]
+
+
+def _seeds(value: Any, where: str) -> tuple[int, ...]:
+    if (not isinstance(value, list) or not value or len(set(value)) != len(value)
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
+        raise ConfigError(f"{where}: `seeds` must be a list of distinct integers >= 0, e.g. [1111, 2222, 3333]; "
+                          f"got {value!r}")
+    return tuple(value)
+
+
 def resolve_run(entry: dict, defaults: dict | None = None) -> Run:
-    """One ``runs:`` entry with its defaults applied, as a typed Run."""
+    """One ``runs:`` entry with its defaults applied, as a typed Run (``seeds``: see :func:`resolve_seeded`)."""
+    return resolve_seeded(entry, defaults)[0]
+
+
+def resolve_seeded(entry: dict, defaults: dict | None = None) -> list[Run]:
+    """One ``runs:`` entry as typed Runs: the run, then one repeat per further seed of ``seeds``.
+
+    ``seeds: [a, b, c]`` (the entry's, else ``defaults.<model>``'s, else ``defaults.train``'s) trains
+    the run under its own name with seed a, and as ``<name>@b`` and ``<name>@c`` with seeds b and c:
+    each repeat is a run of its own (job, target, checkpoint, reference), with the same rows."""
     entry, defaults = dict(entry), defaults or {}
     name, dataset, model = entry.pop("name"), entry.pop("dataset"), entry.pop("model")
     rows = tuple(entry.pop("rows", ()))
     where = f"run {dataset}/{name}"
     if model not in MODELS:
         raise ConfigError(f"{where}: unknown model {model!r} (models: {', '.join(MODELS)})")
+    if SEED_MARK in name:
+        raise ConfigError(f"{where}: `{SEED_MARK}` in a name is kept for seed repeats (use `seeds:`)")
     model_cls = MODELS[model]
     trained = model in TRAIN_DEFAULTS
     model_keys, train_keys = _names(model_cls), _names(TrainConfig) if trained else set()
     merged = dict(TRAIN_DEFAULTS.get(model, {}))
+    seeds: tuple[int, ...] = ()
     for scope, values in (("defaults.train", defaults.get("train") if trained else None),
                           (f"defaults.{model}", defaults.get(model)), (where, entry)):
+        values = dict(values or {})
+        if "seeds" in values:
+            if not trained:
+                raise ConfigError(f"{scope}: `seeds` repeats a trained run; model {model} has no seed")
+            seeds = _seeds(values.pop("seeds"), scope)
         unknown = sorted(set(values or {}) - model_keys - train_keys)
         if unknown:
             raise ConfigError(f"{scope}: {', '.join(f'`{k}`' for k in unknown)} is not a setting of model {model} "
@@ -187,12 +223,15 @@ def resolve_run(entry: dict, defaults: dict | None = None) -> Run:
         merged.update(values or {})
     settings = from_dict(model_cls, {k: v for k, v in merged.items() if k in model_keys}, where)
     train = from_dict(TrainConfig, {k: v for k, v in merged.items() if k in train_keys}, where) if trained else None
-    return Run(name, dataset, model, settings, train, rows)
+    if not seeds:
+        return [Run(name, dataset, model, settings, train, rows)]
+    return [Run(name if i == 0 else f"{name}{SEED_MARK}{seed}", dataset, model, settings,
+                dataclasses.replace(train, seed=seed), rows) for i, seed in enumerate(seeds)]
 
 
 def resolve_runs(config: dict) -> list[Run]:
-    """Every run of the config; names unique per dataset and telling the model apart."""
-    runs = [resolve_run(e, config.get("defaults")) for e in config["runs"]]
+    """Every run of the config (seed repeats included); names unique per dataset and telling the model apart."""
+    runs = [run for e in config["runs"] for run in resolve_seeded(e, config.get("defaults"))]
     seen: set[str] = set()
     model_of: dict[str, str] = {}
     for run in runs:
@@ -252,7 +291,11 @@ def settings_doc() -> str:
             "`defaults.train` set them for every run.  Defaults are the paper's.\n\n"
             "Training defaults that differ by model: "
             + "; ".join(f"{m}: " + ", ".join(f"{k} {v:g}" for k, v in d.items()) for m, d in TRAIN_DEFAULTS.items())
-            + ".\n\n")
+            + ".\n\n"
+            "Repeats over seeds: `seeds: [a, b, ...]` (a list of distinct integers >= 0) in a trained run, in "
+            "`defaults.<model>` or in `defaults.train` trains the run with seed a under its own name and once more "
+            "per further seed as `<name>@<seed>` (each its own job, target, checkpoint and reference; the same "
+            "rows).  Table rows then show the mean, standard deviation and n of the seeds.\n\n")
     return head + "\n".join(settings_table(cls, title) for cls, title in (
         (HMMConfig, "vlnhmm"), (TrainConfig, "training loop (ff, lstm, vlnhmm)"), (FFConfig, "ff"),
         (LSTMConfig, "lstm"), (KN5Config, "kn5")))

@@ -4,7 +4,8 @@ Written as reStructuredText for Snakemake's ``report:`` directive (the landing p
 ``snakemake --report``): the paper, the commit, the profile, the hardware, the date; our settings
 beside the paper's; per table and figure one verdict line counted from its ``status`` column
 (measured / reference / cut short / incomplete / stale / not run / cited) and how many of our
-rows lie within +-3 % of the paper; the single-seed caveat.  Every number on it is counted from
+rows lie within +-3 % of the paper and how many have the paper's number inside our 95 % interval;
+how the intervals were made.  Every number on it is counted from
 the CSVs, so a test can count them again.
 
     python -m pipeline.frontpage --tables results/table1.csv ... results/fig4.csv --paper config/paper.yaml \
@@ -25,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from pipeline import intervals
 from pipeline.provenance import provenance
 from pipeline.report import STATUS_KINDS, WITHIN_PCT, fmt, status_kind
 
@@ -47,8 +49,9 @@ def ours(name: str, df: pd.DataFrame) -> pd.DataFrame:
     return df if name.startswith("table") else df[df["series"].str.startswith("ours")]
 
 
-def row_pcts(row: pd.Series) -> list[float]:
-    return [float(row[c]) for c in row.index if c.endswith("_diff_pct") and pd.notna(row[c])]
+def row_pcts(row: pd.Series, kind: str = "_diff_pct") -> list[float]:
+    """The row's differences to the paper in % (``_beyond_pct``: beyond our interval, 0 inside it)."""
+    return [float(row[c]) for c in row.index if c.endswith(kind) and pd.notna(row[c])]
 
 
 def summarize(name: str, df: pd.DataFrame) -> dict:
@@ -57,9 +60,13 @@ def summarize(name: str, df: pd.DataFrame) -> dict:
     kinds = Counter(status_kind(s) for s in rows["status"])
     pcts = [row_pcts(r) for _, r in rows.iterrows()]
     compared = [p for p in pcts if p]
+    beyond = [p for p in (row_pcts(r, "_beyond_pct") for _, r in rows.iterrows()) if p]
+    outside = [v for p in beyond for v in p if v != 0]
     return {"rows": len(rows), "kinds": kinds, "compared": len(compared),
             "within": sum(all(abs(v) <= WITHIN_PCT for v in p) for p in compared),
             "median_pct": statistics.median(v for p in compared for v in p) if compared else None,
+            "intervals": len(beyond), "inside": sum(all(v == 0 for v in p) for p in beyond),
+            "median_beyond": statistics.median(outside) if outside else None,
             "paper_points": 0 if name.startswith("table") else int(df["series"].str.startswith("paper").sum())}
 
 
@@ -81,6 +88,9 @@ def verdict_line(name: str, caption: str, s: dict) -> str:
     line += f"; within \u00b1{WITHIN_PCT:g} % of the paper{where}: {s['within']} of {s['compared']} compared"
     if s["median_pct"] is not None:
         line += f" (median difference {s['median_pct']:+.1f} %)"
+    line += f"; the paper's number inside our 95 % interval: {s['inside']} of {s['intervals']}"
+    if s["median_beyond"] is not None:
+        line += f" (the others differ by a median {s['median_beyond']:+.1f} % beyond the noise)"
     return line + "."
 
 
@@ -170,14 +180,19 @@ def render(frames: dict[str, pd.DataFrame], paper: dict, profile: str | None, la
     devices = ", ".join(sorted(set(got["device"].dropna().astype(str)))) if len(got) else ""
     devices = devices or "none yet"
     by_run: dict[str, list[float]] = {}
+    beyond_by_run: dict[str, list[float]] = {}
     for name, df in frames.items():
         key = "run" if name.startswith("table") else "source"
         for _, r in ours(name, df).iterrows():
             if pd.notna(r[key]) and r[key] and status_kind(r["status"]) != "not run":
                 by_run.setdefault(str(r[key]), []).extend(row_pcts(r))
+                beyond_by_run.setdefault(str(r[key]), []).extend(row_pcts(r, "_beyond_pct"))
     compared = {k: p for k, p in by_run.items() if p}
     within = sum(all(abs(v) <= WITHIN_PCT for v in p) for p in compared.values())
-    seeds = _span(got["seed"]) if "seed" in got else "\u2013"
+    with_interval = {k: p for k, p in beyond_by_run.items() if p}
+    inside = sum(all(v == 0 for v in p) for p in with_interval.values())
+    every_seed = [int(float(v)) for text in (got["seeds"].dropna() if "seeds" in got else []) for v in str(text).split(",")]
+    seeds = _span(every_seed or (got["seed"] if "seed" in got else []))
     profile_text = f"``{profile}``" + (f": {rst(label)}" if label else "") if profile and profile != "full" else \
         "full configuration (``config/config.yaml``: the paper's sizes)" + (f"; {rst(label)}" if label else "")
     title = "Scaling Hidden Markov Language Models: reproduction report"
@@ -190,16 +205,22 @@ def render(frames: dict[str, pd.DataFrame], paper: dict, profile: str | None, la
                                      if dates else ""), "",
              "Verdict", "-------", "",
              f"**{within} of {len(compared)}** runs of ours that the paper reports a number for are within "
-             f"\u00b1{WITHIN_PCT:g} % of it (every such number of the run: valid and test perplexity).", ""]
+             f"\u00b1{WITHIN_PCT:g} % of it (every such number of the run: valid and test perplexity); "
+             f"**{inside} of {len(with_interval)}** with an interval have the paper's every number inside our 95 % "
+             "interval (see How sure).", ""]
     for name in ITEMS:
         if name in frames:
             s = summaries[name]
             lines.append(f"- {verdict_line(name, rst(paper[name]['caption']), s)}  "
                          f"`{name}.png`_ \u00b7 `{name}.html`_")
-    seeds = f"seed {seeds}" if seeds != "\u2013" else "no trained model measured yet; KenLM needs no seed"
-    lines += ["", f"**Single seed.** Every number of ours is one run ({seeds}); the paper reports single runs "
-              "without a spread either.  A difference of a few percent can be seed noise; only larger gaps say "
-              "something.", ""]
+    seeds = f"seeds {seeds}" if seeds != "\u2013" else "no trained model measured yet; KenLM needs no seed"
+    ns = sorted({int(v) for v in got["n"].dropna()}) if "n" in got else []
+    repeats = (f"Our rows are repeated over n = {', '.join(map(str, ns))} seed(s) ({seeds}): a row shows their "
+               "mean, standard deviation and n" if ns else f"No row of ours yet ({seeds})")
+    lines += ["", f"**How sure.** The paper reports single runs without a spread.  {repeats}.  Each perplexity of "
+              f"ours has a {rst(intervals.METHOD)}.  A row agrees with the paper where the paper's number lies "
+              "inside that interval; otherwise it differs by the distance to the interval's nearer end, in % of the "
+              "paper's number (beyond the noise we measured: test-set sampling and, with n > 1, seeds).", ""]
     if profile and profile != "full":
         lines += [f"**Not comparable.** This is the ``{profile}`` profile: {rst(label or 'a scaled-down configuration')}.  "
                   "Its numbers check that the pipeline runs end to end; they are not evidence for or against the "

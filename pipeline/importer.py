@@ -10,7 +10,8 @@ of runs.tgz goes to ``results/reference/<dataset>/<run>/``:
                      ``provenance`` extended: GPU, driver, CUDA, torch, TVM, commit (and the bundle's
                      dirty flag), date, host, wall time, epochs done of planned, scan backend (and
                      why the node chose it), matmul precision, max_seconds, the node job
-    provenance.json  that provenance alone;   curve.csv, train.log, spec.json (as the node ran it)
+    provenance.json  that provenance alone;   curve.csv, train.log, spec.json (as the node ran it),
+                     docs.npz (scores per document: pipeline.intervals)
 
 The tables (pipeline.report) show such a run, where no local result exists, as
 ``reference: <its status> (<GPU>, <date>, commit <commit>)``: a run the budget stopped says
@@ -145,7 +146,7 @@ def import_out(out_dir: Path, config: dict, reference: Path, bench_dir: Path, fo
             dest.mkdir(parents=True)
             (dest / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
             (dest / "provenance.json").write_text(json.dumps(prov, indent=2) + "\n")
-            for name in ("curve.csv", "train.log", "spec.json"):
+            for name in ("curve.csv", "train.log", "spec.json", "docs.npz"):
                 if (src / name).is_file():
                     shutil.copyfile(src / name, dest / name)
             record_dir(dest, [p.name for p in dest.iterdir() if p.name != SUMS])  # the tables check these

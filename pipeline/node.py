@@ -613,7 +613,7 @@ class Node:
                 info.size, info.mtime, info.mode = len(data), int(path.stat().st_mtime), 0o644
                 tar.addfile(info, io.BytesIO(data))
             for path in sorted((self.work / "runs").rglob("*")):
-                if path.is_file() and path.suffix in (".json", ".csv", ".log"):
+                if path.is_file() and path.suffix in (".json", ".csv", ".log", ".npz"):  # .npz: scores per document
                     add(path, "runs/" + str(path.relative_to(self.work / "runs")))
             for path in sorted((self.work / "logs").glob("*")):
                 if path.is_file():

@@ -43,7 +43,8 @@ from matplotlib.font_manager import FontProperties  # noqa: E402
 from matplotlib.textpath import TextToPath  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
 
-from pipeline.config import ConfigError, resolve_runs, stale_reason  # noqa: E402
+from pipeline import intervals  # noqa: E402
+from pipeline.config import ConfigError, base_name, resolve_runs, stale_reason  # noqa: E402
 from pipeline.integrity import SUMS, IntegrityError, read_sums, verify_dir  # noqa: E402
 
 WITHIN_PCT = 3.0  # "within +-3 % of the paper", the front page's verdict
@@ -57,30 +58,34 @@ FULL_PROFILE = "full"  # the profile column where no profile overlay is in use (
 # The CSV columns of each table, in order.  ours vs paper_*: what we ran / measured vs the paper's.
 _RUN = ["status", "run"]
 _SETTINGS = ["num_states", "paper_num_states", "num_clusters", "paper_num_clusters", "epochs", "paper_epochs",
-             "steps", "seed"]
+             "steps", "seed", "seeds"]
 _PROVENANCE = ["commit", "date", "device", "profile"]
 
 
 def _ppl_cols(split: str) -> list[str]:
-    return [f"{split}_ppl", f"paper_{split}_ppl", f"{split}_diff", f"{split}_diff_pct"]
+    """ours (the mean over seeds), its sd and 95 % interval, the paper's, the differences, the verdict:
+    ``*_beyond_pct`` 0 where the paper's number lies in our interval, else how far outside (pipeline.intervals)."""
+    return [f"{split}_ppl", f"{split}_sd", f"{split}_lo", f"{split}_hi", f"paper_{split}_ppl", f"{split}_diff",
+            f"{split}_diff_pct", f"{split}_beyond_pct"]
 
 
 # Order: which row, the results beside the paper's, what was trained beside what the paper trained, provenance.
-_ABLATION = (["paper_model", "model", "train_ppl", "paper_train_ppl", *_ppl_cols("valid"), "ms_per_batch",
+_ABLATION = (["paper_model", "model", "n", "train_ppl", "paper_train_ppl", *_ppl_cols("valid"), "ms_per_batch",
               "paper_ms_per_batch", "paper_device", *_RUN, "params", "paper_params", *_SETTINGS, *_PROVENANCE])
 COLUMNS = {
-    "table1": ["dataset", "paper_model", "model", *_ppl_cols("valid"), *_ppl_cols("test"), *_RUN, "params",
+    "table1": ["dataset", "paper_model", "model", "n", *_ppl_cols("valid"), *_ppl_cols("test"), *_RUN, "params",
                "paper_params", *_SETTINGS, *_PROVENANCE],
     "table2": _ABLATION,
-    "table3": ["constraint", "paper_model", "model", *_ppl_cols("valid"), *_RUN, *_SETTINGS[:4], "states_per_word",
+    "table3": ["constraint", "paper_model", "model", "n", *_ppl_cols("valid"), *_RUN, *_SETTINGS[:4], "states_per_word",
                "paper_states_per_word", *_SETTINGS[4:], *_PROVENANCE],
     "table4": _ABLATION,
 }
-FIGURE_COLUMNS = ["series", "x", "run_x", "num_states", "num_clusters", "valid_ppl", "paper_valid_ppl", "valid_diff", "valid_diff_pct", "epochs",
-                  "steps", "seed", "status", "source", "commit", "date", "device", "profile"]
+FIGURE_COLUMNS = ["series", "x", "run_x", "num_states", "num_clusters", "n", *_ppl_cols("valid"), "epochs",
+                  "steps", "seed", "seeds", "status", "source", "commit", "date", "device", "profile"]
 INT_COLUMNS = {"params", "num_states", "paper_num_states", "num_clusters", "paper_num_clusters", "states_per_word",
-               "paper_states_per_word", "steps", "seed", "x", "run_x", "paper_epochs"}
-FLOAT_COLUMNS = {"train_ppl", "valid_ppl", "test_ppl", "ms_per_batch", "epochs"}
+               "paper_states_per_word", "steps", "seed", "x", "run_x", "paper_epochs", "n"}
+FLOAT_COLUMNS = {"train_ppl", "valid_ppl", "test_ppl", "ms_per_batch", "epochs", "valid_sd", "valid_lo", "valid_hi",
+                 "test_sd", "test_lo", "test_hi"}
 
 
 def status_kind(status: Any) -> str:
@@ -244,6 +249,31 @@ def _diff(ours: Any, paper: Any) -> float | None:
     return None if ours is None or paper is None else round(round(float(ours), 2) - float(paper), 2)
 
 
+def _repeats(run: dict, runs: list[dict]) -> list[dict]:
+    """``run`` and its seed repeats among ``runs`` (same dataset, same base name), the run itself first."""
+    base = base_name(run["spec"]["name"])
+    group = [r for r in runs if r["spec"]["dataset"] == run["spec"]["dataset"] and base_name(r["spec"]["name"]) == base]
+    return sorted(group, key=lambda r: r["spec"]["name"] != base)
+
+
+def seed_columns(group: list[dict], paper: dict) -> dict:
+    """The perplexity columns of a row from its runs over seeds (those with results): n, seeds, and per split
+    the mean, sd, interval, the paper's number, the differences and the verdict (pipeline.intervals)."""
+    done = [r for r in group if r["metrics"]]
+    seeds = [((r["spec"].get("train") or {}).get("seed")) for r in done]
+    rec: dict[str, Any] = {"n": len(done) or None,
+                           "seeds": ", ".join(str(s) for s in seeds if s is not None) or None}
+    for split in ("valid", "test"):
+        got = [r["metrics"] for r in done if r["metrics"].get(f"{split}_ppl") is not None]
+        c = intervals.combine([m[f"{split}_ppl"] for m in got], [m.get(f"{split}_ppl_interval") for m in got])
+        ref = paper.get(split)
+        rec.update({f"{split}_ppl": c["ppl"], f"{split}_sd": c["sd"], f"{split}_lo": c["lo"], f"{split}_hi": c["hi"],
+                    f"paper_{split}_ppl": ref, f"{split}_diff": _diff(c["ppl"], ref),
+                    f"{split}_diff_pct": _pct(c["ppl"], ref),
+                    f"{split}_beyond_pct": intervals.beyond_pct(ref, c["lo"], c["hi"])})
+    return rec
+
+
 # ---------------------------------------------------------------------------------- frames
 def _finish(df: pd.DataFrame) -> pd.DataFrame:
     for col in df.columns:
@@ -280,6 +310,8 @@ def build_table(name: str, paper: dict, runs: list, paper_specs: list[dict] | No
     for prow in _paper_rows(name, table):
         cited = prow.get("cited")
         run = None if cited else next((r for r in runs if _fills(r["spec"], name, prow)), None)
+        group = _repeats(run, runs) if run else []
+        run = group[0] if group else None  # the run itself; its seed repeats add to n
         pspec = None if cited else next((p for p in paper_specs or [] if _fills(p, name, prow)), None)
         spec, metrics = (run or {}).get("spec"), (run or {}).get("metrics") or {}
         train = (spec or {}).get("train") or {}
@@ -304,10 +336,7 @@ def build_table(name: str, paper: dict, runs: list, paper_specs: list[dict] | No
             rec["paper_num_states"], rec["paper_num_clusters"] = prow.get("num_states"), prow.get("num_clusters")
         if metrics:
             rec.update(_provenance(metrics))
-        for split in ("valid", "test"):
-            ours, ref = metrics.get(f"{split}_ppl"), prow.get(split)
-            rec.update({f"{split}_ppl": ours, f"paper_{split}_ppl": ref, f"{split}_diff": _diff(ours, ref),
-                        f"{split}_diff_pct": _pct(ours, ref)})
+        rec.update(seed_columns(group, prow))
         out.append(rec)
     return _finish(pd.DataFrame(out, columns=COLUMNS[name]))
 
@@ -333,18 +362,19 @@ def build_figure(name: str, paper: dict, runs: list, scale: dict | None = None,
     factor = (scale or {}).get(xkey) or 1
     paper_at = {(str(p.get(skey)) if skey else "", p[xkey]): p for p in fig["points"]}
     out = []
-    for run in (r for r in map(_run, runs) if name in r["spec"].get("rows", [])):
+    mine = [r for r in map(_run, runs) if name in r["spec"].get("rows", [])]
+    for run in (r for r in mine if base_name(r["spec"]["name"]) == r["spec"]["name"]):
+        group = _repeats(run, mine)
         spec, metrics = run["spec"], run["metrics"] or {}
         settings, train = spec.get("settings") or {}, spec.get("train") or {}
         series = str(settings.get(skey)) if skey else ""
         run_x = settings.get(xkey)
         x = None if run_x is None else run_x * factor
         ref = paper_at.get((series, x))
-        ours, ref_valid = metrics.get("valid_ppl"), ref and ref["valid"]
+        cols = seed_columns(group, {"valid": ref and ref["valid"]})
         out.append({"series": " ".join(["ours"] + ([series] if skey else [])), "x": x, "run_x": run_x,
                     "num_states": _hmm(spec, "num_states"), "num_clusters": _hmm(spec, "num_clusters"),
-                    "valid_ppl": ours, "paper_valid_ppl": ref_valid, "valid_diff": _diff(ours, ref_valid),
-                    "valid_diff_pct": _pct(ours, ref_valid),
+                    **{k: v for k, v in cols.items() if not k.startswith("test")},
                     "epochs": metrics.get("epochs") if metrics else train.get("epochs"),
                     "steps": metrics.get("steps"), "seed": train.get("seed"), "status": run["status"],
                     "source": run["key"], "profile": profile or FULL_PROFILE} | (_provenance(metrics) if metrics else {}))
@@ -379,11 +409,12 @@ def fmt(v: Any, kind: str = "") -> str:
 
 
 def ours_settings(df: pd.DataFrame) -> str:
-    """What all our runs of a table or figure have in common: |Z|, M, epochs, seed (ones that vary are left out)."""
+    """What all our runs of a table or figure have in common: |Z|, M, epochs, seeds (ones that vary are left out)."""
     got = df[df["run"].fillna("") != ""] if "run" in df else df[df["series"].str.startswith("ours")]
     parts = []
+    seed = "seeds" if "seeds" in got else "seed"  # a row repeated over seeds has other seeds than the rest
     for col, label, kind in (("num_states", "|Z| = ", ""), ("num_clusters", "M = ", ""),
-                             ("epochs", "epochs ", "epochs"), ("seed", "seed ", "")):
+                             ("epochs", "epochs ", "epochs"), (seed, "seed ", "")):
         values = set(got[col].dropna()) if col in got else set()
         if len(values) == 1:
             parts.append(label + fmt(values.pop(), kind))
@@ -414,12 +445,32 @@ def _pair(ours: Any, paper: Any, kind: str = "") -> list[tuple[str, str]]:
     return [(fmt(ours, kind), INK), (shown, PAPER_INK)]
 
 
+def _ppl_cell(row: Any, split: str) -> list[tuple[str, str]]:
+    """Ours (mean +- sd over n seeds), our 95 % interval, the paper's."""
+    ours, sd, n = row.get(f"{split}_ppl"), row.get(f"{split}_sd"), row.get("n")
+    lo, hi = row.get(f"{split}_lo"), row.get(f"{split}_hi")
+    if _missing(ours):
+        return _pair(ours, row.get(f"paper_{split}_ppl"))
+    head = fmt(ours) + ("" if _missing(sd) else f" \u00b1 {sd:.2f}") + ("" if _missing(n) else f" (n = {n})")
+    span = "[\u2013]" if _missing(lo) else f"[{lo:.2f}, {hi:.2f}]"
+    return [(head, INK), (span, RUN_INK)] + _pair(ours, row.get(f"paper_{split}_ppl"))[1:]
+
+
+def verdict_text(beyond: Any) -> str:
+    """``in interval`` / ``+4.2 % beyond`` / ``no interval`` (a row's ``*_beyond_pct``)."""
+    if _missing(beyond):
+        return "no interval"
+    return "in interval" if beyond == 0 else f"{beyond:+.1f} % beyond"
+
+
 def _diff_cell(row: Any, split: str) -> list[tuple[str, str]]:
     pct, diff = row.get(f"{split}_diff_pct"), row.get(f"{split}_diff")
     if _missing(pct):
         return [("\u2013", INK)]
     color = GOOD if abs(pct) <= WITHIN_PCT else INK
-    return [(fmt(pct, "pct"), color), (fmt(diff, "diff"), PAPER_INK)]
+    beyond = row.get(f"{split}_beyond_pct")
+    return [(fmt(pct, "pct"), color), (fmt(diff, "diff"), PAPER_INK),
+            (verdict_text(beyond), GOOD if beyond == 0 else INK)]
 
 
 def _status_cell(status: str, notes: list[str]) -> list[tuple[str, str]]:
@@ -455,8 +506,8 @@ def table_cells(name: str, df: pd.DataFrame) -> tuple[list[str], list[list[list[
                  "states/word": _pair(r.get("states_per_word"), r.get("paper_states_per_word")),
                  "params": _pair(r.get("params"), r.get("paper_params"), "params"),
                  "train ppl": _pair(r.get("train_ppl"), r.get("paper_train_ppl")),
-                 "valid ppl": _pair(r["valid_ppl"], r["paper_valid_ppl"]), "valid \u0394": _diff_cell(r, "valid"),
-                 "test ppl": _pair(r.get("test_ppl"), r.get("paper_test_ppl")), "test \u0394": _diff_cell(r, "test"),
+                 "valid ppl": _ppl_cell(r, "valid"), "valid \u0394": _diff_cell(r, "valid"),
+                 "test ppl": _ppl_cell(r, "test"), "test \u0394": _diff_cell(r, "test"),
                  "ms/batch": _pair(r.get("ms_per_batch"), r.get("paper_ms_per_batch")),
                  "status": _status_cell(str(r["status"]), notes)}
         if r["status"].startswith("cited"):
@@ -518,6 +569,12 @@ def render_table(name: str, df: pd.DataFrame, title: list[str], foot: list[str],
     plt.close(fig)
 
 
+INTERVAL_NOTE = (
+    "Noise: ours = the mean over n seeds (\u00b1 their standard deviation where n > 1); [lo, hi] = our 95 % interval: "
+    f"{intervals.METHOD}.  Verdict: \"in interval\" where the paper's number lies inside it, else by how much it "
+    "lies outside, in % of the paper's number (*_beyond_pct); the \u00b13 % count stays beside it.")
+
+
 def table_foot(name: str, paper: dict, df: pd.DataFrame, form: str = "png") -> list[str]:
     """The notes under a table (``form``: png or html): how to read it, the paper's notes, where results come from."""
     foot = ["Each cell: ours (black) over the paper's (grey); \u0394 = ours \u2212 paper in % (green: within "
@@ -528,6 +585,7 @@ def table_foot(name: str, paper: dict, df: pd.DataFrame, form: str = "png") -> l
             f"\u00b1{WITHIN_PCT:g} %); paper_num_states, paper_num_clusters, paper_epochs: the paper's setting (the "
             "full config's run for the same row; Table 3: the paper's own columns); epochs: trained (fractional "
             "if cut short); \u2013 = not measured / not reported (nothing is filled in)."]
+    foot.append(INTERVAL_NOTE)
     foot += [f"Note ({k}): {v}" for k, v in (paper[name].get("notes") or {}).items()]
     foot.append(provenance_line(df))
     foot.append(f"Paper values: {paper.get('source', '')}." + ("  All columns (commit, date, seed, steps per row): "
@@ -554,8 +612,9 @@ def provenance_line(df: pd.DataFrame) -> str:
     dates = sorted(str(d)[:10] for d in got["date"].dropna())
     when = dates[0] if dates and dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}" if dates else "?"
     devices = ", ".join(sorted(set(got["device"].dropna().astype(str))))
-    return (f"Our results: {len(got)} row(s), trained at commit {commits}, {when}, on {devices or '?'}; single runs "
-            "(one seed each), no spread.")
+    ns = sorted({int(v) for v in got["n"].dropna()}) if "n" in got else []
+    seeds = ("seeds per row: n = " + ", ".join(map(str, ns))) if ns else "no seeds"
+    return f"Our results: {len(got)} row(s), trained at commit {commits}, {when}, on {devices or '?'}; {seeds}."
 
 
 # ---------------------------------------------------------------------------------- PNG: figures
@@ -592,6 +651,9 @@ def render_figure(df: pd.DataFrame, name: str, paper: dict, title: list[str], sc
         mine = ours[ours.series.map(_series_kind) == kind]
         got = mine.dropna(subset=["valid_ppl"])
         xs, ys, kinds_of = got.x * dodge[kind], got.valid_ppl, got.status.map(status_kind)
+        bars = got.dropna(subset=["valid_lo", "valid_hi"])
+        ax.errorbar(bars.x * dodge[kind], bars.valid_ppl, yerr=[bars.valid_ppl - bars.valid_lo,
+                    bars.valid_hi - bars.valid_ppl], fmt="none", ecolor=color, elinewidth=1.2, capsize=4, zorder=2)
         tags = (["hollow circle: cut short"] if kinds_of.eq("cut short").any() else []) + (
             ["incl. reference runs"] if kinds_of.eq("reference").any() else [])
         ax.plot(xs, ys, "-o", color=color, lw=1.6, ms=7, zorder=2,
@@ -641,7 +703,8 @@ def render_figure(df: pd.DataFrame, name: str, paper: dict, title: list[str], sc
                  weight="bold" if i == 0 else "normal", color="#8a4b00" if i == 2 else INK)
     notes = [FIGURE_NOTE]
     if modal is not None:
-        notes.append(f"Our points: {modal:g} epoch(s) each unless labelled; single runs, one seed each.")
+        notes.append(f"Our points: {modal:g} epoch(s) each unless labelled; error bars: our 95 % interval.")
+    notes.append(INTERVAL_NOTE)
     notes.append(provenance_line(ours) + f"  Source: {paper.get('source', '')}.")
     notes += list(extra)
     fig.text(0.01, 0.015, "\n".join(textwrap.fill(n, 150) for n in notes), fontsize=8, va="bottom", style="italic")
@@ -723,7 +786,7 @@ def render_html(df: pd.DataFrame, title: list[str], foot: list[str], csv_text: s
             text = f"{v:g}"  # as the paper prints it
         if number:
             classes.append("num")
-            if col.endswith("_pct") and abs(v) <= WITHIN_PCT:
+            if col.endswith("_diff_pct") and abs(v) <= WITHIN_PCT or col.endswith("_beyond_pct") and v == 0:
                 classes.append("good")
         if col == "status":
             classes.append("s-" + status_kind(v).replace(" ", "-"))
@@ -779,7 +842,8 @@ def main(argv: list[str] | None = None) -> None:
         df = build_figure(a.name, paper, runs, a.scale, a.profile)
         title = title_lines(caption, df, a.label)
         foot = [FIGURE_NOTE, "x: where the point is plotted (paper-equivalent: our run_x \u00d7 the profile's scale); "
-                "run_x: our own setting.", provenance_line(df[df.series.str.startswith("ours")]), *scale_note]
+                "run_x: our own setting.", INTERVAL_NOTE, provenance_line(df[df.series.str.startswith("ours")]),
+                *scale_note]
         render_figure(df, a.name, paper, title, a.scale, a.png, scale_note)
     Path(a.csv).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(a.csv, index=False)

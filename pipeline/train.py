@@ -10,7 +10,9 @@ One run = one resolved :class:`pipeline.config.Run`.  :class:`Trainer` takes it 
 * ``check``: ``evals_per_epoch`` times an epoch: validation perplexity, lr schedule (multiply
   by ``lr_decay`` after ``patience`` checks without improvement), best weights, an atomic
   checkpoint, ``curve.csv`` and a provisional ``metrics.json``;
-* ``finish``: the best weights scored on valid and test; ``metrics.json`` and ``curve.png``.
+* ``finish``: the best weights scored on valid and test, token by token; ``metrics.json`` with each
+  perplexity's bootstrap interval over documents, ``docs.npz`` (log-likelihood and tokens per
+  document, :mod:`pipeline.intervals`) and ``curve.png``.
 
 An interrupted run continues from its last check and ends exactly where an uninterrupted run
 ends.  A non-finite training loss, a validation perplexity that is not finite, a full disk: each
@@ -37,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline import intervals
 from pipeline.config import Run
 from pipeline.data import Corpus, Windows
 from pipeline.files import write_json
@@ -72,23 +75,38 @@ def perplexity(nll: float) -> float:
 
 
 @torch.no_grad()
-def evaluate(model, ids: torch.Tensor, batch_size: int, bptt: int, device) -> tuple[float, float]:
+def evaluate(model, ids: torch.Tensor, batch_size: int, bptt: int, device,
+             per_token: bool = False) -> tuple[float, float] | tuple[float, float, np.ndarray]:
     """(perplexity, ms per batch with cached parameters) of ``ids`` scored as ``batch_size`` streams with carry.
 
+    ``per_token``: also the log-probability of every token of ``ids`` (float64 [n], in order), each
+    conditioned as the streams condition it; the perplexity is then the one of these scores.
     The perplexity is inf where it overflows and NaN where a score is NaN; callers decide."""
     model.eval()
     windows = Windows(ids, batch_size, bptt)
     total, carry = torch.zeros((), dtype=torch.float64, device=device), model.initial_state(windows.batch_size)
+    if per_token:  # where each stream position sits in ids (padding: one extra slot, dropped at the end)
+        position = torch.full(windows.x.shape, windows.num_tokens, dtype=torch.long)
+        position[windows.mask] = torch.arange(windows.num_tokens)
+        token_logp = torch.zeros(windows.num_tokens + 1, dtype=torch.float64, device=device)
     if hasattr(model, "prepare_evaluation"):  # one-off work (the VLNHMM's cached parameters) is not timed
         model.prepare_evaluation()
     synchronize(device)
     start = time.perf_counter()
-    for x, mask in windows:
-        logp, carry = model(x.to(device), mask.to(device), carry)
-        total += logp.sum(dtype=torch.float64)
+    for w, (x, mask) in enumerate(windows):
+        if per_token:
+            logp, carry = model(x.to(device), mask.to(device), carry, per_token=True)
+            where = position[:, w * bptt: w * bptt + x.shape[1]].to(device)
+            token_logp.index_copy_(0, where.flatten(), logp.double().flatten())
+        else:
+            logp, carry = model(x.to(device), mask.to(device), carry)
+            total += logp.sum(dtype=torch.float64)
     synchronize(device)
     ms = 1000 * (time.perf_counter() - start) / len(windows)
     model.train()
+    if per_token:
+        token_logp = token_logp[:-1].cpu().numpy()
+        return perplexity(-float(token_logp.sum()) / windows.num_tokens), ms, token_logp
     return perplexity(-float(total) / windows.num_tokens), ms
 
 
@@ -390,8 +408,13 @@ class Trainer:
         except IntegrityError as err:
             raise TrainingError(str(err)) from None
         self.model.load_state_dict(torch.load(self.best_path, map_location=self.device, weights_only=True))
-        valid_ppl, _ = evaluate(self.model, self.corpus.splits["valid"], cfg.eval_batch_size, cfg.bptt, self.device)
-        test_ppl, ms = evaluate(self.model, self.corpus.splits["test"], cfg.eval_batch_size, cfg.bptt, self.device)
+        docs = {}
+        for split in ("valid", "test"):  # every token's score, summed per document (pipeline.intervals)
+            # ms per batch: of the test pass (gathering the scores is small beside the model's own work)
+            _, ms, token_logp = evaluate(self.model, self.corpus.splits[split], cfg.eval_batch_size, cfg.bptt,
+                                         self.device, per_token=True)
+            docs[split] = intervals.document_sums(token_logp, self.corpus.docs[split].numpy())
+        valid_ppl, test_ppl = (perplexity(-docs[s][0].sum() / docs[s][1].sum()) for s in ("valid", "test"))
         epochs = st["step"] / self.steps_per_epoch
         if st["step"] >= self.total_steps:
             status = "measured"
@@ -401,6 +424,8 @@ class Trainer:
             status = f"cut short: max_steps {cfg.max_steps:,} ({epochs:.2f} of {cfg.epochs:g} epochs)"
         metrics = self.metrics(status, valid_ppl, test_ppl, ms)
         self.out.mkdir(parents=True, exist_ok=True)
+        metrics.update(intervals.split_metrics(docs))
+        metrics["interval"]["bytes"] = intervals.save_documents(self.out / intervals.DOCS_FILE, docs)
         write_curve(st["curve"], self.out / "curve.csv")
         self._write_metrics(metrics)
         try:
@@ -409,7 +434,8 @@ class Trainer:
             pass
         else:
             plot_curve(self.out / "curve.csv", self.out / "curve.png", self.name)
-        say(f"[{self.name}] done: {status}; valid ppl {valid_ppl:.2f}, test ppl {test_ppl:.2f}, "
+        lo, hi = metrics["test_ppl_interval"]
+        say(f"[{self.name}] done: {status}; valid ppl {valid_ppl:.2f}, test ppl {test_ppl:.2f} [{lo:.2f}, {hi:.2f}], "
             f"{self.params:,} params, {st['wall']:.0f} s ({metrics['seconds_per_epoch']} s/epoch), "
             f"eval {ms:.2f} ms/batch")
         return metrics

@@ -29,15 +29,16 @@ ROOT = Path(__file__).resolve().parent.parent
 SANDBOX = ROOT / "tests/node_sandbox"
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 FORBIDDEN = ("snakemake", "yaml", "pandas", "matplotlib", "tqdm")
-# Over the tiny profile: one run that finishes (ff, 2 epochs) and one the budget must cut short
-# (a 512-state VLNHMM for 1000 epochs: far more than any machine trains in the budget), both in table rows.
+# Over the tiny profile: one run that finishes (ff, 1 epoch, over two seeds: ff and ff@2222) and one the
+# budget must cut short (a 512-state VLNHMM for 1000 epochs: far more than any machine trains in the budget),
+# all in table rows (budget 60 s: three runs).
 OVERLAY = """
 runs:
-  - {name: ff, dataset: ptb, model: ff, rows: [table1/ff]}
+  - {name: ff, dataset: ptb, model: ff, epochs: 1, seeds: [1111, 2222], rows: [table1/ff]}
   - {name: vlnhmm-512, dataset: ptb, model: vlnhmm, num_states: 512, epochs: 1000, rows: [table2/vlnhmm]}
 priority: [ptb/vlnhmm-512, ptb/ff]
-node: {check_runs: [ptb/vlnhmm-512], budget: 50, margin: 3, env_cap: 15, check_cap: 20, bench_kernels_cap: 5,
-       bench_scale_cap: 6, solo_seconds: 8, warm_seconds: 1, run_reserve: 3, min_run_seconds: 4, parallel: 2}
+node: {check_runs: [ptb/vlnhmm-512], budget: 60, margin: 3, env_cap: 15, check_cap: 20, bench_kernels_cap: 5,
+       bench_scale_cap: 6, solo_seconds: 8, warm_seconds: 1, run_reserve: 3, min_run_seconds: 4, parallel: 3}
 bench: {kernel_states: [16, 32], scale_states: {cpu: [64]}, scale_steps: 1}
 """
 pytestmark = pytest.mark.pipeline
@@ -115,7 +116,8 @@ def rehearsal(tmp_path_factory):
 def test_bundle_holds_what_the_node_needs(rehearsal):
     b = rehearsal["bundle"]
     manifest = json.loads((b / "BUNDLE.json").read_text())
-    assert manifest["runs"] == ["ptb/ff", "ptb/vlnhmm-512"] and manifest["priority"] == ["ptb/vlnhmm-512", "ptb/ff"]
+    assert manifest["runs"] == ["ptb/ff", "ptb/ff@2222", "ptb/vlnhmm-512"]
+    assert manifest["priority"] == ["ptb/vlnhmm-512", "ptb/ff", "ptb/ff@2222"]  # seed repeats after the list
     assert manifest["kernel_states"] == [4, 8, 16, 32]  # the run's k' and k, the benchmarks' sizes
     assert json.loads((b / "kernels/llvm/manifest.json").read_text())["states"] == [4, 8, 16, 32]
     assert (b / "tvm-runtime/tvm").is_dir() and not (b / "tvm-runtime/tvm/lib/libtvm_compiler.so").exists()
@@ -137,7 +139,7 @@ def test_node_sees_only_repository_bundle_torch_numpy(rehearsal):
 
 def test_node_runs_every_phase_within_budget(rehearsal):
     s, out = rehearsal["summary"], rehearsal["out"]
-    assert s["elapsed_s"] <= 50
+    assert s["elapsed_s"] <= 60
     assert s["phases"]["env"]["status"] == "ok" and s["phases"]["check"]["status"] == "passed"
     assert s["backend"]["runs"] == "tvm"
     check = json.loads((out / "check.json").read_text())
@@ -147,12 +149,13 @@ def test_node_runs_every_phase_within_budget(rehearsal):
     files = sorted(p.name for p in out.iterdir())
     assert len(files) <= 8 and all((out / f).is_file() and (out / f).stat().st_size <= 16 * 2**20 for f in files)
     assert {"summary.json", "check.json", "runs.tgz", "kernel_cpu.csv", "node.log"} <= set(files), files
-    assert s["runs"]["ptb/ff"]["status"] == "measured"
+    assert s["runs"]["ptb/ff"]["status"] == "measured" and s["runs"]["ptb/ff@2222"]["status"] == "measured"
     assert s["runs"]["ptb/vlnhmm-512"]["status"].startswith("cut short: time"), s["runs"]["ptb/vlnhmm-512"]
     assert s["throughput"]["verdict"]
     with tarfile.open(out / "runs.tgz") as tar:
         names = set(tar.getnames())
-    assert {"runs/ptb/ff/metrics.json", "runs/ptb/vlnhmm-512/curve.csv", "logs/check.log"} <= names
+    assert {"runs/ptb/ff/metrics.json", "runs/ptb/ff/docs.npz", "runs/ptb/ff@2222/metrics.json",
+            "runs/ptb/vlnhmm-512/curve.csv", "logs/check.log"} <= names
 
 
 def test_import_files_runs_with_provenance_and_tables_show_them(rehearsal):
@@ -168,6 +171,8 @@ def test_import_files_runs_with_provenance_and_tables_show_them(rehearsal):
     t1, t2 = rehearsal["tables"]["table1"], rehearsal["tables"]["table2"]
     ff = t1[t1["run"] == "ptb/ff"].iloc[0]
     assert ff["status"].startswith("reference") and "measured" in ff["status"] and ff["valid_ppl"] > 0
+    assert ff["n"] == 2 and ff["seeds"] == "1111, 2222" and ff["test_lo"] < ff["test_ppl"] < ff["test_hi"]
+    assert (ref / "ptb/ff@2222/docs.npz").is_file()
     hmm = t2[t2["run"] == "ptb/vlnhmm-512"].iloc[0]
     assert hmm["status"].startswith("reference") and "cut short" in hmm["status"], hmm["status"]
 

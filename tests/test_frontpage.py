@@ -25,9 +25,10 @@ PAPER = yaml.safe_load((ROOT / "config/paper.yaml").read_text())
 KINDS = ("measured", "reference", "cut short", "incomplete", "stale", "not run", "cited")
 
 
-def _table(statuses, pcts):
+def _table(statuses, pcts, beyond=None):
     return pd.DataFrame({"paper_model": [f"m{i}" for i in range(len(statuses))], "status": statuses,
                          "run": [f"ptb/r{i}" for i in range(len(statuses))], "valid_diff_pct": pcts,
+                         "valid_beyond_pct": beyond or [None] * len(statuses), "n": [1] * len(statuses),
                          "commit": ["abc1234567"] * len(statuses), "date": ["2026-01-02T03:04:05+00:00"] * len(statuses),
                          "device": ["cpu (2 cores)"] * len(statuses), "seed": [1111] * len(statuses)})
 
@@ -36,7 +37,7 @@ SYNTHETIC = _table(
     ["measured", "measured", "reference: measured (H100, 2026-01-01, commit 1)", "cut short: max_steps 3",
      "incomplete: check 2 of 8", "stale: trained with lr=0.1, the config says lr=0.01 (rerun it)",
      "not run: needs a GPU", "cited: Merity et al. (2017)"],
-    [2.5, -10.0, -3.0, 40.0, None, None, None, None])
+    [2.5, -10.0, -3.0, 40.0, None, None, None, None], [0.0, -6.0, 0.0, 35.0, None, None, None, None])
 
 
 def count(name: str, df: pd.DataFrame) -> dict:
@@ -46,7 +47,11 @@ def count(name: str, df: pd.DataFrame) -> dict:
     pcts = rows[[c for c in rows if c.endswith("_diff_pct")]]
     compared = pcts.notna().any(axis=1)
     within = (pcts.abs().le(3.0) | pcts.isna()).all(axis=1) & compared
-    return {"rows": len(rows), "kinds": kinds, "compared": int(compared.sum()), "within": int(within.sum())}
+    beyond = rows[[c for c in rows if c.endswith("_beyond_pct")]]
+    intervals = beyond.notna().any(axis=1)
+    inside = (beyond.eq(0) | beyond.isna()).all(axis=1) & intervals
+    return {"rows": len(rows), "kinds": kinds, "compared": int(compared.sum()), "within": int(within.sum()),
+            "intervals": int(intervals.sum()), "inside": int(inside.sum())}
 
 
 def parse(line: str) -> dict:
@@ -55,12 +60,16 @@ def parse(line: str) -> dict:
                   r"(?: at the paper's x)?: (\d+) of (\d+) compared", line)
     assert m, line
     named = {k: int(n) for n, k in re.findall(r"(\d+) ([a-z ]+?)(?:,|$)", m.group(2))}
-    return {"rows": int(m.group(1)), "kinds": named, "within": int(m.group(3)), "compared": int(m.group(4))}
+    inside = re.search(r"the paper's number inside our 95 % interval: (\d+) of (\d+)", line)
+    assert inside, line
+    return {"rows": int(m.group(1)), "kinds": named, "within": int(m.group(3)), "compared": int(m.group(4)),
+            "inside": int(inside.group(1)), "intervals": int(inside.group(2))}
 
 
 def check(line: str, want: dict) -> None:
     got = parse(line)
     assert (got["rows"], got["compared"], got["within"]) == (want["rows"], want["compared"], want["within"]), line
+    assert (got["inside"], got["intervals"]) == (want["inside"], want["intervals"]), line
     for kind, n in want["kinds"].items():
         assert got["kinds"].get(kind, 0) == n, (kind, line)
     assert sum(got["kinds"].values()) == want["rows"], line  # every row is counted under one kind
@@ -73,9 +82,12 @@ def test_verdict_counts_every_status_kind():
                            "1 incomplete, 1 stale, 1 not run, 1 cited;")
     check(line, count("table2", SYNTHETIC))
     assert "within \u00b13 % of the paper: 2 of 4 compared" in line  # +2.5 and -3.0; -10 and +40 are not
-    none = summarize("table2", SYNTHETIC.assign(status="not run: needs a GPU", valid_diff_pct=None))
+    assert "inside our 95 % interval: 2 of 4 (the others differ by a median +14.5 % beyond the noise)" in line
+    none = summarize("table2", SYNTHETIC.assign(status="not run: needs a GPU", valid_diff_pct=None,
+                                                valid_beyond_pct=None))
     assert verdict_line("table2", "Table 2: x", none) == \
-        "**Table 2** (x): 8 rows: 0 measured, 8 not run; within \u00b13 % of the paper: 0 of 0 compared."
+        "**Table 2** (x): 8 rows: 0 measured, 8 not run; within \u00b13 % of the paper: 0 of 0 compared; " \
+        "the paper's number inside our 95 % interval: 0 of 0."
 
 
 def test_front_page_is_valid_rst_with_the_facts():
@@ -83,7 +95,7 @@ def test_front_page_is_valid_rst_with_the_facts():
     page = render(frames, PAPER, "tiny", "tiny profile: |Z|/32", commit="abc1234567", machine="box: cpu, 2 cores",
                   now="2026-01-02 03:04 UTC")
     for fact in ("**Commit**: ``abc1234567``", "box: cpu, 2 cores", "2026-01-02 03:04 UTC", "``tiny``",
-                 "Single seed.", "(seed 1111)", "**Not comparable.**"):
+                 "**How sure.**", "n = 1 seed(s) (seeds 1111)", "1,000 resamples", "**Not comparable.**"):
         assert fact in page, fact
     links = "\n".join(f".. _{t}: #" for t in ("Tables", "Figures", "Training curves", "table2.png", "table2.html"))
     body = publish_parts(page + "\n" + links, writer="html",
@@ -103,7 +115,7 @@ def test_tiny_report_front_page_matches_the_csvs():
     report = (tiny / "results/report.html").read_text()
     desc = json.loads(re.search(r"var workflow_desc = (\".*?\");\n", report).group(1))
     text = html.unescape(re.sub(r"<[^>]+>", "", desc))
-    assert "Scaling Hidden Markov Language Models: reproduction report" in text and "Single seed." in text
+    assert "Scaling Hidden Markov Language Models: reproduction report" in text and "How sure." in text
     assert "tiny profile" in text and re.search(r"Commit: [0-9a-f]{10}", text) and "Hardware:" in text
     lines = {m.group(1): m.group(0) for m in re.finditer(r"^(Table [1-4]|Figure [34]) \(.*?\): \d+ (?:rows|points "
                                                           r"of ours): .*$", text, re.M)}

@@ -1,4 +1,5 @@
-# One target per experiment: results/runs/{dataset}/{name}/metrics.json (see `runs:` in the config).
+# One target per experiment: results/runs/{dataset}/{name}/metrics.json (see `runs:` in the config; a run
+# repeated over `seeds` has one more target per further seed, {name}@{seed}), with docs.npz beside it.
 # A run's resolved settings are a param: changing one reruns that run (Snakemake's params trigger),
 # and the run records them in its metrics.json, so the tables never show a result of other settings.
 
@@ -8,7 +9,8 @@ rule kn5:
         data="data/{dataset}/stats.json",
         data_sums="data/{dataset}/SHA256SUMS",
     output:
-        "results/runs/{dataset}/{name}/metrics.json",
+        metrics="results/runs/{dataset}/{name}/metrics.json",
+        docs="results/runs/{dataset}/{name}/docs.npz",  # scores per document (pipeline.intervals)
     log:
         "logs/runs/{dataset}/{name}.log",
     wildcard_constraints:
@@ -27,7 +29,7 @@ rule kn5:
         fallback="--discount-fallback" if config["kenlm"]["discount_fallback"] else "",
     shell:
         "python -m pipeline.kn5 --spec {params.spec:q} --data {params.data} --bin-dir {params.bin_dir} "
-        "--work {params.work} --out {output} --memory {params.memory} {params.fallback} 2>&1 | tee {log}"
+        "--work {params.work} --out {output.metrics} --memory {params.memory} {params.fallback} 2>&1 | tee {log}"
 
 
 rule train:
@@ -37,6 +39,7 @@ rule train:
     output:
         metrics="results/runs/{dataset}/{name}/metrics.json",
         curve="results/runs/{dataset}/{name}/curve.csv",
+        docs="results/runs/{dataset}/{name}/docs.npz",
         plot=report(
             "results/runs/{dataset}/{name}/curve.png",
             category="Training curves",
