@@ -45,6 +45,7 @@ include: "workflow/rules/kernels.smk"
 include: "workflow/rules/runs.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/bench.smk"
+include: "workflow/rules/fidelity.smk"
 
 
 # The report's landing page: the front page the pipeline writes (results/frontpage.rst), see tables.smk.

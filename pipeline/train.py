@@ -160,10 +160,13 @@ class Trainer:
         lr = torch.tensor(cfg.lr, device=self.device) if graphed else cfg.lr
         self.opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay, fused=True,
                                      capturable=graphed)
-        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, mode="min", factor=cfg.lr_decay,
+        mode = "min" if cfg.plateau == "min-valid-nll" else "max"
+        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, mode=mode, factor=cfg.lr_decay,
                                                                 patience=cfg.patience)
         self.steps_per_epoch = len(Windows(corpus.splits["train"], cfg.batch_size, cfg.bptt))
-        self.check_every = max(1, math.ceil(self.steps_per_epoch / cfg.evals_per_epoch))
+        n, evals = self.steps_per_epoch, cfg.evals_per_epoch
+        self.check_every = max(1, math.ceil(n / evals) if cfg.check_points == "even" else n // (evals - 1))
+        self.valid_tokens = Windows(corpus.splits["valid"], cfg.eval_batch_size, cfg.bptt).num_tokens
         self.total_steps = math.ceil(cfg.epochs * self.steps_per_epoch)
         self.last_step = min(self.total_steps, cfg.max_steps) if cfg.max_steps else self.total_steps
         self.params = count_parameters(model)
@@ -290,7 +293,8 @@ class Trainer:
         train_ppl = perplexity(-st["train_logp"] / st["train_tokens"])
         lr = float(self.opt.param_groups[0]["lr"])
         nll = math.log(valid_ppl)
-        self.sched.step(nll)
+        for _ in range(self.checks_at(st["step"]) or 1):  # the run's last step may fall between check points
+            self.sched.step(nll if cfg.plateau == "min-valid-nll" else -nll * self.valid_tokens)
         if nll < st["best"]:
             st["best"], st["best_step"] = nll, st["step"]
             save_atomic(self.model.state_dict(), self.best_path)
@@ -312,6 +316,14 @@ class Trainer:
                                        f"({epoch:.2f} of {cfg.epochs:g} epochs); no test score yet"))
         return row
 
+    def checks_at(self, step: int) -> int:
+        """How many checks fall after ``step`` steps: 0 or 1; 2 where thirds-and-end puts an in-epoch
+        check on the epoch's last step (the released code then evaluates twice)."""
+        if self.cfg.check_points == "even":
+            return int(step % self.check_every == 0)
+        position = (step - 1) % self.steps_per_epoch + 1  # 1 .. n within its epoch
+        return int(position % self.check_every == 0) + int(position == self.steps_per_epoch)
+
     # -- finish -----------------------------------------------------------------------------
 
     def metrics(self, status: str, valid_ppl: float | None = None, test_ppl: float | None = None,
@@ -332,15 +344,18 @@ class Trainer:
             "eval_batch": [self.cfg.eval_batch_size, self.cfg.bptt], "device": self.device.type,
             "backend": getattr(self.run.settings, "backend", "torch"),
             "matmul_precision": self.cfg.matmul_precision,
+            "tested_weights": f"{self.cfg.test_weights} (test_weights)",
             "spec": self.run.result_spec(), "provenance": _provenance(self.device),
         }
         metrics["device_name"] = metrics["provenance"]["device_name"]
         return metrics
 
     def finish(self) -> dict:
-        """Score the best weights on valid and test; write metrics.json, curve.csv and curve.png."""
+        """Score the best (or, test_weights: last, the final) weights on valid and test; write
+        metrics.json, curve.csv and curve.png."""
         st, cfg = self.state, self.cfg
-        self.model.load_state_dict(torch.load(self.best_path, map_location=self.device, weights_only=True))
+        if cfg.test_weights == "best":
+            self.model.load_state_dict(torch.load(self.best_path, map_location=self.device, weights_only=True))
         valid_ppl, _ = evaluate(self.model, self.corpus.splits["valid"], cfg.eval_batch_size, cfg.bptt, self.device)
         test_ppl, ms = evaluate(self.model, self.corpus.splits["test"], cfg.eval_batch_size, cfg.bptt, self.device)
         epochs = st["step"] / self.steps_per_epoch
@@ -389,7 +404,7 @@ class Trainer:
             tokens += ntok
             bar.update(1)
             step = self.state["step"]
-            at_check = step % self.check_every == 0 or step == self.last_step
+            at_check = self.checks_at(step) > 0 or step == self.last_step
             if not at_check and step % NAN_CHECK_EVERY == 0:
                 self.guard()
             if not at_check and self._deadline_near(0.0):

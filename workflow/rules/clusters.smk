@@ -22,3 +22,53 @@ rule brown_clusters:
         "NUMBA_NUM_THREADS={threads} OMP_NUM_THREADS={threads} python -m pipeline.clusters --data {params.data} "
         "--num-clusters {wildcards.num_clusters} --alpha {params.alpha} --out {output.clusters} "
         "--summary {output.summary} > {log} 2>&1 && tail -n 1 {log}"
+
+
+# Clusters from a wcluster `paths` file: the authors' (clusters: authors; downloaded from harvardnlp/hmm-lm at a
+# pinned commit unless cluster_paths names a local copy; sha256 checked either way) or the user's (paths-file).
+def paths_file(wc):
+    """The paths file behind data/{dataset}/clusters/{source}-{M}.tsv (a run's cluster_paths, or the download)."""
+    for run in RUN_LIST:
+        s = run.settings
+        if run.model == "vlnhmm" and run.dataset == wc.dataset and str(s.num_clusters) == wc.num_clusters \
+                and run.inputs().get("clusters", "").endswith(f"/{wc.source}-{wc.num_clusters}.tsv") and s.cluster_paths:
+            return s.cluster_paths if os.path.isabs(s.cluster_paths) else repo_path(s.cluster_paths)
+    if wc.source != "authors":
+        raise WorkflowError(f"no run reads clusters {wc.source}-{wc.num_clusters} of {wc.dataset}")
+    return f"data/{wc.dataset}/clusters/authors-{wc.num_clusters}.paths"
+
+
+rule authors_paths:
+    output:
+        "data/{dataset}/clusters/authors-{num_clusters}.paths",
+    log:
+        "logs/clusters/{dataset}-authors-{num_clusters}.log",
+    wildcard_constraints:
+        num_clusters=r"\d+",
+    conda:
+        ENV
+    shell:
+        "python -m pipeline.clusters --fetch-authors {wildcards.dataset} --num-clusters {wildcards.num_clusters} "
+        "--out {output} > {log} 2>&1"
+
+
+rule clusters_from_paths:
+    input:
+        stats="data/{dataset}/stats.json",
+        paths=paths_file,
+    output:
+        clusters="data/{dataset}/clusters/{source}-{num_clusters}.tsv",
+        summary="data/{dataset}/clusters/{source}-{num_clusters}.md",
+    log:
+        "logs/clusters/{dataset}-{source}-{num_clusters}.log",
+    wildcard_constraints:
+        source=r"authors|file-[0-9a-f]{12}",
+        num_clusters=r"\d+",
+    conda:
+        ENV
+    params:
+        data=lambda wc, input: os.path.dirname(input.stats),
+        authors=lambda wc: f"--authors {wc.dataset}" if wc.source == "authors" else "",
+    shell:
+        "python -m pipeline.clusters --data {params.data} --num-clusters {wildcards.num_clusters} --paths {input.paths} "
+        "{params.authors} --out {output.clusters} --summary {output.summary} > {log} 2>&1 && tail -n 1 {log}"

@@ -6,7 +6,8 @@ import subprocess
 import yaml
 
 from hmm.kernels import target_for
-from pipeline.config import ConfigError, kernel_states, name_pattern, resolve_runs
+from pipeline.config import ConfigError, kernel_states, name_pattern, resolve_runs, results_dir
+from pipeline import fidelity
 
 SPLITS = ("train", "valid", "test")
 ENV = "../../environment.yml"  # the pinned stack (conda users: --sdm conda)
@@ -18,10 +19,13 @@ def repo_path(path):
 
 
 try:
-    RUN_LIST = resolve_runs(config)
+    RUN_LIST = resolve_runs(config, fidelity.run_entries(config))
+    FIDELITY = fidelity.spec(config) if config.get("fidelity") else None
 except ConfigError as err:
     raise WorkflowError(f"config: {err}") from None
 RUNS = {run.key: run for run in RUN_LIST}
+# results/ for the default recipe, results/<recipe>/ for another (config: recipe, recipes)
+RESULTS = results_dir(config.get("recipe") or "paper-text")
 MIRROR = repo_path(config.get("mirror"))
 KENLM_BIN = repo_path(config["kenlm"]["bin_dir"])
 # kernels for every live-state count any run needs, and the kernel benchmark's sizes
@@ -106,7 +110,7 @@ ITEMS = ("table1", "table2", "table3", "table4", "fig3", "fig4")
 PROFILE = config.get("profile") or "full"
 LABEL = config.get("label") or ""
 SCALE = json.dumps(config.get("scale") or {}, sort_keys=True)
-FRONT_PAGE = "results/frontpage.rst"
+FRONT_PAGE = f"{RESULTS}/frontpage.rst"
 with open(ROOT / "config/paper.yaml") as _f:
     PAPER_TITLES = {name: item["caption"] for name, item in yaml.safe_load(_f).items() if name in ITEMS}
 # Training curves are plotted by the training jobs; they inherit this context (the profile label, the paper rows
@@ -129,7 +133,7 @@ def report_description():
     page = Path(FRONT_PAGE).resolve()
     if not page.is_file():
         return str(ROOT / "workflow/report/workflow.rst")
-    tables = [Path(f"results/{name}.csv") for name in ITEMS]
+    tables = [Path(f"{RESULTS}/{name}.csv") for name in ITEMS]
     newer = [t.stem for t in tables if t.is_file() and t.stat().st_mtime > page.stat().st_mtime]
     if newer and "--report" in " ".join(sys.argv):
         print(f"warning: {FRONT_PAGE} is older than {', '.join(newer)}: run `all` first", file=sys.stderr)
