@@ -153,12 +153,13 @@ def load_clusters(path: str | Path, vocab: Vocab) -> np.ndarray:
     return cluster
 
 
-def summary(vocab: Vocab, cluster: np.ndarray, seconds: float, examples: int = 12) -> str:
+def summary(vocab: Vocab, cluster: np.ndarray, seconds: float | None, examples: int = 12) -> str:
     sizes = np.bincount(cluster)
     counts = np.asarray(vocab.counts)
     mass = np.bincount(cluster, weights=counts) / counts.sum()
     lines = [
-        f"# Brown clusters: {len(sizes)} clusters of {len(vocab):,} words ({seconds:.1f} s)",
+        f"# Brown clusters: {len(sizes)} clusters of {len(vocab):,} words"
+        + ("" if seconds is None else f" ({seconds:.1f} s)"),
         "",
         f"words per cluster: min {sizes.min()}, median {int(np.median(sizes))}, max {sizes.max()}",
         f"share of train tokens per cluster: min {mass.min():.4f}, max {mass.max():.4f}",
@@ -185,7 +186,7 @@ def from_paths(paths: Path, data: Path, num_clusters: int, out: Path, summary_pa
     note = (f"\nfrom {paths} (sha256 {sha256(paths)}); vocabulary words not in it, put in the last cluster: "
             f"{len(missing)} ({' '.join(missing[:10])}); words of the file not in the vocabulary: {len(unknown)} "
             f"({' '.join(unknown[:10])})\n")
-    summary_path.write_text(summary(vocab, load_clusters(out, vocab), 0.0) + note)
+    summary_path.write_text(summary(vocab, load_clusters(out, vocab), None) + note)
     print(f"[clusters] {out}: {found} clusters of {len(vocab):,} words from {paths}")
 
 

@@ -26,18 +26,6 @@ rule brown_clusters:
 
 # Clusters from a wcluster `paths` file: the authors' (clusters: authors; downloaded from harvardnlp/hmm-lm at a
 # pinned commit unless cluster_paths names a local copy; sha256 checked either way) or the user's (paths-file).
-def paths_file(wc):
-    """The paths file behind data/{dataset}/clusters/{source}-{M}.tsv (a run's cluster_paths, or the download)."""
-    for run in RUN_LIST:
-        s = run.settings
-        if run.model == "vlnhmm" and run.dataset == wc.dataset and str(s.num_clusters) == wc.num_clusters \
-                and run.inputs().get("clusters", "").endswith(f"/{wc.source}-{wc.num_clusters}.tsv") and s.cluster_paths:
-            return s.cluster_paths if os.path.isabs(s.cluster_paths) else repo_path(s.cluster_paths)
-    if wc.source != "authors":
-        raise WorkflowError(f"no run reads clusters {wc.source}-{wc.num_clusters} of {wc.dataset}")
-    return f"data/{wc.dataset}/clusters/authors-{wc.num_clusters}.paths"
-
-
 rule authors_paths:
     output:
         "data/{dataset}/clusters/authors-{num_clusters}.paths",

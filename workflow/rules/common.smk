@@ -153,6 +153,19 @@ def announce_report():
 announce_report()
 
 
+def paths_file(wc):
+    """The paths file behind data/{dataset}/clusters/{source}-{M}.tsv: a run's cluster_paths, or the download."""
+    tsv = f"data/{wc.dataset}/clusters/{wc.source}-{wc.num_clusters}.tsv"
+    local = [
+        r.settings.cluster_paths for r in RUN_LIST if r.inputs().get("clusters") == tsv and r.settings.cluster_paths
+    ]
+    if local:
+        return local[0] if os.path.isabs(local[0]) else repo_path(local[0])
+    if wc.source != "authors":
+        raise WorkflowError(f"no run reads {tsv}")
+    return f"data/{wc.dataset}/clusters/authors-{wc.num_clusters}.paths"
+
+
 def kernel_manifest(wc):
     return f"build/kernels/{target_for(wc.device)}/manifest.json"
 

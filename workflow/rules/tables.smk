@@ -62,9 +62,10 @@ rule frontpage:
         profile=PROFILE,
         label=LABEL,
         curves=len(CURVES),
+        fidelity=lambda wc: f"--fidelity {RESULTS}/fidelity.csv" if os.path.exists(f"{RESULTS}/fidelity.csv") else "",
     shell:
         "python -m pipeline.frontpage --tables {input.tables} --paper {input.paper} --profile {params.profile} "
-        "--label={params.label:q} --curves {params.curves} --out {output} > {log} 2>&1"
+        "--label={params.label:q} --curves {params.curves} {params.fidelity} --out {output} > {log} 2>&1"
 
 
 # `all`: the tables with the front page that counts them, the figures
