@@ -446,6 +446,10 @@ def main(argv: list[str] | None = None) -> None:
     out, checkpoint = a.out or Path(run.out_dir), a.checkpoint or Path(run.checkpoint)
     try:
         resolve_device(run.train.device)
+        # CPU: flush denormal floats to zero, as GPUs do.  The released init (N(0, 1) state embeddings) puts many
+        # transition probabilities below float32's normal range, where x86 arithmetic is ~5x slower per step
+        # (measured: 2.1 against 0.38 s at 1,024 states); only values under 1.2e-38 change.
+        torch.set_flush_denormal(True)
         torch.manual_seed(run.train.seed)  # weight init and dropout; restored from the checkpoint on resume
         corpus = Corpus.load(data)
         model = build_model(run, corpus, clusters, a.kernel_root)
