@@ -7,10 +7,12 @@ One run = one resolved :class:`pipeline.config.Run`.  :class:`Trainer` takes it 
   gradient clipping); the model's carry (HMM posterior, LSTM state, FF context) flows from
   window to window; nothing in it waits for the GPU (token counts come from the CPU mask, loss
   sums and the first non-finite step are kept on the device);
-* ``check``: ``evals_per_epoch`` times an epoch: validation perplexity, lr schedule (multiply
-  by ``lr_decay`` after ``patience`` checks without improvement), best weights, an atomic
-  checkpoint, ``curve.csv`` and a provisional ``metrics.json``;
-* ``finish``: the best weights scored on valid and test; ``metrics.json`` and ``curve.png``.
+* ``check``: ``evals_per_epoch`` times an epoch (where: ``check_points``): validation perplexity,
+  lr schedule (multiply by ``lr_decay`` after ``patience`` checks without improvement as
+  ``plateau`` defines it), best weights, an atomic checkpoint, ``curve.csv`` and a provisional
+  ``metrics.json``;
+* ``finish``: the best (or, ``test_weights: last``, the final) weights scored on valid and test;
+  ``metrics.json`` and ``curve.png``.
 
 An interrupted run continues from its last check and ends exactly where an uninterrupted run
 ends.  A non-finite training loss, a validation perplexity that is not finite, a full disk: each
