@@ -157,3 +157,24 @@ def test_front_page_has_the_paper_text_vs_released_code_table(tmp_path):
             assert "not measured (results/fidelity.csv)" in text
         else:
             assert "-91.0 valid ppl (301.0 to 210.0" in text.replace("\u2212", "-") and "exceeds the seed spread" in text
+
+
+def test_fetch_authors_keeps_only_a_file_with_the_pinned_hash(tmp_path, monkeypatch):
+    """The download path, on a local file:// URL (no network in tests): kept only if its sha256 is the pin."""
+    import hashlib
+
+    import pipeline.clusters as clusters
+
+    source = tmp_path / f"{clusters.AUTHORS_COMMIT}/clusters/lm-8/paths"
+    source.parent.mkdir(parents=True)
+    source.write_text("0\tthe\t10\n1\ta\t5\n")
+    monkeypatch.setattr(clusters, "AUTHORS_URL", f"file://{tmp_path}/{{commit}}/clusters/{{name}}/paths")
+    out = tmp_path / "data/authors-8.paths"
+    with pytest.raises(clusters.ClusterFileError, match=f"expected {AUTHORS_SHA256['ptb'][8]}"):
+        clusters.fetch_authors("ptb", 8, out)
+    assert not out.exists() and not list(out.parent.iterdir())  # nothing half-trusted is left
+    monkeypatch.setitem(clusters.AUTHORS_SHA256["ptb"], 8, hashlib.sha256(source.read_bytes()).hexdigest())
+    clusters.fetch_authors("ptb", 8, out)
+    assert out.read_bytes() == source.read_bytes()
+    with pytest.raises(clusters.ClusterFileError, match="no paths file for wt2 with 8 clusters"):
+        clusters.fetch_authors("wt2", 8, out)
