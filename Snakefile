@@ -46,6 +46,7 @@ include: "workflow/rules/kernels.smk"
 include: "workflow/rules/runs.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/bench.smk"
+include: "workflow/rules/fidelity.smk"
 
 
 default_local_resources(workflow)

@@ -139,8 +139,25 @@ class HMMConfig(Settings):
     state_dropout: float = setting(0.5, "lambda: share of each block's states dropped per batch", min=0, below=1)
     transition_dropout: float = setting(0.0, "share of transition logits dropped per batch (uniform ablation)",
                                         min=0, below=1)
-    eos_reset: Literal["none", "train", "always"] = setting(
-        "none", "after <eos> draw the next state from the start distribution: never, in training, always")
+    eos_reset: Literal["none", "train-in-window", "train-in-and-between-windows", "always"] = setting(
+        "train-in-window",
+        "after <eos> draw the next state from the start distribution: never; in training inside a window only "
+        "(the released code's --reset_eos 1, not at window boundaries, never at evaluation; the default: the "
+        "paper is silent, so the released run command decides); in training inside and between windows; "
+        "always (training and evaluation)")
+    init: Literal["kaiming", "torch-default"] = setting(
+        "kaiming", "initial weights: kaiming = Kaiming uniform on every matrix, word bias 0 (paper A.3); "
+        "torch-default = as PyTorch leaves them (the released code): embeddings N(0, 1), linear layers and the "
+        "word projection and bias U(+-1/sqrt(fan_in)); the scalar model's logits N(0, 1)")
+    clusters: Literal["brown-clustering", "authors", "paths-file"] = setting(
+        "brown-clustering", "where the Brown clusters come from (constraint brown; read by no other): our run "
+        "of the brown-clustering package; the authors' wcluster `paths` file for this M (harvardnlp/hmm-lm at "
+        "commit f52e860, downloaded, sha256 checked; the released code's); or `cluster_paths`, a wcluster "
+        "`paths` file of your own")
+    cluster_paths: str | None = setting(None, "a wcluster `paths` file (bits TAB word TAB count; vocabulary "
+                                        "words missing from it join the last cluster): clusters paths-file "
+                                        "reads it; clusters authors reads it instead of downloading, if its "
+                                        "sha256 is the pinned one")
     backend: Literal["torch", "tvm"] = setting("torch", "forward/backward scans: plain PyTorch or TVM kernels")
 
     def __post_init__(self):
@@ -179,6 +196,10 @@ class HMMConfig(Settings):
                 raise ConfigError("constraint none means one block holding every word: set num_clusters: 1")
             if self.num_states % self.num_clusters:
                 raise ConfigError(f"num_states {self.num_states} is not a multiple of num_clusters {self.num_clusters}")
+        if self.clusters == "paths-file" and not self.cluster_paths:
+            raise ConfigError("clusters paths-file needs cluster_paths: the wcluster paths file to read")
+        if self.clusters == "brown-clustering" and self.cluster_paths is not None:
+            raise ConfigError("cluster_paths goes with clusters: authors (a local copy) or paths-file")
         k = self.states_per_block
         kept = k * (1 - self.state_dropout)
         if abs(kept - round(kept)) > 1e-9 or round(kept) < 1:

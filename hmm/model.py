@@ -198,9 +198,16 @@ class NeuralParameterization(nn.Module):
         self.emit_mlp = ResidualBlock(h)
         self.word_emb = nn.Parameter(torch.empty(vocab_size, h))
         self.word_bias = nn.Parameter(torch.zeros(vocab_size))
-        for p in self.parameters():  # paper A.3: Kaiming uniform for all weights
-            if p.dim() > 1:
-                nn.init.kaiming_uniform_(p)
+        if cfg.init == "kaiming":  # paper A.3: Kaiming uniform for all weights
+            for p in self.parameters():
+                if p.dim() > 1:
+                    nn.init.kaiming_uniform_(p)
+        else:  # torch-default: the released code's nn.Embedding tables and nn.Linear(h, V) word projection
+            for emb in (self.state_emb, getattr(self, "block_emb", None)):
+                if emb is not None:
+                    nn.init.normal_(emb)
+            nn.init.uniform_(self.word_emb, -(h**-0.5), h**-0.5)
+            nn.init.uniform_(self.word_bias, -(h**-0.5), h**-0.5)
 
     def embed(self, states: torch.Tensor, role: str) -> torch.Tensor:
         """[..., h] representation of ``states`` for one role."""
@@ -246,9 +253,13 @@ class ScalarParameterization(nn.Module):
         self.start = nn.Parameter(torch.empty(C))
         self.transition = nn.Parameter(torch.empty(C, C))
         self.emission = nn.Parameter(torch.empty(C, vocab_size))
-        nn.init.kaiming_uniform_(self.transition)
-        nn.init.kaiming_uniform_(self.emission)
-        nn.init.uniform_(self.start, -(C**-0.5), C**-0.5)
+        if cfg.init == "kaiming":
+            nn.init.kaiming_uniform_(self.transition)
+            nn.init.kaiming_uniform_(self.emission)
+            nn.init.uniform_(self.start, -(C**-0.5), C**-0.5)
+        else:  # torch-default: free tables as nn.Embedding leaves them
+            for table in (self.start, self.transition, self.emission):
+                nn.init.normal_(table)
 
     def start_logits(self, states: torch.Tensor) -> torch.Tensor:
         return self.start[states]
@@ -562,9 +573,11 @@ class VLNHMM(nn.Module):
         return None
 
     def potentials(self, p: HMMParams, x: torch.Tensor, mask: torch.Tensor, carry: Carry | None,
-                   reset: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                   reset: bool, reset_between: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The window in block form (see :mod:`hmm.inference`): init [B, n], table [U, n, n],
-        index [B, T-1] (-1 after a row's last token) and emit [B, T-1, n]."""
+        index [B, T-1] (-1 after a row's last token) and emit [B, T-1, n].  ``reset``: edges out of
+        ``<eos>`` inside the window use the start distribution; ``reset_between``: so does the edge
+        from the previous window's last word when it was ``<eos>``."""
         B, T = x.shape
         ws = p.live.word_states[x]                     # [B, T, n] positions into the live set
         emit = p.log_emit[x]                           # [B, T, n]
@@ -583,7 +596,7 @@ class VLNHMM(nn.Module):
             prior = start[:, 0]
         else:
             prior = p.transition.prior(carry, x[:, 0] if isinstance(p.transition, BlockTransition) else ws[:, 0])
-            if reset:
+            if reset_between:
                 prior = torch.where(carry.after_eos[:, None], start[:, 0], prior)
         return prior + emit[:, 0], table, index, emit[:, 1:]
 
@@ -593,10 +606,12 @@ class VLNHMM(nn.Module):
 
         ``per_token`` (no gradient): log p [B, T] of each token given the stream so far (0 at padding):
         the differences of the prefix log-partitions logsumexp(alpha[:, t]); a row's sum is its log Z."""
-        reset = self.cfg.eos_reset == "always" or (self.cfg.eos_reset == "train" and self.training)
+        mode = self.cfg.eos_reset
+        reset = mode == "always" or (mode.startswith("train") and self.training)
+        reset_between = mode == "always" or (mode == "train-in-and-between-windows" and self.training)
         p = self.params_for(self.training)
         with record_function("vlnhmm.potentials"):
-            init, table, index, emit = self.potentials(p, x, mask, carry, reset)
+            init, table, index, emit = self.potentials(p, x, mask, carry, reset, reset_between)
         if per_token:
             with torch.no_grad():
                 alpha = self.scan.forward(init.contiguous(), table.contiguous(), index.to(torch.int32).contiguous(),

@@ -5,6 +5,13 @@
 ``brown-clustering`` package and writes a TSV: ``word  cluster  bits  count``, one row per
 vocabulary word in vocabulary order.  Clusters are numbered by their position in the
 merge tree (the common bit-string prefix of their words), so similar clusters are adjacent.
+
+``--paths FILE`` reads a ``wcluster`` ``paths`` file instead (``bits TAB word TAB count``, sorted
+by bits), as the released code does: cluster id = rank of the bit string's first appearance;
+vocabulary words missing from the file (PTB: ``<eos>``) join the last cluster.  Our vocabulary
+has no ``<pad>``, so none enters it.  ``--fetch-authors DATASET`` downloads the authors' file
+for M clusters from harvardnlp/hmm-lm at a pinned commit and checks its sha256
+(:data:`AUTHORS_SHA256`); ``--paths FILE --authors DATASET`` checks a local copy the same way.
 """
 from __future__ import annotations
 
@@ -16,7 +23,91 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data import Corpus, Vocab
-from pipeline.integrity import IntegrityError, record, verify
+from pipeline.integrity import IntegrityError, record, sha256, verify
+
+AUTHORS_COMMIT = "f52e860007e60d740b2212776a199ceb35d571ca"
+AUTHORS_URL = "https://raw.githubusercontent.com/harvardnlp/hmm-lm/{commit}/clusters/{name}/paths"
+AUTHORS_DIR = {"ptb": "lm", "wt2": "w2lm"}  # clusters/<dir>-<M>/paths in the authors' repository
+# sha256 of clusters/<dir>-<M>/paths at AUTHORS_COMMIT (the repository has no licence: never copied here)
+AUTHORS_SHA256 = {
+    "ptb": {4: "717ffc51a1879ad62829c84ac3e959426bed0dfa42f53d7d46e7fa93aad6a5ae",
+            8: "818c977550a6ec780d9bcead1f441ba6c10cc5b18022305715b5ef9f1072bce1",
+            9: "a7d31403b7cec1a062d2f53778616289ce190937fc283cdd558f21e485b6f39c",
+            10: "ec70779063e75dec787b8710e90fabb1138657c68422b98f8cf884a76a5fad92",
+            16: "260f0bc5e01c3012cd2b663b3cc32e44e39d4c763e61b9deb60a1f28b654dd26",
+            32: "fdddbb23e552aa17ca054df62767cffbc3fa39685d8c33911341f40b2a046a1d",
+            64: "9960b3d887bb7a541cf47c0276c5af392fd1567691630a89f20d668df9e0f37a",
+            128: "095db0aa4cdd1822036ca01a6ed65452420d322c9c79f4da8109ab562c3c26a8",
+            256: "78994aff1cee3e45bba75d35cda50654c223b794659364fa87db2569dbfa2ca5"},
+    "wt2": {32: "c13dc78193a36f84b17bb5318e0a0bb5263725ea9a8487c78ba9ce53db5e2660",
+            64: "e854269854c8a26917029e64aa10dbc196690fe45310b99da47a0484536c6a14",
+            128: "b68757b97ad282cfc63146170da8ff2059627c73948a686e7bf7313a3d3438dd",
+            256: "87872ce56d92c9a8ee02318f5b8a68bf29d998fe3cd3a1e08ebefb38196a682d"},
+}
+
+
+class ClusterFileError(ValueError):
+    """A cluster file is missing, truncated, malformed or not the pinned one."""
+
+
+def authors_source(dataset: str, num_clusters: int) -> tuple[str, str]:
+    """(URL, sha256) of the authors' ``paths`` file for ``dataset`` and M."""
+    pinned = AUTHORS_SHA256.get(dataset, {})
+    if num_clusters not in pinned:
+        have = ", ".join(f"{d}: M = {', '.join(map(str, sorted(m)))}" for d, m in AUTHORS_SHA256.items())
+        raise ClusterFileError(f"the authors' repository has no paths file for {dataset} with {num_clusters} "
+                               f"clusters (it has {have})")
+    name = f"{AUTHORS_DIR[dataset]}-{num_clusters}"
+    return AUTHORS_URL.format(commit=AUTHORS_COMMIT, name=name), pinned[num_clusters]
+
+
+def check_sha256(path: Path, expected: str, what: str) -> None:
+    """Raise ClusterFileError naming ``path`` and the expected hash if the file is missing or differs."""
+    if not Path(path).is_file():
+        raise ClusterFileError(f"{path} does not exist; expected {what} with sha256 {expected}")
+    actual = sha256(Path(path))
+    if actual != expected:
+        raise ClusterFileError(f"{path} is not {what}: sha256 {actual}, expected {expected} "
+                               "(truncated, edited or another file; delete it and fetch it again)")
+
+
+def fetch_authors(dataset: str, num_clusters: int, out: Path) -> None:
+    """Download the authors' paths file to ``out`` (via ``out.part``, kept only if its sha256 matches)."""
+    import urllib.request
+
+    url, expected = authors_source(dataset, num_clusters)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    part = out.with_name(out.name + ".part")
+    print(f"[clusters] downloading {url}")
+    with urllib.request.urlopen(url, timeout=60) as r, open(part, "wb") as f:
+        f.write(r.read())
+    try:
+        check_sha256(part, expected, f"the authors' {url}")
+    except ClusterFileError:
+        part.unlink()
+        raise
+    part.replace(out)
+
+
+def read_paths(path: Path, vocab: Vocab) -> tuple[np.ndarray, dict[str, str], list[str]]:
+    """A wcluster ``paths`` file -> (cluster id of every vocabulary word [V], word -> bits, file words
+    not in the vocabulary).  Ids by first appearance of a bit string; missing words join the last."""
+    cluster_of_bits: dict[str, int] = {}
+    bits_of: dict[str, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            fields = line.split()
+            if len(fields) != 3 or set(fields[0]) - {"0", "1"} or not fields[2].isdigit():
+                raise ClusterFileError(f"{path}, line {number}: not 'bits TAB word TAB count' "
+                                       f"(a truncated or foreign file?): {line.rstrip()[:80]!r}")
+            cluster_of_bits.setdefault(fields[0], len(cluster_of_bits))
+            bits_of[fields[1]] = fields[0]
+    if not cluster_of_bits:
+        raise ClusterFileError(f"{path} is empty")
+    last = len(cluster_of_bits) - 1
+    cluster = np.array([cluster_of_bits[bits_of[t]] if t in bits_of else last for t in vocab.tokens], dtype=np.int64)
+    unknown = [w for w in bits_of if w not in vocab.index]
+    return cluster, bits_of, unknown
 
 
 def _common_prefix(codes: list[str]) -> str:
@@ -64,12 +155,13 @@ def load_clusters(path: str | Path, vocab: Vocab) -> np.ndarray:
     return cluster
 
 
-def summary(vocab: Vocab, cluster: np.ndarray, seconds: float, examples: int = 12) -> str:
+def summary(vocab: Vocab, cluster: np.ndarray, seconds: float | None, examples: int = 12) -> str:
     sizes = np.bincount(cluster)
     counts = np.asarray(vocab.counts)
     mass = np.bincount(cluster, weights=counts) / counts.sum()
     lines = [
-        f"# Brown clusters: {len(sizes)} clusters of {len(vocab):,} words ({seconds:.1f} s)",
+        f"# Brown clusters: {len(sizes)} clusters of {len(vocab):,} words"
+        + ("" if seconds is None else f" ({seconds:.1f} s)"),
         "",
         f"words per cluster: min {sizes.min()}, median {int(np.median(sizes))}, max {sizes.max()}",
         f"share of train tokens per cluster: min {mass.min():.4f}, max {mass.max():.4f}",
@@ -84,17 +176,43 @@ def summary(vocab: Vocab, cluster: np.ndarray, seconds: float, examples: int = 1
     return "\n".join(lines) + "\n"
 
 
+def from_paths(paths: Path, data: Path, num_clusters: int, out: Path, summary_path: Path) -> None:
+    """Our cluster TSV (and summary) from a wcluster ``paths`` file."""
+    vocab = Corpus.load(data).vocab
+    cluster, bits_of, unknown = read_paths(paths, vocab)
+    found = int(cluster.max()) + 1
+    if found != num_clusters:
+        raise ClusterFileError(f"{paths} has {found} clusters, the run asks for {num_clusters}")
+    write_clusters(out, vocab, {t: int(c) for t, c in zip(vocab.tokens, cluster)}, bits_of)
+    missing = [t for t in vocab.tokens if t not in bits_of]
+    note = (f"\nfrom {paths} (sha256 {sha256(paths)}); vocabulary words not in it, put in the last cluster: "
+            f"{len(missing)} ({' '.join(missing[:10])}); words of the file not in the vocabulary: {len(unknown)} "
+            f"({' '.join(unknown[:10])})\n")
+    summary_path.write_text(summary(vocab, load_clusters(out, vocab), None) + note)
+    print(f"[clusters] {out}: {found} clusters of {len(vocab):,} words from {paths}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Brown-cluster a prepared dataset's training vocabulary.")
-    p.add_argument("--data", required=True, type=Path, help="prepared dataset directory (python -m pipeline.data)")
+    p.add_argument("--data", type=Path, help="prepared dataset directory (python -m pipeline.data)")
     p.add_argument("--num-clusters", required=True, type=int)
     p.add_argument("--alpha", type=float, default=1e-4, help="add-alpha smoothing of the bigram counts")
+    p.add_argument("--paths", type=Path, help="read this wcluster paths file instead of clustering")
+    p.add_argument("--authors", metavar="DATASET", help="the --paths file must be the authors' for DATASET and M")
+    p.add_argument("--fetch-authors", metavar="DATASET", help="download the authors' paths file to --out")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--summary", required=True, type=Path)
+    p.add_argument("--summary", type=Path)
     a = p.parse_args(argv)
     try:
+        if a.fetch_authors:
+            return fetch_authors(a.fetch_authors, a.num_clusters, a.out)
+        if a.paths:
+            if a.authors:
+                url, expected = authors_source(a.authors, a.num_clusters)
+                check_sha256(a.paths, expected, f"the authors' paths file ({url})")
+            return from_paths(a.paths, a.data, a.num_clusters, a.out, a.summary)
         corpus = Corpus.load(a.data)
-    except IntegrityError as err:
+    except (ClusterFileError, IntegrityError) as err:
         raise SystemExit(f"error: {err}") from None
     tokens = [corpus.vocab.tokens[i] for i in corpus.splits["train"].tolist()]
     start = time.perf_counter()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -38,6 +39,19 @@ class TrainConfig(Settings):
     evals_per_epoch: int = setting(4, "validation checks per epoch", min=1)
     lr_decay: float = setting(0.25, "lr multiplier after `patience` checks without improvement", above=0, max=1)
     patience: int = setting(8, "checks without improvement before the lr decays", min=0)
+    plateau: Literal["min-valid-nll", "max-valid-loglik"] = setting(
+        "min-valid-nll", "what counts as an improvement (PyTorch ReduceLROnPlateau, default relative threshold "
+        "1e-4): min-valid-nll = valid NLL per token 0.01 % below the best (ours; paper A.3 says only x1/4 after "
+        "8 checks); max-valid-loglik = the released code's max mode on the summed valid log-likelihood, where "
+        "a value up to 0.01 % worse than the best counts as an improvement")
+    check_points: Literal["even", "thirds-and-end"] = setting(
+        "even", "where in an epoch of n steps the checks fall: even = every ceil(n / evals_per_epoch) steps; "
+        "thirds-and-end = the released code's: every floor(n / (evals_per_epoch - 1)) steps and again at the "
+        "epoch's end (PTB, 4 checks: after 605, 1210, 1815 and 1816 steps; a check falling twice on one step "
+        "steps the lr schedule twice)")
+    test_weights: Literal["best", "last"] = setting(
+        "best", "weights scored on valid and test at the end: best = those of the best valid check (the paper "
+        "selects by valid ppl); last = the final weights (the released code)")
     seed: int = setting(1111, "seed of weights, dropout draws and data order", min=0)
     device: Literal["auto", "cuda", "cpu"] = setting("auto", "auto = CUDA, stopping at once if there is none")
     max_steps: int | None = setting(None, "stop after this many steps (status: cut short)", min=1)
@@ -47,6 +61,11 @@ class TrainConfig(Settings):
         "highest", "float32 matmuls: highest = fp32, high = TF32, medium = bf16 (torch's names)")
     eval_batch_size: int = setting(16, "streams when scoring valid and test", min=1)
     cuda_graph: bool = setting(False, "replay the VLNHMM's training step from CUDA graphs (GPU; not yet run on one)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.check_points == "thirds-and-end" and self.evals_per_epoch < 2:
+            raise ConfigError("check_points thirds-and-end needs evals_per_epoch >= 2 (the released code's num_checks)")
 
 
 @dataclass(frozen=True)
@@ -91,9 +110,29 @@ def _names(cls) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
 
+DEFAULT_RECIPE = "paper-text"
+
+
+def cluster_file(dataset: str, settings: HMMConfig) -> str:
+    """The cluster TSV a brown-constrained run reads (named by where its clusters come from)."""
+    M = settings.num_clusters
+    if settings.clusters == "brown-clustering":
+        return f"data/{dataset}/clusters/brown-{M}.tsv"
+    if settings.clusters == "authors":
+        return f"data/{dataset}/clusters/authors-{M}.tsv"
+    return f"data/{dataset}/clusters/file-{paths_tag(settings.cluster_paths)}-{M}.tsv"
+
+
+def paths_tag(path: str) -> str:
+    """A short name for a user's paths file (its path, hashed)."""
+    return hashlib.sha256(path.encode()).hexdigest()[:12]
+
+
 @dataclass(frozen=True)
 class Run:
-    """One experiment: ``settings`` of its model, ``train`` (None for KenLM), the paper ``rows`` it fills."""
+    """One experiment: ``settings`` of its model, ``train`` (None for KenLM), the paper ``rows`` it fills,
+    and the ``recipe`` it was resolved under (its results folder: ``results/`` for the default recipe,
+    ``results/<recipe>/`` for another)."""
 
     name: str
     dataset: str
@@ -101,6 +140,7 @@ class Run:
     settings: Any
     train: TrainConfig | None
     rows: tuple[str, ...] = ()
+    recipe: str = DEFAULT_RECIPE
 
     @property
     def key(self) -> str:
@@ -126,12 +166,18 @@ class Run:
         return self.settings.scan_sizes if isinstance(self.settings, HMMConfig) else set()
 
     @property
+    def results(self) -> str:
+        """results/, or results/<recipe>/ for a recipe other than the default."""
+        return results_dir(self.recipe)
+
+    @property
     def out_dir(self) -> str:
-        return f"results/runs/{self.key}"
+        return f"{self.results}/runs/{self.key}"
 
     @property
     def checkpoint(self) -> str:
-        return f"build/checkpoints/{self.key}/ckpt.pt"
+        sub = "" if self.recipe == DEFAULT_RECIPE else f"{self.recipe}/"
+        return f"build/checkpoints/{sub}{self.key}/ckpt.pt"
 
     def inputs(self, cuda_arch: str = "sm_90") -> dict[str, Any]:
         """The files the run reads, relative to the working directory (the rule's inputs).
@@ -140,7 +186,7 @@ class Run:
         # with the SHA-256 records that the run checks (a data directory made before them is remade)
         inputs: dict[str, Any] = {"data": f"data/{self.dataset}/stats.json", "data_sums": f"data/{self.dataset}/SHA256SUMS"}
         if isinstance(self.settings, HMMConfig) and self.settings.constraint == "brown":
-            inputs["clusters"] = f"data/{self.dataset}/clusters/brown-{self.settings.num_clusters}.tsv"
+            inputs["clusters"] = cluster_file(self.dataset, self.settings)
             inputs["clusters_sha256"] = inputs["clusters"] + ".sha256"
         if isinstance(self.settings, HMMConfig) and self.settings.backend == "tvm":
             suffix = "" if self.kernel_target == "llvm" else f"_{cuda_arch}"
@@ -153,13 +199,13 @@ class Run:
         return {
             "name": self.name, "dataset": self.dataset, "model": self.model, "rows": list(self.rows),
             "settings": dataclasses.asdict(self.settings),
-            "train": dataclasses.asdict(self.train) if self.train else None,
+            "train": dataclasses.asdict(self.train) if self.train else None, "recipe": self.recipe,
         }
 
     def result_spec(self) -> dict:
-        """What the run computes: everything but ``rows`` (which only places it in tables)."""
+        """What the run computes: everything but ``rows`` and ``recipe`` (which only place it)."""
         spec = self.to_dict()
-        del spec["rows"]
+        del spec["rows"], spec["recipe"]
         return spec
 
     def to_json(self) -> str:
@@ -169,7 +215,8 @@ class Run:
     def from_dict(cls, d: dict) -> "Run":
         where = f"run {d.get('dataset')}/{d.get('name')}"
         return cls(d["name"], d["dataset"], d["model"], from_dict(MODELS[d["model"]], d["settings"], where),
-                   from_dict(TrainConfig, d["train"], where) if d["train"] else None, tuple(d.get("rows", ())))
+                   from_dict(TrainConfig, d["train"], where) if d["train"] else None, tuple(d.get("rows", ())),
+                   d.get("recipe", DEFAULT_RECIPE))
 
 
 def base_name(name: str) -> str:
@@ -185,13 +232,34 @@ def _seeds(value: Any, where: str) -> tuple[int, ...]:
     return tuple(value)
 
 
-def resolve_run(entry: dict, defaults: dict | None = None) -> Run:
+def results_dir(recipe: str) -> str:
+    return "results" if recipe == DEFAULT_RECIPE else f"results/{recipe}"
+
+
+def recipe_settings(config: dict, recipe: str | None = None) -> dict:
+    """The settings a recipe (``recipes:`` in the config) sets on every run; unknown names are errors."""
+    recipe = recipe or config.get("recipe") or DEFAULT_RECIPE
+    recipes = config.get("recipes") or {DEFAULT_RECIPE: {}}
+    if recipe not in recipes:
+        raise ConfigError(f"recipe {recipe!r} is not defined (recipes: {', '.join(recipes)})")
+    values = dict(recipes[recipe] or {})
+    unknown = sorted(set(values) - _names(HMMConfig) - _names(TrainConfig))
+    if unknown:
+        raise ConfigError(f"recipes.{recipe}: {', '.join(unknown)} is not a VLNHMM or training setting")
+    return values
+
+
+def resolve_run(entry: dict, defaults: dict | None = None, recipe: str = DEFAULT_RECIPE,
+                recipe_values: dict | None = None) -> Run:
     """One ``runs:`` entry with its defaults applied, as a typed Run (``seeds``: see :func:`resolve_seeded`)."""
-    return resolve_seeded(entry, defaults)[0]
+    return resolve_seeded(entry, defaults, recipe, recipe_values)[0]
 
 
-def resolve_seeded(entry: dict, defaults: dict | None = None) -> list[Run]:
-    """One ``runs:`` entry as typed Runs: the run, then one repeat per further seed of ``seeds``.
+def resolve_seeded(entry: dict, defaults: dict | None = None, recipe: str = DEFAULT_RECIPE,
+                   recipe_values: dict | None = None) -> list[Run]:
+    """One ``runs:`` entry as typed Runs: the model's defaults, then ``defaults.train`` and
+    ``defaults.<model>``, then the recipe's settings (those the model has), then the entry's own;
+    the run, then one repeat per further seed of ``seeds``.
 
     ``seeds: [a, b, c]`` (the entry's, else ``defaults.<model>``'s, else ``defaults.train``'s) trains
     the run under its own name with seed a, and as ``<name>@b`` and ``<name>@c`` with seeds b and c:
@@ -209,8 +277,10 @@ def resolve_seeded(entry: dict, defaults: dict | None = None) -> list[Run]:
     model_keys, train_keys = _names(model_cls), _names(TrainConfig) if trained else set()
     merged = dict(TRAIN_DEFAULTS.get(model, {}))
     seeds: tuple[int, ...] = ()
+    from_recipe = {k: v for k, v in (recipe_values or {}).items() if k in model_keys | train_keys}
     for scope, values in (("defaults.train", defaults.get("train") if trained else None),
-                          (f"defaults.{model}", defaults.get(model)), (where, entry)):
+                          (f"defaults.{model}", defaults.get(model)), (f"recipes.{recipe}", from_recipe),
+                          (where, entry)):
         values = dict(values or {})
         if "seeds" in values:
             if not trained:
@@ -224,14 +294,18 @@ def resolve_seeded(entry: dict, defaults: dict | None = None) -> list[Run]:
     settings = from_dict(model_cls, {k: v for k, v in merged.items() if k in model_keys}, where)
     train = from_dict(TrainConfig, {k: v for k, v in merged.items() if k in train_keys}, where) if trained else None
     if not seeds:
-        return [Run(name, dataset, model, settings, train, rows)]
+        return [Run(name, dataset, model, settings, train, rows, recipe)]
     return [Run(name if i == 0 else f"{name}{SEED_MARK}{seed}", dataset, model, settings,
-                dataclasses.replace(train, seed=seed), rows) for i, seed in enumerate(seeds)]
+                dataclasses.replace(train, seed=seed), rows, recipe) for i, seed in enumerate(seeds)]
 
 
-def resolve_runs(config: dict) -> list[Run]:
-    """Every run of the config (seed repeats included); names unique per dataset and telling the model apart."""
-    runs = [run for e in config["runs"] for run in resolve_seeded(e, config.get("defaults"))]
+def resolve_runs(config: dict, extra: list[dict] = ()) -> list[Run]:
+    """Every run of the config (and ``extra`` entries) under its recipe, seed repeats included; names
+    unique per dataset and telling the model apart."""
+    recipe = config.get("recipe") or DEFAULT_RECIPE
+    values = recipe_settings(config, recipe)
+    runs = [run for e in [*config["runs"], *extra]
+            for run in resolve_seeded(e, config.get("defaults"), recipe, values)]
     seen: set[str] = set()
     model_of: dict[str, str] = {}
     for run in runs:
@@ -288,7 +362,11 @@ def settings_doc() -> str:
     head = ("# Run settings\n\nGenerated by `python -m pipeline.config --doc > config/README.md` from the "
             "dataclasses that declare them (a test keeps it current).  A run in `config/config.yaml` may set any "
             "setting of its model and, for trained models, of the training loop; `defaults.<model>` and "
-            "`defaults.train` set them for every run.  Defaults are the paper's.\n\n"
+            "`defaults.train` set them for every run.  Defaults are the paper's text; where the text is silent they "
+            "follow the released code's run command (harvardnlp/hmm-lm at f52e860, `scripts/hmm_commands.sh`): so "
+            "`eos_reset` defaults to `train-in-window`, the released semantics.  `--config recipe=released-code` "
+            "sets every setting where the text and the released code differ to the released value (`recipes:` in "
+            "config/config.yaml; outputs under results/released-code/).\n\n"
             "Training defaults that differ by model: "
             + "; ".join(f"{m}: " + ", ".join(f"{k} {v:g}" for k, v in d.items()) for m, d in TRAIN_DEFAULTS.items())
             + ".\n\n"

@@ -27,6 +27,7 @@ import pandas as pd
 import yaml
 
 from pipeline import intervals
+from pipeline.fidelity import default_of
 from pipeline.provenance import provenance
 from pipeline.report import STATUS_KINDS, WITHIN_PCT, fmt, status_kind
 
@@ -150,6 +151,54 @@ def _rst_table(rows: list[tuple[str, ...]], head: tuple[str, ...]) -> list[str]:
     return out + [""]
 
 
+# Paper text vs released code (harvardnlp/hmm-lm at f52e860, scripts/hmm_commands.sh): (the fidelity switch that
+# measures it, what, the paper's text, the released code, the settings whose defaults are ours)
+RECIPE_ROWS = [
+    ("init", "initialization", "Kaiming uniform for all weights",
+     "PyTorch's defaults: state embeddings N(0, 1), linear layers U(+-1/sqrt(fan_in)), word bias nonzero", ("init",)),
+    ("eos-reset-off", "<eos> reset", "silent",
+     "--reset_eos 1: in training only, inside a window only (not at window boundaries, never at evaluation)",
+     ("eos_reset",)),
+    ("lr-decay", "lr decay", "x1/4 after 8 checks without improvement, 4 checks per epoch",
+     "x1/4, patience 4, max mode on the summed valid log-likelihood (relative threshold 1e-4: a slightly worse "
+     "value counts as an improvement); checks at 1/3, 2/3, 3/3 of the epoch and at its end",
+     ("plateau", "patience", "check_points")),
+    ("test-weights", "model tested", "silent", "the last weights", ("test_weights",)),
+    ("clusters", "Brown clusters", "wcluster, 128 clusters",
+     "the files shipped in clusters/lm-M/paths (w2lm-M: WikiText-2); <eos> and <pad> in the last cluster",
+     ("clusters",)),
+    ("released recipe (all)", "all of the above", "as above", "--config recipe=released-code", ()),
+]
+
+
+def effect(fidelity: pd.DataFrame | None, switch: str) -> str:
+    """The measured effect of a fidelity switch, from results/fidelity.csv."""
+    if fidelity is None:
+        return "not measured (results/fidelity.csv)"
+    rows = fidelity[fidelity["switch"] == switch]
+    if rows.empty or pd.isna(rows.iloc[0]["difference"]):
+        return "not measured yet"
+    r = rows.iloc[0]
+    spread = {"yes": "exceeds the seed spread", "no": "within the seed spread"}.get(r["exceeds_seed_spread"],
+                                                                                  "spread unknown")
+    switched = "" if switch.startswith("released") else f"; {r['switched_value']}"
+    return (f"{r['difference']:+.1f} valid ppl ({r['default_ppl_mean']:.1f} to {r['switched_ppl_mean']:.1f}"
+            f"{switched}; n {r['default_n']} / {r['switched_n']}; {spread})")
+
+
+def recipe_section(fidelity: pd.DataFrame | None) -> list[str]:
+    lines = ["Paper text vs released code", "---------------------------", "",
+             "Where the paper's text and the authors' released code differ, each difference is a setting; the "
+             "default recipe follows the text, and the released run command where the text is silent.  "
+             "``--config recipe=released-code`` sets them all as released (results under results/released-code/).  "
+             "Measured effect: results/fidelity.csv (valid perplexity, switched alone on the default recipe, mean "
+             "over seeds).", ""]
+    rows = [(rst(label), rst(paper), rst(released),
+             rst(", ".join(f"{k}: {default_of(k)}" for k in names)) or "--config recipe=paper-text (default)",
+             rst(effect(fidelity, switch))) for switch, label, paper, released, names in RECIPE_ROWS]
+    return lines + _rst_table(rows, ("setting", "paper text", "released code", "ours (default)", "measured effect"))
+
+
 # Widen the landing page's text and put the rule graph under it; let a long page scroll from its top.
 STYLE = """.. raw:: html
 
@@ -167,8 +216,10 @@ STYLE = """.. raw:: html
 
 
 def render(frames: dict[str, pd.DataFrame], paper: dict, profile: str | None, label: str | None,
-           commit: str | None = None, machine: str | None = None, now: str | None = None, curves: int = 1) -> str:
-    """The front page (reStructuredText); ``curves``: how many training curves the report has."""
+           commit: str | None = None, machine: str | None = None, now: str | None = None, curves: int = 1,
+           fidelity: pd.DataFrame | None = None) -> str:
+    """The front page (reStructuredText); ``curves``: how many training curves the report has;
+    ``fidelity``: results/fidelity.csv where it exists."""
     commit = commit or provenance()["commit"]
     machine = machine or this_machine()
     now = now or datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -232,6 +283,7 @@ def render(frames: dict[str, pd.DataFrame], paper: dict, profile: str | None, la
     lines += ["Our settings beside the paper's", "-------------------------------", ""]
     lines += _rst_table([tuple(map(rst, r)) for r in settings_rows(frames)],
                         ("setting", "paper (its text; config/config.yaml)", f"ours ({profile or 'full'})"))
+    lines += recipe_section(fidelity)
     lines += ["How to read the tables", "----------------------", "",
               "`Tables`_ and `Figures`_ hold each table and figure three ways: the image (each cell ours over the "
               "paper's), a sortable table with every column (click a heading), and the CSV.  Each row names our run, "
@@ -253,13 +305,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--profile")
     p.add_argument("--label")
     p.add_argument("--curves", type=int, default=1, help="how many training curves the report has (0: no link)")
+    p.add_argument("--fidelity", help="results/fidelity.csv, for the measured effects (where it exists)")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     paper = yaml.safe_load(Path(a.paper).read_text())
     frames = {Path(t).stem: read_csv(t) for t in a.tables}
     frames = {n: frames[n] for n in ITEMS if n in frames}
+    fidelity = read_csv(a.fidelity) if a.fidelity else None
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(render(frames, paper, a.profile, a.label, curves=a.curves))
+    Path(a.out).write_text(render(frames, paper, a.profile, a.label, curves=a.curves, fidelity=fidelity))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pipeline.train import Trainer
 V = 60
 SETTINGS = {
     "brown": {"num_states": 64, "num_clusters": 4},
-    "brown-factored-eos": {"num_states": 64, "num_clusters": 4, "state_repr": "factored", "eos_reset": "train"},
+    "brown-factored-eos": {"num_states": 64, "num_clusters": 4, "state_repr": "factored", "eos_reset": "train-in-and-between-windows"},
     "none": {"num_states": 16, "num_clusters": 1, "constraint": "none"},
     "uniform-transition-dropout": {"num_states": 32, "constraint": "uniform", "states_per_word": 8,
                                    "state_dropout": 0.0, "transition_dropout": 0.5},

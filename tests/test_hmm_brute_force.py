@@ -22,7 +22,14 @@ VARIANTS = {
     "uniform-transdrop": dict(num_states=6, num_clusters=1, constraint="uniform", states_per_word=4,
                               state_dropout=0.0, transition_dropout=0.25),
     "brown-eos-reset": dict(num_states=6, num_clusters=3, state_dropout=0.0, eos_reset="always"),
+    "brown-no-reset": dict(num_states=6, num_clusters=3, state_dropout=0.0, eos_reset="none"),
 }
+
+
+def resets(model) -> bool:
+    """Whether edges out of <eos> inside a window use the start distribution (the model's mode)."""
+    mode = model.cfg.eos_reset
+    return mode == "always" or (mode.startswith("train") and model.training)
 
 
 def make(name, seed=0):
@@ -41,8 +48,10 @@ def dense(params):
     return params.log_start, params.log_trans, log_o
 
 
-def brute_force(log_prior, log_a, log_o, log_start, xs, reset):
+def brute_force(log_prior, log_a, log_o, log_start, xs, reset, no_reset_at=()):
     """log sum over every state path of p(x, z); log_prior [C'] is the distribution of z_1.
+    ``reset``: z_t after an <eos> is drawn from the start distribution, except at the
+    positions ``no_reset_at`` (window boundaries under the released semantics).
 
     All C'^T paths at once: paths [P, T] (itertools.product order), one score per path."""
     C, T = len(log_prior), len(xs)
@@ -50,7 +59,8 @@ def brute_force(log_prior, log_a, log_o, log_start, xs, reset):
     x = torch.tensor(xs)
     score = log_prior[paths[:, 0]] + log_o[paths[:, 0], x[0]]
     for t in range(1, T):
-        step = log_start[paths[:, t]] if (reset and xs[t - 1] == EOS) else log_a[paths[:, t - 1], paths[:, t]]
+        reset_here = reset and xs[t - 1] == EOS and t not in no_reset_at
+        step = log_start[paths[:, t]] if reset_here else log_a[paths[:, t - 1], paths[:, t]]
         score = score + step + log_o[paths[:, t], x[t]]
     return torch.logsumexp(score, dim=0)
 
@@ -95,7 +105,7 @@ def test_window_log_likelihood_equals_brute_force(name, training):
     model.generator.set_state(gen_state)  # the same dropout draw again
     p = model.params_for(training)
     log_start, log_a, log_o = dense(p)
-    reset = model.cfg.eos_reset == "always"
+    reset = resets(model)
     for b in range(len(x)):
         xs = x[b, : int(mask[b].sum())].tolist()
         expected = brute_force(log_start, log_a, log_o, log_start, xs, reset)
@@ -111,7 +121,7 @@ def test_carried_state_across_two_windows_is_exact_at_evaluation(name):
     lp1, carry = model(x, mask, None)
     lp2, carry2 = model(x2, mask2, carry)
     log_start, log_a, log_o = dense(model.params_for(False))
-    reset = model.cfg.eos_reset == "always"
+    reset = resets(model)
     for b in range(2):
         xs = x[b, : int(mask[b].sum())].tolist() + x2[b, : int(mask2[b].sum())].tolist()
         expected = brute_force(log_start, log_a, log_o, log_start, xs, reset)
@@ -133,7 +143,7 @@ def test_carried_state_under_state_dropout_uses_the_new_draw():
     _, log_a, log_o = dense(p)
     rows = p.trans_rows(carry.states[0])  # [n_prev, C'] rows of the old states over the new live set
     prior = torch.logsumexp(carry.log_q[0][:, None] + rows, dim=0)
-    expected = brute_force(prior, log_a, log_o, p.log_start, x2[0].tolist(), False)
+    expected = brute_force(prior, log_a, log_o, p.log_start, x2[0].tolist(), resets(model))
     assert torch.allclose(lp2[0], expected, atol=1e-9)
 
 
@@ -149,12 +159,42 @@ def test_gradients_equal_autograd_of_brute_force(name):
     model.generator.set_state(state)
     p = model.params_for(True)
     log_start, log_a, log_o = dense(p)
-    total = sum(brute_force(log_start, log_a, log_o, log_start, x[b, : int(mask[b].sum())].tolist(), False)
+    total = sum(brute_force(log_start, log_a, log_o, log_start, x[b, : int(mask[b].sum())].tolist(), resets(model))
                 for b in range(len(x)))
     total.backward()
     for n, param in model.named_parameters():
         if n in ours:
             assert torch.allclose(ours[n], param.grad, atol=1e-8), n
+
+
+@pytest.mark.parametrize("mode", ["train-in-window", "train-in-and-between-windows", "none"])
+def test_eos_reset_inside_windows_only_in_training(mode):
+    """The released code's reset (train-in-window): in training the edge out of <eos> inside a
+    window is replaced by the start distribution, the edge across a window boundary is not, and
+    evaluation never resets; train-in-and-between-windows resets at the boundary too.  Two
+    hand-made windows whose first ends with <eos>, scored with the carry, against brute force."""
+    cfg = HMMConfig(hidden=8, num_states=6, num_clusters=3, state_dropout=0.0, eos_reset=mode)
+    torch.manual_seed(5)
+    model = VLNHMM(cfg, V, CLUSTERS[3], eos_id=EOS, seed=5).double()
+    w1, w2 = [1, EOS, 3, EOS], [2, 4, EOS, 0]          # resets after positions 1 and 6; 3 ends window 1
+    x1, x2 = torch.tensor([w1]), torch.tensor([w2])
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    for training in (False, True):
+        model.train(training)
+        lp1, carry = model(x1, mask, None)
+        lp2, _ = model(x2, mask, carry)
+        log_start, log_a, log_o = dense(model.params_for(training))
+        reset = training and mode != "none"
+        boundary = () if mode == "train-in-and-between-windows" else (4,)
+        expected = brute_force(log_start, log_a, log_o, log_start, w1 + w2, reset, boundary)
+        assert torch.allclose(lp1 + lp2, expected[None], atol=1e-9), (mode, training)
+    # the resets change the score, so a missing or an extra one would be noticed
+    plain = brute_force(log_start, log_a, log_o, log_start, w1 + w2, False)
+    everywhere = brute_force(log_start, log_a, log_o, log_start, w1 + w2, True)
+    assert not torch.allclose(plain, everywhere, atol=1e-6)
+    if mode == "train-in-window":
+        assert not torch.allclose(lp1 + lp2, everywhere[None], atol=1e-6)
+        assert not torch.allclose(lp1 + lp2, plain[None], atol=1e-6)
 
 
 @pytest.mark.parametrize("B,S,n", [(3, 4, 5), (2, 0, 3), (1, 6, 1)])

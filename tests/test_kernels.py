@@ -533,7 +533,7 @@ def test_trained_model_potentials_match_reference(llvm_dir, small_ptb, tmp_path)
     for training in (False, True):
         model.train(training)
         with torch.no_grad():
-            init, table, index, emit = model.potentials(model.params_for(training), x, mask, None, reset=False)
+            init, table, index, emit = model.potentials(model.params_for(training), x, mask, None, reset=False, reset_between=False)
         assert table.shape[-1] == (4 if training else 8) and table.shape[0] == (16 * 31 if training else 16)
         alpha, beta = reference(init, table, index, emit)
         assert_close_scan(scan.forward(init, table, index, emit), alpha)

@@ -187,3 +187,32 @@ def test_benchmarks_run_on_cpu_in_the_tiny_profile():
     assert (TINY / "results/bench/scale_cpu.png").stat().st_size > 10_000
     kernel = pd.read_csv(TINY / "results/bench/kernel_cpu.csv")
     assert len(kernel) > 0
+
+
+def test_released_recipe_dag_sits_beside_the_default(tmp_path):
+    """--config recipe=released-code: the same jobs, every output under results/released-code/, and the
+    authors' cluster files (downloaded, then converted) instead of ours."""
+    out = snakemake("-n", "--cores", "8", "--resources", "gpu=1", "--config", "gpu_runs=always",
+                    "recipe=released-code", "--directory", str(tmp_path), "results/released-code/table3.csv",
+                    profile=None).stdout
+    jobs = job_counts(out)
+    runs = [r for r in _paper_runs() if any(row.startswith("table3/") for row in r.rows) and r.train is not None]
+    blocks = {r.settings.num_clusters for r in runs if r.settings.constraint == "brown"}
+    assert jobs["table"] == 1 and jobs["train"] == len(runs)
+    assert jobs["authors_paths"] == jobs["clusters_from_paths"] == len(blocks) and "brown_clusters" not in jobs
+    outputs = re.findall(r"output: (\S+)", out)
+    assert all(o.startswith(("results/released-code/", "data/")) for o in outputs), outputs
+
+
+def test_tiny_fidelity_target():
+    """results/fidelity.csv at tiny size: both recipes and each switch alone over the tiny profile's seeds."""
+    snakemake("results/fidelity.csv")
+    df = pd.read_csv(TINY / "results/fidelity.csv", keep_default_na=False, na_values=[""])
+    assert list(df["switch"]) == ["released recipe (all)", "init", "lr-decay", "test-weights", "clusters",
+                                  "eos-reset-off"]
+    assert (df["default_n"] == 2).all() and (df["switched_n"] == 2).all() and df["difference"].notna().all()
+    assert set(df["exceeds_seed_spread"]) <= {"yes", "no"}
+    assert (TINY / "results/fidelity.png").stat().st_size > 10_000
+    spec = json.loads((TINY / "results/runs/ptb/fidelity-released-code-s1112/metrics.json").read_text())["spec"]
+    assert (spec["settings"]["init"], spec["train"]["test_weights"], spec["train"]["seed"]) == \
+        ("torch-default", "last", 1112)

@@ -7,7 +7,8 @@ import yaml
 from snakemake.resources import Resource
 
 from hmm.kernels import target_for
-from pipeline.config import ConfigError, kernel_states, name_pattern, resolve_runs
+from pipeline.config import ConfigError, kernel_states, name_pattern, resolve_runs, results_dir
+from pipeline import fidelity
 
 SPLITS = ("train", "valid", "test")
 ENV = "../../environment.yml"  # the pinned stack (conda users: --sdm conda)
@@ -19,10 +20,13 @@ def repo_path(path):
 
 
 try:
-    RUN_LIST = resolve_runs(config)
+    RUN_LIST = resolve_runs(config, fidelity.run_entries(config))
+    FIDELITY = fidelity.spec(config) if config.get("fidelity") else None
 except ConfigError as err:
     raise WorkflowError(f"config: {err}") from None
 RUNS = {run.key: run for run in RUN_LIST}
+# results/ for the default recipe, results/<recipe>/ for another (config: recipe, recipes)
+RESULTS = results_dir(config.get("recipe") or "paper-text")
 MIRROR = repo_path(config.get("mirror"))
 KENLM_BIN = repo_path(config["kenlm"]["bin_dir"])
 # kernels for every live-state count any run needs, and the kernel benchmark's sizes
@@ -213,7 +217,7 @@ ITEMS = ("table1", "table2", "table3", "table4", "fig3", "fig4")
 PROFILE = config.get("profile") or "full"
 LABEL = config.get("label") or ""
 SCALE = json.dumps(config.get("scale") or {}, sort_keys=True)
-FRONT_PAGE = "results/frontpage.rst"
+FRONT_PAGE = f"{RESULTS}/frontpage.rst"
 with open(ROOT / "config/paper.yaml") as _f:
     PAPER_TITLES = {name: item["caption"] for name, item in yaml.safe_load(_f).items() if name in ITEMS}
 # Training curves are plotted by the training jobs; they inherit this context (the profile label, the paper rows
@@ -236,7 +240,7 @@ def report_description():
     page = Path(FRONT_PAGE).resolve()
     if not page.is_file():
         return str(ROOT / "workflow/report/workflow.rst")
-    tables = [Path(f"results/{name}.csv") for name in ITEMS]
+    tables = [Path(f"{RESULTS}/{name}.csv") for name in ITEMS]
     newer = [t.stem for t in tables if t.is_file() and t.stat().st_mtime > page.stat().st_mtime]
     if newer and "--report" in " ".join(sys.argv):
         print(f"warning: {FRONT_PAGE} is older than {', '.join(newer)}: run `all` first", file=sys.stderr)
@@ -254,6 +258,19 @@ def announce_report():
 
 
 announce_report()
+
+
+def paths_file(wc):
+    """The paths file behind data/{dataset}/clusters/{source}-{M}.tsv: a run's cluster_paths, or the download."""
+    tsv = f"data/{wc.dataset}/clusters/{wc.source}-{wc.num_clusters}.tsv"
+    local = [
+        r.settings.cluster_paths for r in RUN_LIST if r.inputs().get("clusters") == tsv and r.settings.cluster_paths
+    ]
+    if local:
+        return local[0] if os.path.isabs(local[0]) else repo_path(local[0])
+    if wc.source != "authors":
+        raise WorkflowError(f"no run reads {tsv}")
+    return f"data/{wc.dataset}/clusters/authors-{wc.num_clusters}.paths"
 
 
 def kernel_manifest(wc):

@@ -9,10 +9,10 @@ rule kn5:
         data="data/{dataset}/stats.json",
         data_sums="data/{dataset}/SHA256SUMS",
     output:
-        metrics="results/runs/{dataset}/{name}/metrics.json",
-        docs="results/runs/{dataset}/{name}/docs.npz",  # scores per document (pipeline.intervals)
+        metrics=f"{RESULTS}/runs/{{dataset}}/{{name}}/metrics.json",
+        docs=f"{RESULTS}/runs/{{dataset}}/{{name}}/docs.npz",  # scores per document (pipeline.intervals)
     log:
-        "logs/runs/{dataset}/{name}.log",
+        f"logs/runs{RESULTS[len('results'):]}/{{dataset}}/{{name}}.log",
     wildcard_constraints:
         name=name_pattern(RUN_LIST, {"kn5"}),
     conda:
@@ -37,18 +37,18 @@ rule train:
     input:
         unpack(lambda wc: the_run(wc).inputs(CUDA_ARCHS[-1])),
     output:
-        metrics="results/runs/{dataset}/{name}/metrics.json",
-        curve="results/runs/{dataset}/{name}/curve.csv",
-        docs="results/runs/{dataset}/{name}/docs.npz",
+        metrics=f"{RESULTS}/runs/{{dataset}}/{{name}}/metrics.json",
+        curve=f"{RESULTS}/runs/{{dataset}}/{{name}}/curve.csv",
+        docs=f"{RESULTS}/runs/{{dataset}}/{{name}}/docs.npz",
         plot=report(
-            "results/runs/{dataset}/{name}/curve.png",
+            f"{RESULTS}/runs/{{dataset}}/{{name}}/curve.png",
             category="Training curves",
             subcategory="{dataset}",
             labels={"run": "{dataset}/{name}"},
             caption="../report/curve.rst",
         ),
     log:
-        "logs/runs/{dataset}/{name}.log",
+        f"logs/runs{RESULTS[len('results'):]}/{{dataset}}/{{name}}.log",
     wildcard_constraints:
         name=name_pattern(RUN_LIST, {"ff", "lstm", "vlnhmm"}),
     conda:
@@ -59,8 +59,12 @@ rule train:
         gpu=lambda wc: int(the_run(wc).needs_gpu),
     params:
         spec=spec_of,
+        out=lambda wc: the_run(wc).out_dir,
+        checkpoint=lambda wc: the_run(wc).checkpoint,
     shell:
-        "OMP_NUM_THREADS={threads} python -m pipeline.train --spec {params.spec:q} 2>&1 | tee {log}"
+        "OMP_NUM_THREADS={threads} python -m pipeline.train --spec {params.spec:q} --out {params.out} "
+        "--checkpoint {params.checkpoint} 2>&1 | tee {log}"
 
 
-CURVES = [f"{run.out_dir}/curve.png" for run in TRAINED.values()]
+# the fidelity runs (rows: fidelity) are built by their own target, not by `all`
+CURVES = [f"{run.out_dir}/curve.png" for run in TRAINED.values() if "fidelity" not in run.rows]

@@ -7,25 +7,25 @@ rule table:
         unpack(table_inputs),
     output:
         csv=report(
-            "results/{name}.csv",
+            f"{RESULTS}/{{name}}.csv",
             category=report_category,
             labels=report_labels("CSV"),
             caption="../report/tables.rst",
         ),
         png=report(
-            "results/{name}.png",
+            f"{RESULTS}/{{name}}.png",
             category=report_category,
             labels=report_labels("image"),
             caption="../report/tables.rst",
         ),
         html=report(
-            "results/{name}.html",
+            f"{RESULTS}/{{name}}.html",
             category=report_category,
             labels=report_labels("sortable table"),
             caption="../report/tables.rst",
         ),
     log:
-        "logs/tables/{name}.log",
+        f"logs/tables{RESULTS[len('results'):]}/{{name}}.log",
     wildcard_constraints:
         name="table[1-4]|fig[34]",
     conda:
@@ -52,13 +52,13 @@ rule table:
 rule frontpage:
     """The report's landing page (Snakefile: report:) from the tables' and figures' CSVs."""
     input:
-        tables=expand("results/{name}.csv", name=ITEMS),
+        tables=expand(f"{RESULTS}/{{name}}.csv", name=ITEMS),
         paper=repo_path("config/paper.yaml"),
         code=repo_path("pipeline/frontpage.py"),
     output:
         FRONT_PAGE,
     log:
-        "logs/tables/frontpage.log",
+        f"logs/tables{RESULTS[len('results'):]}/frontpage.log",
     conda:
         ENV
     threads: job_threads("frontpage")
@@ -68,11 +68,12 @@ rule frontpage:
         profile=PROFILE,
         label=LABEL,
         curves=len(CURVES),
+        fidelity=lambda wc: f"--fidelity {RESULTS}/fidelity.csv" if os.path.exists(f"{RESULTS}/fidelity.csv") else "",
     shell:
         "python -m pipeline.frontpage --tables {input.tables} --paper {input.paper} --profile {params.profile} "
-        "--label={params.label:q} --curves {params.curves} --out {output} > {log} 2>&1"
+        "--label={params.label:q} --curves {params.curves} {params.fidelity} --out {output} > {log} 2>&1"
 
 
 # `all`: the tables with the front page that counts them, the figures
-TABLES = expand("results/table{n}.{ext}", n=range(1, 5), ext=("csv", "png", "html")) + [FRONT_PAGE]
-FIGURES = expand("results/fig{n}.{ext}", n=(3, 4), ext=("csv", "png", "html"))
+TABLES = expand(f"{RESULTS}/table{{n}}.{{ext}}", n=range(1, 5), ext=("csv", "png", "html")) + [FRONT_PAGE]
+FIGURES = expand(f"{RESULTS}/fig{{n}}.{{ext}}", n=(3, 4), ext=("csv", "png", "html"))

@@ -1,0 +1,180 @@
+"""Paper text vs released code: the recipe overlay, the released code's initialization, check
+points and cluster files (wcluster ``paths``), and the fidelity table."""
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import merged_config
+from hmm.config import HMMConfig
+from hmm.model import NeuralParameterization
+from pipeline.clusters import AUTHORS_SHA256, load_clusters, main as clusters_main, read_paths
+from pipeline.config import resolve_runs
+from pipeline.data import Corpus
+from pipeline.fidelity import spec, table
+from pipeline.train import Trainer
+
+
+def test_released_recipe_sets_every_difference_in_its_own_folders():
+    config = merged_config("config/config.yaml")
+    paper = {r.key: r for r in resolve_runs(config)}
+    released = {r.key: r for r in resolve_runs(config | {"recipe": "released-code"})}
+    run, other = paper["ptb/vlnhmm-32768"], released["ptb/vlnhmm-32768"]
+    assert (run.settings.init, run.settings.eos_reset, run.settings.clusters) == \
+        ("kaiming", "train-in-window", "brown-clustering")
+    assert (run.train.plateau, run.train.patience, run.train.check_points, run.train.test_weights) == \
+        ("min-valid-nll", 8, "even", "best")
+    assert (other.settings.init, other.settings.eos_reset, other.settings.clusters) == \
+        ("torch-default", "train-in-window", "authors")
+    assert (other.train.plateau, other.train.patience, other.train.check_points, other.train.test_weights) == \
+        ("max-valid-loglik", 4, "thirds-and-end", "last")
+    assert run.out_dir == "results/runs/ptb/vlnhmm-32768"
+    assert other.out_dir == "results/released-code/runs/ptb/vlnhmm-32768"
+    assert other.checkpoint.startswith("build/checkpoints/released-code/")
+    assert other.inputs()["clusters"] == "data/ptb/clusters/authors-128.tsv"
+    assert released["ptb/lstm"].train.patience == 4 and released["ptb/kn5"].out_dir.startswith("results/released-code/")
+    # a run's own setting stays over the recipe's
+    own = resolve_runs(config | {"recipe": "released-code", "runs": [
+        {"name": "x", "dataset": "ptb", "model": "vlnhmm", "init": "kaiming"}]})[0]
+    assert own.settings.init == "kaiming" and own.train.test_weights == "last"
+
+
+@pytest.mark.parametrize("init", ["kaiming", "torch-default"])
+def test_initialization_statistics(init):
+    torch.manual_seed(0)
+    cfg = HMMConfig(num_states=1024, num_clusters=8, hidden=256, init=init)
+    p = NeuralParameterization(cfg, 10000, 8)
+    emb, word, bias = p.state_emb.detach(), p.word_emb.detach(), p.word_bias.detach()
+    if init == "torch-default":  # nn.Embedding: N(0, 1); nn.Linear(256, V): U(+-1/16) for weight and bias
+        assert abs(emb.mean()) < 0.01 and abs(emb.std() - 1) < 0.01
+        assert abs(emb.pow(3).mean()) < 0.02 and abs(emb.pow(4).mean() - 3) < 0.05   # normal, not uniform
+        assert word.abs().max() <= 1 / 16 and abs(word.std() - 1 / 16 / math.sqrt(3)) < 1e-3
+        assert bias.abs().max() <= 1 / 16 and bias.std() > 0.03
+    else:  # Kaiming uniform (fan_in 256): U(+-sqrt(6 / 256)); word bias 0
+        bound = math.sqrt(6 / 256)
+        assert emb.abs().max() <= bound and abs(emb.std() - bound / math.sqrt(3)) < 1e-3
+        assert (bias == 0).all()
+    lin = p.trans_mlp.lin1.weight.detach()  # torch-default: nn.Linear's own U(+-1/sqrt(fan_in)); kaiming: as all
+    assert abs(lin.abs().max() - (1 / 16 if init == "torch-default" else math.sqrt(6 / 256))) < 2e-3
+
+
+def test_released_check_points():
+    """thirds-and-end: PTB's 1,816 steps, 4 checks: after 605, 1210, 1815 and 1816 steps, each epoch."""
+    t = SimpleNamespace(cfg=SimpleNamespace(check_points="thirds-and-end"), steps_per_epoch=1816, check_every=605)
+    assert [s for s in range(1, 2 * 1816 + 1) if Trainer.checks_at(t, s)] == \
+        [605, 1210, 1815, 1816, 1816 + 605, 1816 + 1210, 1816 + 1815, 2 * 1816]
+    t = SimpleNamespace(cfg=SimpleNamespace(check_points="thirds-and-end"), steps_per_epoch=9, check_every=3)
+    assert Trainer.checks_at(t, 9) == 2  # the released code evaluates twice: the lr schedule steps twice
+    t = SimpleNamespace(cfg=SimpleNamespace(check_points="even"), steps_per_epoch=1816, check_every=454)
+    assert [s for s in range(1, 1817) if Trainer.checks_at(t, s)] == [454, 908, 1362, 1816]
+
+
+def write_paths(path, vocab, cluster, leave_out=()):
+    """A wcluster paths file (bits TAB word TAB count, sorted by bits) of a word -> cluster map."""
+    width = max(1, int(cluster.max()).bit_length())
+    rows = sorted((format(int(c), f"0{width}b"), w, n) for w, c, n in zip(vocab.tokens, cluster, vocab.counts)
+                  if w not in leave_out)
+    path.write_text("".join(f"{b}\t{w}\t{n}\n" for b, w, n in rows))
+
+
+def test_paths_file_round_trips_into_the_same_blocks(small_ptb, tmp_path):
+    vocab = Corpus.load(small_ptb).vocab
+    rng = np.random.default_rng(0)
+    cluster = rng.integers(0, 5, len(vocab))
+    eos = vocab.index["<eos>"]
+    cluster[eos] = 4                                  # as in the authors' PTB file: <eos> is not listed
+    paths = tmp_path / "paths"
+    write_paths(paths, vocab, cluster, leave_out={"<eos>"})
+    with open(paths, "a") as f:
+        f.write("100\t<pad>\t0\n")                    # a word we do not have: it never enters the vocabulary
+    got, bits, unknown = read_paths(paths, vocab)
+    assert np.array_equal(got, cluster) and unknown == ["<pad>"]
+    out = tmp_path / "c.tsv"
+    clusters_main(["--data", str(small_ptb), "--num-clusters", "5", "--paths", str(paths), "--out", str(out),
+                   "--summary", str(tmp_path / "c.md")])
+    assert np.array_equal(load_clusters(out, vocab), cluster) and "<pad>" not in out.read_text()
+    assert "put in the last cluster: 1 (<eos>)" in (tmp_path / "c.md").read_text()
+
+
+def test_wrong_hash_missing_and_truncated_cluster_files(small_ptb, tmp_path):
+    paths = tmp_path / "paths"
+    paths.write_text("0\tthe\t10\n1\ta\t5\n")
+    args = ["--data", str(small_ptb), "--num-clusters", "8", "--authors", "ptb", "--out", str(tmp_path / "c.tsv")]
+    with pytest.raises(SystemExit) as err:
+        clusters_main(["--paths", str(paths), *args])
+    message = str(err.value)
+    assert str(paths) in message and AUTHORS_SHA256["ptb"][8] in message and "is not the authors'" in message
+    print(message)
+    with pytest.raises(SystemExit, match=f"{tmp_path / 'absent'} does not exist; expected .* sha256 "
+                                         f"{AUTHORS_SHA256['ptb'][8]}"):
+        clusters_main(["--paths", str(tmp_path / "absent"), *args])
+    paths.write_text("0\tthe\t10\n1\ta")  # cut mid-line
+    with pytest.raises(SystemExit, match=f"{paths}, line 2: not 'bits TAB word TAB count'"):
+        clusters_main(["--paths", str(paths), "--data", str(small_ptb), "--num-clusters", "2",
+                       "--out", str(tmp_path / "c.tsv"), "--summary", str(tmp_path / "c.md")])
+
+
+def test_fidelity_table_compares_each_switch_with_the_default_recipe():
+    config = merged_config("config/config.yaml")
+    s = spec(config)
+    assert [r["switch"] for r in s["rows"]] == ["released recipe (all)", "init", "lr-decay", "test-weights",
+                                                "clusters", "eos-reset-off"]
+    init = s["rows"][1]
+    assert init["settings"] == ["init"] and init["switched"] == {"init": "torch-default"}
+    ppl = {k: 300.0 + i for i, k in enumerate(init["default_runs"])}          # 300, 301, 302
+    ppl |= {k: 200.0 + 10 * i for i, k in enumerate(init["switched_runs"][:2])}  # 200, 210 (one missing)
+    row = table(s, ppl).iloc[1]
+    assert (row["default_ppl_mean"], row["default_n"], row["switched_ppl_mean"], row["switched_n"]) == (301, 3, 205, 2)
+    assert row["difference"] == -96 and row["exceeds_seed_spread"] == "yes"
+    assert row["default_ppl_std"] == 1.0 and row["switched_ppl_std"] == round(math.sqrt(50), 2)
+
+
+def test_front_page_has_the_paper_text_vs_released_code_table(tmp_path):
+    import html
+    import re
+
+    from docutils.core import publish_parts
+
+    from pipeline.frontpage import render
+    from test_frontpage import PAPER, SYNTHETIC
+
+    s = spec(merged_config("config/config.yaml"))
+    ppl = {k: 300.0 + i for i, k in enumerate(s["rows"][1]["default_runs"])}
+    ppl |= {k: 200.0 + 10 * i for i, k in enumerate(s["rows"][1]["switched_runs"])}
+    fidelity = table(s, ppl)
+    for measured in (None, fidelity):
+        page = render({"table2": SYNTHETIC}, PAPER, "full", None, commit="abc", machine="box", now="now",
+                      fidelity=measured)
+        links = "\n".join(f".. _{t}: #" for t in ("Tables", "Figures", "Training curves", "table2.png", "table2.html"))
+        body = publish_parts(page + "\n" + links, writer="html",
+                             settings_overrides={"report_level": 2, "halt_level": 2})["html_body"]
+        text = html.unescape(re.sub(r"<[^>]+>", "", body))
+        assert "Paper text vs released code" in text and "Kaiming uniform for all weights" in text
+        assert "eos_reset: train-in-window" in text and "the last weights" in text
+        if measured is None:
+            assert "not measured (results/fidelity.csv)" in text
+        else:
+            assert "-91.0 valid ppl (301.0 to 210.0" in text.replace("\u2212", "-") and "exceeds the seed spread" in text
+
+
+def test_fetch_authors_keeps_only_a_file_with_the_pinned_hash(tmp_path, monkeypatch):
+    """The download path, on a local file:// URL (no network in tests): kept only if its sha256 is the pin."""
+    import hashlib
+
+    import pipeline.clusters as clusters
+
+    source = tmp_path / f"{clusters.AUTHORS_COMMIT}/clusters/lm-8/paths"
+    source.parent.mkdir(parents=True)
+    source.write_text("0\tthe\t10\n1\ta\t5\n")
+    monkeypatch.setattr(clusters, "AUTHORS_URL", f"file://{tmp_path}/{{commit}}/clusters/{{name}}/paths")
+    out = tmp_path / "data/authors-8.paths"
+    with pytest.raises(clusters.ClusterFileError, match=f"expected {AUTHORS_SHA256['ptb'][8]}"):
+        clusters.fetch_authors("ptb", 8, out)
+    assert not out.exists() and not list(out.parent.iterdir())  # nothing half-trusted is left
+    monkeypatch.setitem(clusters.AUTHORS_SHA256["ptb"], 8, hashlib.sha256(source.read_bytes()).hexdigest())
+    clusters.fetch_authors("ptb", 8, out)
+    assert out.read_bytes() == source.read_bytes()
+    with pytest.raises(clusters.ClusterFileError, match="no paths file for wt2 with 8 clusters"):
+        clusters.fetch_authors("wt2", 8, out)
