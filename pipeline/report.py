@@ -256,6 +256,11 @@ def _repeats(run: dict, runs: list[dict]) -> list[dict]:
     return sorted(group, key=lambda r: r["spec"]["name"] != base)
 
 
+def untrusted(group: list[dict]) -> str | None:
+    """The status of a seed of the row whose files were changed after import (its row shows no number)."""
+    return next((r["status"] for r in group if status_kind(r["status"]) == "modified after import"), None)
+
+
 def seed_columns(group: list[dict], paper: dict) -> dict:
     """The perplexity columns of a row from its runs over seeds (those with results): n, seeds, and per split
     the mean, sd, interval, the paper's number, the differences and the verdict (pipeline.intervals)."""
@@ -336,6 +341,8 @@ def build_table(name: str, paper: dict, runs: list, paper_specs: list[dict] | No
             rec["paper_num_states"], rec["paper_num_clusters"] = prow.get("num_states"), prow.get("num_clusters")
         if metrics:
             rec.update(_provenance(metrics))
+        if modified := untrusted(group):  # one edited seed: the row's numbers are not shown at all
+            rec["status"], group = modified, []
         rec.update(seed_columns(group, prow))
         out.append(rec)
     return _finish(pd.DataFrame(out, columns=COLUMNS[name]))
@@ -371,12 +378,13 @@ def build_figure(name: str, paper: dict, runs: list, scale: dict | None = None,
         run_x = settings.get(xkey)
         x = None if run_x is None else run_x * factor
         ref = paper_at.get((series, x))
-        cols = seed_columns(group, {"valid": ref and ref["valid"]})
+        status = untrusted(group) or run["status"]
+        cols = seed_columns([] if untrusted(group) else group, {"valid": ref and ref["valid"]})
         out.append({"series": " ".join(["ours"] + ([series] if skey else [])), "x": x, "run_x": run_x,
                     "num_states": _hmm(spec, "num_states"), "num_clusters": _hmm(spec, "num_clusters"),
                     **{k: v for k, v in cols.items() if not k.startswith("test")},
                     "epochs": metrics.get("epochs") if metrics else train.get("epochs"),
-                    "steps": metrics.get("steps"), "seed": train.get("seed"), "status": run["status"],
+                    "steps": metrics.get("steps"), "seed": train.get("seed"), "status": status,
                     "source": run["key"], "profile": profile or FULL_PROFILE} | (_provenance(metrics) if metrics else {}))
     out.sort(key=lambda r: (r["series"], r["x"] or 0))
     for pt in fig["points"]:
