@@ -8,8 +8,9 @@ A record is a sidecar ``<file>.sha256`` in ``sha256sum`` format (``<hex>  <name>
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
+
+from pipeline.files import write_atomic
 
 SUMS = "SHA256SUMS"
 
@@ -31,17 +32,11 @@ def sidecar(path: Path | str) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def record(path: Path | str, digest: str | None = None) -> str:
     """Write ``path``'s sidecar (``digest`` if the caller already hashed the bytes); returns the digest."""
     path = Path(path)
     digest = digest or sha256(path)
-    _write_text_atomic(sidecar(path), f"{digest}  {path.name}\n")
+    write_atomic(sidecar(path), f"{digest}  {path.name}\n")
     return digest
 
 
@@ -72,7 +67,7 @@ def record_dir(directory: Path | str, names: list[str]) -> dict[str, str]:
     """Write ``directory/SHA256SUMS`` for ``names``; returns name -> digest."""
     directory = Path(directory)
     digests = {name: sha256(directory / name) for name in sorted(names)}
-    _write_text_atomic(directory / SUMS, "".join(f"{d}  {n}\n" for n, d in digests.items()))
+    write_atomic(directory / SUMS, "".join(f"{d}  {n}\n" for n, d in digests.items()))
     return digests
 
 

@@ -378,8 +378,9 @@ def build_figure(name: str, paper: dict, runs: list, scale: dict | None = None,
         run_x = settings.get(xkey)
         x = None if run_x is None else run_x * factor
         ref = paper_at.get((series, x))
-        status = untrusted(group) or run["status"]
-        cols = seed_columns([] if untrusted(group) else group, {"valid": ref and ref["valid"]})
+        modified = untrusted(group)  # one edited seed: the point shows no number
+        status = modified or run["status"]
+        cols = seed_columns([] if modified else group, {"valid": ref and ref["valid"]})
         out.append({"series": " ".join(["ours"] + ([series] if skey else [])), "x": x, "run_x": run_x,
                     "num_states": _hmm(spec, "num_states"), "num_clusters": _hmm(spec, "num_clusters"),
                     **{k: v for k, v in cols.items() if not k.startswith("test")},
