@@ -2,7 +2,7 @@
 
 Works on text files, one sentence per line: ``estimate`` builds the model from a training text,
 ``perplexity`` scores a text counting one ``</s>`` per line, so with ``<eos>`` written as line
-ends the perplexity counts every token including ``<eos>`` (see :mod:`pipeline.kn5` for how the
+ends the perplexity counts every token including ``<eos>`` (see :mod:`pipeline.training.kn5` for how the
 corpora are written).  KenLM reserves ``<unk>``: a corpus's literal ``<unk>`` must be renamed to
 an ordinary word (:data:`UNK_WORD`) in train, valid and test alike (deleting it would change the task).
 """

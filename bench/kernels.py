@@ -26,7 +26,7 @@ import torch
 from bench import save_plot
 from hmm.inference import TorchScan, log_partition_blocks
 from hmm.kernels import TVMScan, target_for
-from pipeline.timing import time_ms
+from pipeline.training.timing import time_ms
 
 COLUMNS = ["device", "backend", "n", "B", "T", "U", "op", "ms_median", "ms_p10", "ms_p90", "speedup_vs_torch"]
 OPS = ("forward", "backward", "gradient")

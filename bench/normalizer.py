@@ -18,7 +18,7 @@ import torch
 
 from hmm import normalizer
 from hmm.precision import PRECISIONS
-from pipeline.timing import median, time_ms
+from pipeline.training.timing import median, time_ms
 
 COLUMNS = ["impl", "precision", "R", "C", "h", "device", "fwd_ms", "fwd_bwd_ms", "max_abs_diff"]
 

@@ -8,7 +8,7 @@
 Per |Z| (M blocks, k = |Z| / M, k' = (1 - dropout) k kept in training, C' = M k' live states): a
 VLNHMM (hidden h, state dropout) on synthetic text with a realistic vocabulary (V words in M
 random clusters, Zipf frequencies, ``<eos>`` about every 22 tokens), B streams x T tokens.  What is
-timed is the training loop's own step, :meth:`pipeline.train.Trainer.step` (forward, backward,
+timed is the training loop's own step, :meth:`pipeline.training.train.Trainer.step` (forward, backward,
 clipping, AdamW), and the model's own evaluation; two paths in the same process, same weights,
 same windows:
 
@@ -23,7 +23,7 @@ the model names itself (``vlnhmm.mlp``, ``vlnhmm.normalizer``, ``vlnhmm.emission
 and torch's optimizer range; CPU time on the CPU, kernel time on CUDA; ``ms_other`` is what the
 profiled step spent outside them (the MLPs' and emission's backward, autograd, launches).
 ``kernels``: CUDA kernels launched per step; ``host_reads``: reads of device data back to the host
-per step (each a GPU synchronization, :class:`pipeline.timing.CountHostReads`).
+per step (each a GPU synchronization, :class:`pipeline.training.timing.CountHostReads`).
 
 Memory: ``peak_mib`` is the peak of tensor memory during one more step above what was allocated
 when it began (CUDA: max_memory_allocated; CPU: the profiler's allocation events, summed in
@@ -55,10 +55,10 @@ from hmm import inference
 from hmm.config import HMMConfig
 from hmm.model import VLNHMM
 from pipeline.config import resolve_run
-from pipeline.data import Corpus, Vocab
-from pipeline.models import NORMALIZER_PRECISION, count_parameters
-from pipeline.timing import CountHostReads, median, synchronize, time_ms
-from pipeline.train import Trainer
+from pipeline.data.corpus import Corpus, Vocab
+from pipeline.training.models import NORMALIZER_PRECISION, count_parameters
+from pipeline.training.timing import CountHostReads, median, synchronize, time_ms
+from pipeline.training.train import Trainer
 
 PTB_TRAIN_TOKENS = 929_589
 MATMUL_PRECISION = {ours: torch_name for torch_name, ours in NORMALIZER_PRECISION.items()}  # fp32 -> highest, ...

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.data import prepare
-from pipeline.fetch import fetch
+from pipeline.data.corpus import prepare
+from pipeline.data.fetch import fetch
 
 ROOT = Path(__file__).resolve().parent.parent
 MIRROR = (ROOT / "../shared/data").resolve()

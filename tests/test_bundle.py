@@ -21,9 +21,10 @@ import pandas as pd
 import pytest
 
 from conftest import merged_config
-from pipeline.bundle import load_config, node_plan
+from pipeline.node.bundle import load_config, node_plan
 from pipeline.config import ConfigError, resolve_runs
-from pipeline.node import NodeConfig, node_settings, throughput
+from pipeline.node.schedule import throughput
+from pipeline.node.settings import NodeConfig, node_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SANDBOX = ROOT / "tests/node_sandbox"
@@ -87,7 +88,7 @@ def rehearsal(tmp_path_factory):
     overlay.write_text(OVERLAY)
     configs = ["--profile", "profiles/tiny", "--configfile", "config/tiny.yaml", str(overlay)]
     bundle, out = tmp / "bundle", tmp / "out"
-    made = py("-m", "pipeline.bundle", "--out", str(bundle), *configs, "--target", "llvm", "--python", PY,
+    made = py("-m", "pipeline.node.bundle", "--out", str(bundle), *configs, "--target", "llvm", "--python", PY,
               "--directory", str(tmp / "work"), "--datasets", "ptb")
     farm = tmp / "site"
     names = dependency_farm(farm) | {"hmm", "pipeline", "baselines", "bench", "tvm", "tvm_ffi", "ml_dtypes"}
@@ -98,12 +99,12 @@ def rehearsal(tmp_path_factory):
     probes = {m: py("-c", f"import {m}", env=env, check=False).returncode for m in (*FORBIDDEN, "torch", "numpy")}
     node = py("-m", "pipeline.node", "--bundle", str(bundle), "--out", str(out), "--device", "cpu",
               "--work", str(tmp / "node-work"), env=env)
-    imported = py("-m", "pipeline.importer", str(out), *configs, "--reference", str(tmp / "reference"),
+    imported = py("-m", "pipeline.node.importer", str(out), *configs, "--reference", str(tmp / "reference"),
                   "--bench-dir", str(tmp / "bench"))
     config = load_config("profiles/tiny", ["config/tiny.yaml", str(overlay)])
     tables = {}
     for name in ("table1", "table2"):
-        py("-m", "pipeline.report", "table", "--name", name, "--paper", "config/paper.yaml", "--runs",
+        py("-m", "pipeline.reporting.report", "table", "--name", name, "--paper", "config/paper.yaml", "--runs",
            json.dumps([r.to_dict() for r in resolve_runs(config)]), "--runs-dir", str(tmp / "no-local-runs"),
            "--reference", str(tmp / "reference"), "--csv", str(tmp / f"{name}.csv"), "--png", str(tmp / f"{name}.png"))
         tables[name] = pd.read_csv(tmp / f"{name}.csv")
@@ -133,7 +134,7 @@ def test_node_sees_only_repository_bundle_torch_numpy(rehearsal):
     loaded = [line for line in rehearsal["sandbox"] if line.startswith("loaded ")]
     assert loaded and not [line for line in loaded if set(line.split()[1].split(",")) & set(FORBIDDEN)]
     refused = {line.split()[1] for line in rehearsal["sandbox"] if line.startswith("refused ")}
-    # pipeline.progress tried tqdm and the end of a run matplotlib: refused, and the runs went on
+    # pipeline.training.progress tried tqdm and the end of a run matplotlib: refused, and the runs went on
     assert {"tqdm", "matplotlib"} <= refused, refused
 
 
@@ -180,7 +181,7 @@ def test_import_files_runs_with_provenance_and_tables_show_them(rehearsal):
 def test_import_refuses_a_run_whose_setting_changed(rehearsal, tmp_path):
     changed = tmp_path / "changed.yaml"
     changed.write_text(rehearsal["overlay"].read_text() + "defaults: {ff: {hidden: 32}}\n")
-    proc = py("-m", "pipeline.importer", str(rehearsal["out"]), "--profile", "profiles/tiny", "--configfile",
+    proc = py("-m", "pipeline.node.importer", str(rehearsal["out"]), "--profile", "profiles/tiny", "--configfile",
               "config/tiny.yaml", str(changed), "--reference", str(tmp_path / "ref"), "--bench-dir",
               str(tmp_path / "bench"), check=False)
     assert proc.returncode == 1
@@ -211,7 +212,7 @@ def test_import_refuses_an_archive_edited_after_the_node_job(rehearsal, tmp_path
         m = json.loads(path.read_text())
         path.write_text(json.dumps(m | {"valid_ppl": m["valid_ppl"] - 1.0}, indent=2) + "\n")
     out = repack(rehearsal["out"], tmp_path / "out", edit)
-    proc = py("-m", "pipeline.importer", str(out), *rehearsal["configs"], "--reference", str(tmp_path / "ref"),
+    proc = py("-m", "pipeline.node.importer", str(out), *rehearsal["configs"], "--reference", str(tmp_path / "ref"),
               "--bench-dir", str(tmp_path / "bench"), check=False)
     assert proc.returncode == 1
     assert re.search(r"REFUSED ptb/ff: runs/ptb/ff/metrics.json in runs.tgz does not match the node's record in "
@@ -227,7 +228,7 @@ def test_table_blanks_a_reference_run_edited_after_import(rehearsal, tmp_path):
     path = ref / "ptb/ff/metrics.json"
     path.write_text(path.read_text().replace('"valid_ppl": ', '"valid_ppl": 1', 1))
     config = load_config("profiles/tiny", ["config/tiny.yaml", str(rehearsal["overlay"])])
-    py("-m", "pipeline.report", "table", "--name", "table1", "--paper", "config/paper.yaml", "--runs",
+    py("-m", "pipeline.reporting.report", "table", "--name", "table1", "--paper", "config/paper.yaml", "--runs",
        json.dumps([r.to_dict() for r in resolve_runs(config)]), "--runs-dir", str(tmp_path / "none"),
        "--reference", str(ref), "--csv", str(tmp_path / "t1.csv"), "--png", str(tmp_path / "t1.png"))
     row = pd.read_csv(tmp_path / "t1.csv").set_index("run").loc["ptb/ff"]
@@ -255,7 +256,7 @@ def test_node_killed_loses_no_finished_run_and_leaves_no_child(rehearsal, tmp_pa
     with tarfile.open(out / "runs.tgz") as tar:
         assert "runs/ptb/ff/metrics.json" in tar.getnames()
     time.sleep(1.0)
-    alive = subprocess.run(["pgrep", "-f", f"pipeline.train .*{work}"], capture_output=True, text=True).stdout.split()
+    alive = subprocess.run(["pgrep", "-f", f"pipeline.training.train .*{work}"], capture_output=True, text=True).stdout.split()
     assert alive == [], f"trainers outlived the node: {alive}"
 
 

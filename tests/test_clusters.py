@@ -1,8 +1,8 @@
 """Brown clusters: file format, every word in exactly one non-empty cluster, summary, determinism."""
 import numpy as np
 
-from pipeline.clusters import brown_clusters, load_clusters, main
-from pipeline.data import Corpus
+from pipeline.data.clusters import brown_clusters, load_clusters, main
+from pipeline.data.corpus import Corpus
 
 
 def run(data, out, m):

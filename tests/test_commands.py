@@ -34,7 +34,7 @@ ENV_ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=\S*$")
 PLACEHOLDERS = {"<dataset>": "ptb", "<name>": "kn5", "<target>": "llvm", "$OUT": "/tmp/repro-doc-out",
                 "site.yaml": "tests/slurm/site.yaml",  # a site file, as the README shows one
                 "OUT": "/tmp/repro-doc-out", "DIR": "/tmp/repro-doc-dir", "ARGS": ""}
-MODULE_OF = {"bundle": "pipeline.bundle", "import": "pipeline.importer"}
+MODULE_OF = {"bundle": "pipeline.node.bundle", "import": "pipeline.node.importer"}
 # documented commands that are not run here, each with the reason (kept short: every other one runs)
 NOT_RUN = {
     "./repro test": "it is this test suite (CI runs it)",

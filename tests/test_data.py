@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import TEST_DATA, dataset_spec, raw_paths
-from pipeline.data import Corpus, Vocab, Windows, prepare
-from pipeline.fetch import DataError, fetch
+from pipeline.data.corpus import Corpus, Vocab, Windows, prepare
+from pipeline.data.fetch import DataError, fetch
 
 EXPECTED = {  # tokens incl. <eos> (train, valid, test), vocabulary, documents
     "ptb": ((929_589, 73_760, 82_430), 10_000, "lines"),

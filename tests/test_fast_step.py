@@ -2,10 +2,10 @@
 
 On a GPU every host read of device data (``.item()``, ``int(t)``, ``bool(t)``, ``nonzero``,
 ``unique``, boolean indexing, ...) makes the CPU wait for the GPU.  Those reads all pass through a
-few aten operators, so a dispatch mode that records them (:class:`pipeline.timing.CountHostReads`)
+few aten operators, so a dispatch mode that records them (:class:`pipeline.training.timing.CountHostReads`)
 counts the synchronizations a step would make, on the CPU as well (the same Python and aten calls
 run on either device).  The step counted
-is the training loop's own (:meth:`pipeline.train.Trainer.step`).
+is the training loop's own (:meth:`pipeline.training.train.Trainer.step`).
 """
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 from pipeline.config import resolve_run
-from pipeline.data import Corpus, Vocab, Windows
+from pipeline.data.corpus import Corpus, Vocab, Windows
 from pipeline.integrity import record
-from pipeline.timing import CountHostReads
-from pipeline.train import Trainer
+from pipeline.training.timing import CountHostReads
+from pipeline.training.train import Trainer
 
 V = 60
 SETTINGS = {
@@ -39,7 +39,7 @@ def synthetic_corpus(seed: int = 0) -> Corpus:
 @pytest.mark.parametrize("lean", [True, False], ids=["factored", "dense"])
 @pytest.mark.parametrize("name", SETTINGS)
 def test_training_step_reads_nothing_back(name, lean, tmp_path):
-    from pipeline.models import build_model
+    from pipeline.training.models import build_model
     corpus = synthetic_corpus()
     clusters = tmp_path / "c.tsv"
     m = SETTINGS[name].get("num_clusters", 1)
@@ -75,10 +75,10 @@ def test_the_counter_sees_host_reads():
 
 
 def test_capture_helpers_keep_the_carry_structure():
-    """pipeline.graphs' static buffers: a carry's tensors cloned and copied in place, any structure;
+    """pipeline.training.graphs' static buffers: a carry's tensors cloned and copied in place, any structure;
     a shorter window padded to bptt with masked positions (the capture itself needs a GPU)."""
     from hmm.model import Carry
-    from pipeline.graphs import clone, copy_into, leaves, pad_window
+    from pipeline.training.graphs import clone, copy_into, leaves, pad_window
     carry = Carry(torch.arange(6).view(2, 3), torch.randn(2, 3), torch.tensor([4, 5]), torch.tensor([True, False]))
     for c in (carry, (torch.randn(2, 4), torch.randn(2, 4)), torch.arange(3), None):
         static = clone(c)
@@ -97,7 +97,7 @@ def test_padded_window_scores_like_the_short_one():
     relies on for an epoch's last window)."""
     from hmm.config import HMMConfig
     from hmm.model import VLNHMM
-    from pipeline.graphs import pad_window
+    from pipeline.training.graphs import pad_window
     model = VLNHMM(HMMConfig(num_states=16, num_clusters=4, hidden=8, state_dropout=0.0), V,
                    np.arange(V) % 4, eos_id=V - 1).eval()
     g = torch.Generator().manual_seed(0)
@@ -109,11 +109,11 @@ def test_padded_window_scores_like_the_short_one():
 
 
 def test_each_device_and_size_gets_its_faster_transition():
-    """The measured crossover (pipeline.models): dense on a CPU below 8,192 states or 128 blocks, factored
+    """The measured crossover (pipeline.training.models): dense on a CPU below 8,192 states or 128 blocks, factored
     from there and on every GPU; the model reports the path it trains with."""
     from hmm.config import HMMConfig
     from hmm.model import VLNHMM
-    from pipeline.models import transition_path
+    from pipeline.training.models import transition_path
     assert transition_path("cpu", 1024, 8) == transition_path("cpu", 4096, 128) == "dense"
     assert transition_path("cpu", 8192, 8) == transition_path("cpu", 65536, 64) == "dense"
     assert transition_path("cpu", 8192, 128) == transition_path("cpu", 32768, 128) == "factored"

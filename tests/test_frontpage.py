@@ -1,4 +1,4 @@
-"""The report's front page (pipeline.frontpage): its verdict counted from the tables' CSVs.
+"""The report's front page (pipeline.reporting.frontpage): its verdict counted from the tables' CSVs.
 
 Fast checks on synthetic CSVs with every status kind; then (marked ``pipeline``) the tiny profile's
 real report: ``snakemake --report`` is rendered and its landing page's verdict lines are checked
@@ -18,7 +18,7 @@ import pytest
 import yaml
 from docutils.core import publish_parts
 
-from pipeline.frontpage import ITEMS, read_csv, render, summarize, verdict_line
+from pipeline.reporting.frontpage import ITEMS, read_csv, render, summarize, verdict_line
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER = yaml.safe_load((ROOT / "config/paper.yaml").read_text())
@@ -41,7 +41,7 @@ SYNTHETIC = _table(
 
 
 def count(name: str, df: pd.DataFrame) -> dict:
-    """The verdict's numbers, counted independently of pipeline.frontpage."""
+    """The verdict's numbers, counted independently of pipeline.reporting.frontpage."""
     rows = df if name.startswith("table") else df[df["series"].str.startswith("ours")]
     kinds = {k: sum(1 for s in rows["status"] if s == k or str(s).startswith(k + ":")) for k in KINDS}
     pcts = rows[[c for c in rows if c.endswith("_diff_pct")]]

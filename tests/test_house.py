@@ -72,6 +72,31 @@ def test_no_module_imports_one_that_imports_it_back():
     assert not cycles, cycles
 
 
+# pipeline/: one folder per stage, each importing only the stages before it (and the shared modules at
+# pipeline/'s top, which import no stage).  The GPU node reads data and builds models; nothing reads it.
+STAGES = {"data": set(), "training": {"data"}, "reporting": {"training"}, "node": {"data", "training"}}
+
+
+def stage_of(module: str) -> str:
+    """``pipeline.training.train`` -> ``training``; a module at pipeline/'s top -> ``shared``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 else "shared"
+
+
+def test_pipeline_stages_import_only_earlier_stages():
+    folders = sorted(p.name for p in (ROOT / "pipeline").iterdir() if (p / "__init__.py").is_file())
+    assert folders == sorted(STAGES), "a new folder under pipeline/ needs its place in STAGES"
+    bad = []
+    for module, deps in module_graph().items():
+        if not module.startswith("pipeline.") or module == "pipeline":
+            continue
+        mine = stage_of(module)
+        allowed = {mine, "shared"} | STAGES.get(mine, set())
+        bad += [f"{module} -> {d}" for d in sorted(deps)
+                if d.startswith("pipeline.") and stage_of(d) not in allowed]
+    assert not bad, bad
+
+
 def test_settings_are_declared_in_the_dataclasses_only():
     """The schema checks the config's structure; no run setting is declared (or defaulted) there or in
     config.yaml's defaults."""

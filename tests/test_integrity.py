@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.clusters import load_clusters
+from pipeline.data.clusters import load_clusters
 from pipeline.config import resolve_run
-from pipeline.data import Corpus, prepare
-from pipeline.fetch import DataError
+from pipeline.data.corpus import Corpus, prepare
+from pipeline.data.fetch import DataError
 from pipeline.integrity import IntegrityError, record, sha256
-from pipeline.models import build_model
-from pipeline.train import TrainingError, train
+from pipeline.training.models import build_model
+from pipeline.training.errors import TrainingError
+from pipeline.training.train import train
 
 from conftest import raw_paths
 
@@ -38,7 +39,7 @@ def ff_run():
 
 
 def model_of(run, corpus):
-    torch.manual_seed(run.train.seed)  # as pipeline.train's main: the same initial weights each time
+    torch.manual_seed(run.train.seed)  # as pipeline.training.train's main: the same initial weights each time
     return build_model(run, corpus)
 
 
@@ -147,7 +148,7 @@ def test_trainer_dies_with_its_job_and_writes_nothing_after(small_ptb, tmp_path)
     run = resolve_run({"name": "long", "dataset": "ptb", "model": "ff"},
                       DEFAULTS | {"ff": {"hidden": 8, "batch_size": 8, "bptt": 16, "epochs": 500}})
     out, ckpt = tmp_path / "out", tmp_path / "ckpt" / "ckpt.pt"
-    cmd = (f"{sys.executable} -m pipeline.train --spec {json.dumps(json.dumps(run.to_dict()))} --data {small_ptb} "
+    cmd = (f"{sys.executable} -m pipeline.training.train --spec {json.dumps(json.dumps(run.to_dict()))} --data {small_ptb} "
            f"--out {out} --checkpoint {ckpt} 2>&1 | tee {tmp_path / 'log'}")
     job = subprocess.Popen(["bash", "-c", cmd], cwd=Path(__file__).resolve().parent.parent)
     deadline = time.monotonic() + 60
@@ -158,7 +159,7 @@ def test_trainer_dies_with_its_job_and_writes_nothing_after(small_ptb, tmp_path)
     job.wait()
     (out / "metrics.json").unlink()   # snakemake removes the failed job's outputs
     time.sleep(3)
-    alive = subprocess.run(["pgrep", "-f", f"pipeline.train .*{ckpt}"], capture_output=True, text=True).stdout.split()
+    alive = subprocess.run(["pgrep", "-f", f"pipeline.training.train .*{ckpt}"], capture_output=True, text=True).stdout.split()
     assert alive == [], "the trainer outlived its job"
     assert not (out / "metrics.json").exists()
 

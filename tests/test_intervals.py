@@ -13,10 +13,11 @@ import yaml
 from conftest import raw_paths
 from pipeline import intervals
 from pipeline.config import ConfigError, resolve_run, resolve_runs
-from pipeline.data import Corpus, prepare
-from pipeline.models import build_model
-from pipeline.report import build_figure, build_table
-from pipeline.train import evaluate, train
+from pipeline.data.corpus import Corpus, prepare
+from pipeline.training.models import build_model
+from pipeline.reporting.frames import build_figure, build_table
+from pipeline.training.evaluate import evaluate
+from pipeline.training.train import train
 from test_train import round_robin_clusters
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,7 +86,7 @@ def test_document_sums_give_back_perplexity(model, dataset, small_ptb, small_wt2
 def test_kn5_document_sums_give_back_perplexity(dataset, small_ptb, small_wt2, tmp_path):
     if not (BIN / "lmplz").exists():
         pytest.skip(f"KenLM binaries missing in {BIN}: run ./repro setup")
-    from pipeline import kn5
+    from pipeline.training import kn5
 
     data = data_for(dataset, small_ptb, small_wt2)
     spec = resolve_run({"name": "kn5", "dataset": dataset, "model": "kn5"}).result_spec()
@@ -197,7 +198,7 @@ def test_rows_show_mean_sd_n_and_the_verdict():
 
 def test_node_runs_the_seed_repeats_after_its_priority_list():
     from conftest import merged_config
-    from pipeline.bundle import node_plan
+    from pipeline.node.bundle import node_plan
 
     config = merged_config("config/config.yaml", "config/tiny.yaml")
     plan = node_plan(config, ["ptb"], "llvm")

@@ -512,10 +512,10 @@ def test_trained_model_potentials_match_reference(llvm_dir, small_ptb, tmp_path)
     scans and by the float64 reference, at evaluation (n = k = 8: the cached table of every block
     pair) and under dropout (n = k' = 4: one block per edge)."""
     from pipeline.config import resolve_run
-    from pipeline.data import Corpus, Windows
-    from pipeline.models import build_model
+    from pipeline.data.corpus import Corpus, Windows
+    from pipeline.training.models import build_model
     from pipeline.integrity import record
-    from pipeline.train import train
+    from pipeline.training.train import train
     corpus = Corpus.load(small_ptb)
     vocab = corpus.vocab
     clusters = tmp_path / "clusters.tsv"

@@ -19,7 +19,7 @@ def kn5(small_ptb, tmp_path_factory):
         pytest.skip(f"KenLM binaries missing in {BIN}: run ./repro setup")
     work = tmp_path_factory.mktemp("kn5")
     spec = resolve_run({"name": "kn5", "dataset": "ptb", "model": "kn5"}).result_spec()
-    subprocess.run([sys.executable, "-m", "pipeline.kn5", "--spec", json.dumps(spec), "--data", str(small_ptb),
+    subprocess.run([sys.executable, "-m", "pipeline.training.kn5", "--spec", json.dumps(spec), "--data", str(small_ptb),
                     "--bin-dir", str(BIN), "--work", str(work), "--out", str(work / "metrics.json"),
                     "--discount-fallback"], check=True)
     return work, json.loads((work / "metrics.json").read_text())

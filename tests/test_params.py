@@ -11,8 +11,8 @@ import torch
 import yaml
 
 from pipeline.config import resolve_run
-from pipeline.data import Corpus, Vocab
-from pipeline.models import build_model, count_parameters
+from pipeline.data.corpus import Corpus, Vocab
+from pipeline.training.models import build_model, count_parameters
 
 from conftest import ROOT
 

@@ -60,7 +60,7 @@ def test_tiny_builds_every_table_and_figure(tiny_all):
 def test_tiny_hmm_beats_unigram(tiny_all):
     """The tiny VLNHMM (trained on CPU, TVM scan) is clearly better than the unigram model."""
     import numpy as np
-    from pipeline.data import Corpus
+    from pipeline.data.corpus import Corpus
     corpus = Corpus.load(TINY / "data/ptb")
     counts = np.bincount(corpus.splits["train"].numpy(), minlength=len(corpus.vocab)) + 1.0
     unigram = float(np.exp(-np.log(counts / counts.sum())[corpus.splits["valid"].numpy()].mean()))

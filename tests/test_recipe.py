@@ -10,11 +10,11 @@ import torch
 from conftest import merged_config
 from hmm.config import HMMConfig
 from hmm.model import NeuralParameterization
-from pipeline.clusters import AUTHORS_SHA256, load_clusters, main as clusters_main, read_paths
+from pipeline.data.clusters import AUTHORS_SHA256, load_clusters, main as clusters_main, read_paths
 from pipeline.config import resolve_runs
-from pipeline.data import Corpus
-from pipeline.fidelity import spec, table
-from pipeline.train import Trainer
+from pipeline.data.corpus import Corpus
+from pipeline.reporting.fidelity import spec, table
+from pipeline.training.train import Trainer
 
 
 def test_released_recipe_sets_every_difference_in_its_own_folders():
@@ -137,7 +137,7 @@ def test_front_page_has_the_paper_text_vs_released_code_table(tmp_path):
 
     from docutils.core import publish_parts
 
-    from pipeline.frontpage import render
+    from pipeline.reporting.frontpage import render
     from test_frontpage import PAPER, SYNTHETIC
 
     s = spec(merged_config("config/config.yaml"))
@@ -163,7 +163,7 @@ def test_fetch_authors_keeps_only_a_file_with_the_pinned_hash(tmp_path, monkeypa
     """The download path, on a local file:// URL (no network in tests): kept only if its sha256 is the pin."""
     import hashlib
 
-    import pipeline.clusters as clusters
+    import pipeline.data.clusters as clusters
 
     source = tmp_path / f"{clusters.AUTHORS_COMMIT}/clusters/lm-8/paths"
     source.parent.mkdir(parents=True)

@@ -19,10 +19,12 @@ import yaml
 
 from hmm.config import HMMConfig
 from pipeline.config import resolve_run
-from pipeline.data import Corpus, Windows
+from pipeline.data.corpus import Corpus, Windows
 from hmm.model import VLNHMM
-from pipeline.models import build_model
-from pipeline.train import TrainingError, evaluate, train
+from pipeline.training.models import build_model
+from pipeline.training.errors import TrainingError
+from pipeline.training.evaluate import evaluate
+from pipeline.training.train import train
 
 from conftest import dataset_spec
 
@@ -53,7 +55,7 @@ def test_metrics_record_their_spec(small_ptb, tmp_path):
 
 
 def test_table_refuses_a_result_of_other_settings():
-    from pipeline.report import build_table
+    from pipeline.reporting.frames import build_table
     paper = yaml.safe_load((ROOT / "config/paper.yaml").read_text())
     current = resolve_run({"name": "ff", "dataset": "ptb", "model": "ff", "rows": ["table1/ff"]},
                           DEFAULTS | {"ff": {"hidden": 32}})
@@ -142,7 +144,7 @@ def test_gpu_always_without_gpu_fails_before_any_job(tmp_path):
 
 # 10. a raw file corrupted after download: removed, and the message says so
 def test_corrupt_raw_file_is_removed_by_verify(tiny_raw, tmp_path):
-    from pipeline.fetch import main as fetch_main
+    from pipeline.data.fetch import main as fetch_main
     spec = dataset_spec("ptb", tiny=True)
     out = tmp_path / "raw"
     shutil.copytree(tiny_raw, out)

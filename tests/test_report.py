@@ -1,4 +1,4 @@
-"""pipeline.report and pipeline.curves: paper tables / figures from run specs + metrics (fast, no training).
+"""pipeline.reporting.report and pipeline.training.curves: paper tables / figures from run specs + metrics (fast, no training).
 
 Runs laid out in tmp_path: ptb/kn5 measured, ptb/vlnhmm-16384 cut short, ptb/vlnhmm-32768 not
 run (reason given), ptb/vlnhmm-16384-factored only in a reference directory, wt2/lstm not run
@@ -16,9 +16,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import curves
+from pipeline.training import curves
 from pipeline.integrity import record_dir
-from pipeline.report import build_figure, build_table, main, run_label, status_kind, title_lines
+from pipeline.reporting.frames import build_figure, build_table
+from pipeline.reporting.report import main
+from pipeline.reporting.runs import status_kind
+from pipeline.reporting.text import title_lines
+from pipeline.training.curves import run_label
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_YAML = ROOT / "config" / "paper.yaml"
@@ -278,7 +282,7 @@ def test_curve_shows_settings_profile_and_the_papers_number(tmp_path, monkeypatc
         return real_savefig(fig, *args, **kwargs)
 
     monkeypatch.setattr(curves.plt.Figure, "savefig", spy)
-    curves.plot(run / "curve.csv", run / "curve.png", "ptb/vlnhmm-512")  # the call pipeline.train makes
+    curves.plot(run / "curve.csv", run / "curve.png", "ptb/vlnhmm-512")  # the call pipeline.training.train makes
     assert (run / "curve.png").stat().st_size > 10_000
     assert seen["texts"][0] == "ptb/vlnhmm-512: VLNHMM |Z| = 512, M = 16"
     assert "lr 0.01 (constant)" in seen["texts"][1] and "1 of 1 epochs (43 steps), seed 3" in seen["texts"][1]

@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from pipeline.config import resolve_run
-from pipeline.data import Corpus
+from pipeline.data.corpus import Corpus
 from pipeline.integrity import record
-from pipeline.models import build_model
-from pipeline.train import TrainingError, evaluate, resolve_device, train
+from pipeline.training.models import build_model
+from pipeline.training.errors import TrainingError
+from pipeline.training.evaluate import evaluate
+from pipeline.training.train import resolve_device, train
 
 DEFAULTS = {"train": {"device": "cpu", "evals_per_epoch": 4, "patience": 1, "seed": 7},
             "vlnhmm": {"num_states": 32, "num_clusters": 4, "hidden": 16, "batch_size": 8, "bptt": 16, "epochs": 2},
@@ -41,7 +43,7 @@ def write_spec(tmp: Path, model: str) -> Path:
 
 
 def cli(spec, data, out, ckpt):
-    return [sys.executable, "-m", "pipeline.train", "--spec", str(spec), "--data", str(data), "--clusters",
+    return [sys.executable, "-m", "pipeline.training.train", "--spec", str(spec), "--data", str(data), "--clusters",
             str(round_robin_clusters(data, 4)), "--out", str(out), "--checkpoint", str(ckpt)]
 
 

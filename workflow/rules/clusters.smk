@@ -23,7 +23,7 @@ rule brown_clusters:
         data=lambda wc, input: os.path.dirname(input[0]),
     shell:
         # one numba thread: its spinning workers slow down 100x when jobs share the cores
-        "NUMBA_NUM_THREADS={threads} OMP_NUM_THREADS={threads} python -m pipeline.clusters --data {params.data} "
+        "NUMBA_NUM_THREADS={threads} OMP_NUM_THREADS={threads} python -m pipeline.data.clusters --data {params.data} "
         "--num-clusters {wildcards.num_clusters} --alpha {params.alpha} --out {output.clusters} "
         "--summary {output.summary} > {log} 2>&1 && tail -n 1 {log}"
 
@@ -40,7 +40,7 @@ rule authors_paths:
     conda:
         ENV
     shell:
-        "python -m pipeline.clusters --fetch-authors {wildcards.dataset} --num-clusters {wildcards.num_clusters} "
+        "python -m pipeline.data.clusters --fetch-authors {wildcards.dataset} --num-clusters {wildcards.num_clusters} "
         "--out {output} > {log} 2>&1"
 
 
@@ -64,5 +64,5 @@ rule clusters_from_paths:
         data=lambda wc, input: os.path.dirname(input.stats),
         authors=lambda wc: f"--authors {wc.dataset}" if wc.source == "authors" else "",
     shell:
-        "python -m pipeline.clusters --data {params.data} --num-clusters {wildcards.num_clusters} --paths {input.paths} "
+        "python -m pipeline.data.clusters --data {params.data} --num-clusters {wildcards.num_clusters} --paths {input.paths} "
         "{params.authors} --out {output.clusters} --summary {output.summary} > {log} 2>&1 && tail -n 1 {log}"

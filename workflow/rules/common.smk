@@ -8,7 +8,7 @@ from snakemake.resources import Resource
 
 from hmm.kernels import target_for
 from pipeline.config import ConfigError, kernel_states, name_pattern, resolve_runs, results_dir
-from pipeline import fidelity
+from pipeline.reporting import fidelity
 
 SPLITS = ("train", "valid", "test")
 ENV = "../../environment.yml"  # the pinned stack (conda users: --sdm conda)
@@ -207,7 +207,7 @@ def table_inputs(wc):
         "metrics": [f"{r.out_dir}/metrics.json" for r in runs if r.key in IN_DAG],
         "paper": repo_path("config/paper.yaml"),
         "paper_config": repo_path("config/config.yaml"),
-        "code": repo_path("pipeline/report.py"),
+        "code": repo_path("pipeline/reporting/report.py"),
         "stats": sorted({f"data/{r.dataset}/stats.json" for r in runs}),  # vocabulary sizes (a uniform model's ppl)
     }
 
@@ -221,7 +221,7 @@ FRONT_PAGE = f"{RESULTS}/frontpage.rst"
 with open(ROOT / "config/paper.yaml") as _f:
     PAPER_TITLES = {name: item["caption"] for name, item in yaml.safe_load(_f).items() if name in ITEMS}
 # Training curves are plotted by the training jobs; they inherit this context (the profile label, the paper rows
-# each run fills) from the environment, so that neither is a param that would retrain a run (pipeline.curves).
+# each run fills) from the environment, so that neither is a param that would retrain a run (pipeline.training.curves).
 os.environ.update(REPRO_CURVE_CONTEXT=json.dumps({"label": LABEL, "rows": {r.key: list(r.rows) for r in RUN_LIST}}))
 
 

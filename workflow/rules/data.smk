@@ -21,7 +21,7 @@ for _name, _spec in config["datasets"].items():
         message:
             f"Fetching {_name} ({'mirror ' + MIRROR if MIRROR else 'download'}) and checking SHA-256"
         shell:
-            "python -m pipeline.fetch --spec {params.spec:q} --out data/raw {params.mirror} 2>&1 | tee {log}"
+            "python -m pipeline.data.fetch --spec {params.spec:q} --out data/raw {params.mirror} 2>&1 | tee {log}"
 
 
 rule prepare:
@@ -47,6 +47,6 @@ rule prepare:
         max_lines=lambda wc: json.dumps(config["max_lines"] | config["datasets"][wc.dataset].get("max_lines", {})),
         out=lambda wc, output: os.path.dirname(output.stats),
     shell:
-        "(python -m pipeline.fetch --verify --spec {params.spec:q} --out data/raw && "
-        "python -m pipeline.data {params.files} --out {params.out} "
+        "(python -m pipeline.data.fetch --verify --spec {params.spec:q} --out data/raw && "
+        "python -m pipeline.data.corpus {params.files} --out {params.out} "
         "--documents {params.documents} --max-lines {params.max_lines:q}) 2>&1 | tee {log}"

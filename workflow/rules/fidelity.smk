@@ -1,5 +1,5 @@
 # results/fidelity.csv / .png: the default recipe, the released code's, and each difference switched alone,
-# over seeds (config: fidelity, recipes; pipeline/fidelity.py).  Not part of `all`: CPU hours at full size.
+# over seeds (config: fidelity, recipes; pipeline/reporting/fidelity.py).  Not part of `all`: CPU hours at full size.
 
 
 FIDELITY_METRICS = sorted(
@@ -14,7 +14,7 @@ FIDELITY_METRICS = sorted(
 rule fidelity:
     input:
         metrics=FIDELITY_METRICS,
-        code=repo_path("pipeline/fidelity.py"),
+        code=repo_path("pipeline/reporting/fidelity.py"),
     output:
         csv=report(
             f"{RESULTS}/fidelity.csv",
@@ -36,5 +36,5 @@ rule fidelity:
         spec=json.dumps(FIDELITY, sort_keys=True),
         label=LABEL,
     shell:
-        "python -m pipeline.fidelity --spec {params.spec:q} --metrics {input.metrics} --label={params.label:q} "
+        "python -m pipeline.reporting.fidelity --spec {params.spec:q} --metrics {input.metrics} --label={params.label:q} "
         "--csv {output.csv} --png {output.png} > {log} 2>&1"

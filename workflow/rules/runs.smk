@@ -28,7 +28,7 @@ rule kn5:
         memory=config["kenlm"]["memory"],
         fallback="--discount-fallback" if config["kenlm"]["discount_fallback"] else "",
     shell:
-        "python -m pipeline.kn5 --spec {params.spec:q} --data {params.data} --bin-dir {params.bin_dir} "
+        "python -m pipeline.training.kn5 --spec {params.spec:q} --data {params.data} --bin-dir {params.bin_dir} "
         "--work {params.work} --out {output.metrics} --memory {params.memory} {params.fallback} 2>&1 | tee {log}"
 
 
@@ -62,7 +62,7 @@ rule train:
         out=lambda wc: the_run(wc).out_dir,
         checkpoint=lambda wc: the_run(wc).checkpoint,
     shell:
-        "OMP_NUM_THREADS={threads} python -m pipeline.train --spec {params.spec:q} --out {params.out} "
+        "OMP_NUM_THREADS={threads} python -m pipeline.training.train --spec {params.spec:q} --out {params.out} "
         "--checkpoint {params.checkpoint} 2>&1 | tee {log}"
 
 

@@ -43,7 +43,7 @@ rule table:
         title=lambda wc: PAPER_TITLES[wc.name],
         reference=repo_path("results/reference"),
     shell:
-        "python -m pipeline.report {params.kind} --name {wildcards.name} --paper {input.paper} "
+        "python -m pipeline.reporting.report {params.kind} --name {wildcards.name} --paper {input.paper} "
         "--paper-config {input.paper_config} --runs {params.runs:q} --reference {params.reference} "
         "--not-run {params.not_run:q} --profile {params.profile} --label={params.label:q} --scale {params.scale:q} "
         "--data-stats {input.stats} --csv {output.csv} --png {output.png} --html {output.html} > {log} 2>&1"
@@ -54,7 +54,7 @@ rule frontpage:
     input:
         tables=expand(f"{RESULTS}/{{name}}.csv", name=ITEMS),
         paper=repo_path("config/paper.yaml"),
-        code=repo_path("pipeline/frontpage.py"),
+        code=repo_path("pipeline/reporting/frontpage.py"),
     output:
         FRONT_PAGE,
     log:
@@ -70,7 +70,7 @@ rule frontpage:
         curves=len(CURVES),
         fidelity=lambda wc: f"--fidelity {RESULTS}/fidelity.csv" if os.path.exists(f"{RESULTS}/fidelity.csv") else "",
     shell:
-        "python -m pipeline.frontpage --tables {input.tables} --paper {input.paper} --profile {params.profile} "
+        "python -m pipeline.reporting.frontpage --tables {input.tables} --paper {input.paper} --profile {params.profile} "
         "--label={params.label:q} --curves {params.curves} {params.fidelity} --out {output} > {log} 2>&1"
 
 

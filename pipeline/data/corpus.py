@@ -5,7 +5,7 @@ by ``<eos>``; blank lines are data (a lone ``<eos>``).  The vocabulary is the se
 tokens, ordered by descending count, ties broken by code point.  Words of valid/test that
 are not in it become ``<unk>`` (happens only on the prefixes of the tiny profile).
 
-Prepared split on disk (``python -m pipeline.data``):  ``{split}.npy`` int32 token ids,
+Prepared split on disk (``python -m pipeline.data.corpus``):  ``{split}.npy`` int32 token ids,
 ``{split}.docs.npy`` int64 start offsets of documents (PTB: lines, WikiText-2: articles;
 training shuffles whole documents), ``vocab.tsv`` (token, train count), ``stats.json``.
 """
@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from pipeline.fetch import DataError
+from pipeline.data.fetch import DataError
 from pipeline.integrity import record_dir, verify_dir
 
 EOS = "<eos>"

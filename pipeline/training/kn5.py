@@ -6,7 +6,7 @@ corpora's literal ``<unk>`` is renamed to :data:`baselines.kn5.UNK_WORD` (KenLM 
 Each line's score (with ``bos`` and ``eos``) is summed per document into ``docs.npz`` beside
 metrics.json, with each perplexity's bootstrap interval (:mod:`pipeline.intervals`).
 
-    python -m pipeline.kn5 --spec '{"name": "kn5", "dataset": "ptb", "model": "kn5", ...}' --data data/ptb \
+    python -m pipeline.training.kn5 --spec '{"name": "kn5", "dataset": "ptb", "model": "kn5", ...}' --data data/ptb \
         --bin-dir .tools/kenlm/bin --work build/kenlm/ptb --out results/runs/ptb/kn5/metrics.json
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 from baselines.kn5 import UNK_WORD, estimate, ngram_counts, sentence_scores
 from pipeline import intervals
 from pipeline.config import Run
-from pipeline.data import EOS, UNK, Corpus
+from pipeline.data.corpus import EOS, UNK, Corpus
 from pipeline.integrity import IntegrityError
 from pipeline.provenance import CPU_NAME, provenance
 

@@ -1,7 +1,7 @@
 """The node's environment record and kernel check (child processes of :mod:`pipeline.node`).
 
-    python -m pipeline.node_check env --bundle B --device cuda --out env.json
-    python -m pipeline.node_check check --bundle B --device cuda --out check.json \\
+    python -m pipeline.node.check env --bundle B --device cuda --out env.json
+    python -m pipeline.node.check check --bundle B --device cuda --out check.json \\
         --runs ptb/vlnhmm-16384 ptb/vlnhmm-32768
 
 ``env``: Python, host, torch, CUDA, cuDNN, the GPUs (name, capability, memory), the driver and
@@ -148,8 +148,8 @@ def model_rows(key: str, spec: dict, bundle: Path, device: torch.device, scan, e
     from hmm.inference import TorchScan
     from hmm.kernels.check import TOLERANCE, rel_err
     from pipeline.config import Run
-    from pipeline.data import Corpus, Windows
-    from pipeline.models import build_model
+    from pipeline.data.corpus import Corpus, Windows
+    from pipeline.training.models import build_model
 
     spec = copy.deepcopy(spec)
     spec["train"]["device"] = device.type

@@ -13,7 +13,7 @@ of runs.tgz goes to ``results/reference/<dataset>/<run>/``:
     provenance.json  that provenance alone;   curve.csv, train.log, spec.json (as the node ran it),
                      docs.npz (scores per document: pipeline.intervals)
 
-The tables (pipeline.report) show such a run, where no local result exists, as
+The tables (pipeline.reporting.report) show such a run, where no local result exists, as
 ``reference: <its status> (<GPU>, <date>, commit <commit>)``: a run the budget stopped says
 ``cut short: time ...``.  A run is refused, naming the setting, when its spec differs from today's
 config in anything but execution settings (pipeline.config.EXECUTION_SETTINGS: device,
@@ -39,7 +39,7 @@ from pipeline.config import ConfigError, resolve_runs, spec_differences
 from pipeline.files import read_json
 from pipeline.integrity import SUMS, record_dir, sha256
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _extract(archive: Path, dest: Path) -> None:
@@ -174,7 +174,7 @@ def import_out(out_dir: Path, config: dict, reference: Path, bench_dir: Path, fo
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.bundle import load_config
+    from pipeline.node.bundle import load_config
 
     ap = argparse.ArgumentParser(prog="./repro import", description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path, help="the node job's OUT directory")

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from pipeline.config import Run
-from pipeline.data import EOS, Corpus
+from pipeline.data.corpus import EOS, Corpus
 
 # the normalizer's operand precision that goes with torch's float32 matmul precision
 NORMALIZER_PRECISION = {"highest": "fp32", "high": "tf32", "medium": "bf16"}
@@ -53,14 +53,14 @@ def build_model(run: Run, corpus: Corpus, clusters: Path | None = None,
     if run.model == "vlnhmm":
         from hmm import inference
         from hmm.model import VLNHMM
-        from pipeline.clusters import load_clusters
+        from pipeline.data.clusters import load_clusters
         scan = inference.TorchScan
         if s.backend == "tvm":
             from hmm.kernels import TVMScan
             scan = TVMScan(Path(kernel_root) / run.kernel_target)
         cluster_ids = load_clusters(clusters, corpus.vocab) if s.constraint == "brown" else None
-        device_type = "cpu" if run.train.device == "cpu" else "cuda"  # auto: CUDA or a stop (pipeline.train)
+        device_type = "cpu" if run.train.device == "cpu" else "cuda"  # auto: CUDA or a stop (pipeline.training.train)
         lean = transition_path(device_type, s.num_states, s.num_clusters) == "factored"
         return VLNHMM(s, vocab_size, cluster_ids, corpus.vocab.index[EOS], seed=run.train.seed, scan=scan,
                       precision=NORMALIZER_PRECISION[run.train.matmul_precision], lean_transition=lean)
-    raise ValueError(f"model {run.model!r} has no neural implementation here (kn5 runs through pipeline.kn5)")
+    raise ValueError(f"model {run.model!r} has no neural implementation here (kn5 runs through pipeline.training.kn5)")

@@ -1,4 +1,4 @@
-"""Plot one run's training curve (curve.csv written by pipeline.train): perplexities per check, with the
+"""Plot one run's training curve (curve.csv written by pipeline.training.train): perplexities per check, with the
 run's settings, its profile and the paper's number for the rows it fills.
 
 ``plot(csv, png, title)`` reads what else it shows from beside the CSV: ``spec.json`` (the run's
@@ -7,7 +7,7 @@ config/paper.yaml; the profile label and the paper rows the run fills from ``$RE
 (JSON ``{"label": ..., "rows": {"ptb/ff": ["table1/ff"], ...}}``, which the workflow sets: neither is
 part of what a run computes).  Each can also be passed.
 
-    python -m pipeline.curves --csv results/runs/ptb/ff/curve.csv --png results/runs/ptb/ff/curve.png --title ptb/ff
+    python -m pipeline.training.curves --csv results/runs/ptb/ff/curve.csv --png results/runs/ptb/ff/curve.png --title ptb/ff
 """
 from __future__ import annotations
 
@@ -27,10 +27,42 @@ import yaml  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
 
 from pipeline.files import read_json  # noqa: E402
-from pipeline.report import run_label  # noqa: E402
 
-PAPER_YAML = Path(__file__).resolve().parent.parent / "config" / "paper.yaml"
+PAPER_YAML = Path(__file__).resolve().parents[2] / "config" / "paper.yaml"
 CONTEXT_ENV = "REPRO_CURVE_CONTEXT"
+
+
+def run_label(spec: dict | None) -> str:
+    """A model label that names what the run trained, e.g. ``VLNHMM |Z| = 1024, M = 16``."""
+    if not spec:
+        return ""
+    s, model = spec.get("settings") or {}, spec.get("model")
+    if model == "kn5":
+        return f"KN {s.get('order', 5)}-gram"
+    if model == "ff":
+        return f"{s.get('hidden')} FF {s.get('order', 5)}-gram"
+    if model == "lstm":
+        return f"{s.get('layers')}x{s.get('hidden')} LSTM"
+    if model != "vlnhmm":
+        return str(spec.get("name", ""))
+    parts = [f"VLNHMM |Z| = {s.get('num_states')}"]
+    constraint = s.get("constraint")
+    if constraint == "brown":
+        parts.append(f"M = {s.get('num_clusters')}")
+    elif constraint == "uniform":
+        parts.append(f"uniform {s.get('states_per_word')}/word")
+    elif constraint == "none":
+        parts.append("no constraint")
+    extra = []
+    if s.get("neural") is False:
+        extra.append("\u2212 neural param")
+    if not s.get("state_dropout") and constraint != "uniform":
+        extra.append("\u2212 dropout")
+    if s.get("state_repr") == "factored":
+        extra.append("+ block emb")
+    return ", ".join(parts) + "".join(f" {e}" for e in extra)
+
+
 
 
 def paper_numbers(spec: dict | None, paper: dict | None) -> list[tuple[float, str]]:

@@ -8,7 +8,7 @@ rows lie within +-3 % of the paper and how many have the paper's number inside o
 how the intervals were made.  Every number on it is counted from
 the CSVs, so a test can count them again.
 
-    python -m pipeline.frontpage --tables results/table1.csv ... results/fig4.csv --paper config/paper.yaml \
+    python -m pipeline.reporting.frontpage --tables results/table1.csv ... results/fig4.csv --paper config/paper.yaml \
         [--profile tiny] [--label "..."] [--curves N] --out results/frontpage.rst
 """
 from __future__ import annotations
@@ -27,9 +27,10 @@ import pandas as pd
 import yaml
 
 from pipeline import intervals
-from pipeline.fidelity import default_of
+from pipeline.reporting.fidelity import default_of
 from pipeline.provenance import provenance
-from pipeline.report import STATUS_KINDS, WITHIN_PCT, fmt, status_kind
+from pipeline.reporting.runs import STATUS_KINDS, status_kind
+from pipeline.reporting.text import WITHIN_PCT, fmt
 
 ITEMS = ("table1", "table2", "table3", "table4", "fig3", "fig4")
 PAPER_URL = "https://aclanthology.org/2020.emnlp-main.103/"
@@ -299,7 +300,7 @@ def render(frames: dict[str, pd.DataFrame], paper: dict, profile: str | None, la
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m pipeline.frontpage", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m pipeline.reporting.frontpage", description=__doc__.split("\n")[0])
     p.add_argument("--tables", nargs="+", required=True, help="the tables' and figures' CSVs (named table1.csv, ...)")
     p.add_argument("--paper", required=True)
     p.add_argument("--profile")

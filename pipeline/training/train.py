@@ -25,10 +25,6 @@ Perplexity = exp(-sum log p / N), N = every real token including each ``<eos>``.
 from __future__ import annotations
 
 import argparse
-import csv
-import errno
-import hashlib
-import io
 import json
 import math
 import os
@@ -42,21 +38,20 @@ import torch
 
 from pipeline import intervals
 from pipeline.config import Run
-from pipeline.data import Corpus, Windows
+from pipeline.data.corpus import Corpus, Windows
 from pipeline.files import write_json
-from pipeline.integrity import IntegrityError, record, recorded, sha256, sidecar, verify
-from pipeline.lifetime import die_with_parent, parent_is
-from pipeline.models import build_model, count_parameters
-from pipeline.progress import progress, say
-from pipeline.provenance import CPU_NAME, provenance
-from pipeline.timing import synchronize
+from pipeline.integrity import IntegrityError, recorded, sha256
+from pipeline.lifetime import die_with_parent
+from pipeline.training import results
+from pipeline.training.checkpoints import Checkpoint, fingerprint_of
+from pipeline.training.errors import TrainingError
+from pipeline.training.evaluate import evaluate, perplexity
+from pipeline.training.models import build_model, count_parameters
+from pipeline.training.progress import progress, say
+from pipeline.training.results import run_metrics, write_curve, write_metrics
+from pipeline.training.timing import synchronize
 
 NAN_CHECK_EVERY = 50  # steps between host reads of the device-side non-finite flag
-JOB_PARENT: int | None = None  # the pid of the job's shell when run as `python -m pipeline.train` (main)
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (non-finite loss, no GPU where one is required, full disk)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -68,111 +63,6 @@ def resolve_device(name: str) -> torch.device:
         f"device: {name} needs a CUDA GPU and torch sees none (torch {torch.__version__}). "
         "This is a paper-size run; on a CPU-only machine use the tiny profile "
         "(`./repro run --profile profiles/tiny all`) or set `device: cpu` for this run in the config.")
-
-
-def perplexity(nll: float) -> float:
-    """exp(nll): inf where that overflows a float, NaN for a NaN."""
-    return math.exp(nll) if nll < 709.0 or math.isnan(nll) else math.inf
-
-
-@torch.no_grad()
-def evaluate(model, ids: torch.Tensor, batch_size: int, bptt: int, device,
-             per_token: bool = False) -> tuple[float, float] | tuple[float, float, np.ndarray]:
-    """(perplexity, ms per batch with cached parameters) of ``ids`` scored as ``batch_size`` streams with carry.
-
-    ``per_token``: also the log-probability of every token of ``ids`` (float64 [n], in order), each
-    conditioned as the streams condition it; the perplexity is then the one of these scores.
-    The perplexity is inf where it overflows and NaN where a score is NaN; callers decide."""
-    model.eval()
-    windows = Windows(ids, batch_size, bptt)
-    total, carry = torch.zeros((), dtype=torch.float64, device=device), model.initial_state(windows.batch_size)
-    if per_token:  # where each stream position sits in ids (padding: one extra slot, dropped at the end)
-        position = torch.full(windows.x.shape, windows.num_tokens, dtype=torch.long)
-        position[windows.mask] = torch.arange(windows.num_tokens)
-        token_logp = torch.zeros(windows.num_tokens + 1, dtype=torch.float64, device=device)
-    if hasattr(model, "prepare_evaluation"):  # one-off work (the VLNHMM's cached parameters) is not timed
-        model.prepare_evaluation()
-    synchronize(device)
-    start = time.perf_counter()
-    for w, (x, mask) in enumerate(windows):
-        if per_token:
-            logp, carry = model(x.to(device), mask.to(device), carry, per_token=True)
-            where = position[:, w * bptt: w * bptt + x.shape[1]].to(device)
-            token_logp.index_copy_(0, where.flatten(), logp.double().flatten())
-        else:
-            logp, carry = model(x.to(device), mask.to(device), carry)
-            total += logp.sum(dtype=torch.float64)
-    synchronize(device)
-    ms = 1000 * (time.perf_counter() - start) / len(windows)
-    model.train()
-    if per_token:
-        token_logp = token_logp[:-1].cpu().numpy()
-        return perplexity(-float(token_logp.sum()) / windows.num_tokens), ms, token_logp
-    return perplexity(-float(total) / windows.num_tokens), ms
-
-
-def _provenance(device: torch.device) -> dict:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else CPU_NAME
-    return provenance() | {"torch": torch.__version__, "device_name": name}
-
-
-def save_atomic(obj, path: Path) -> str:
-    """torch.save to ``path`` through a temporary file, with its SHA-256 record (``path.sha256``): the
-    previous file stays until the new one is complete.  torch serializes into memory first, so that a
-    full disk is one OSError of ours (torch writing a file itself reports it as ``unexpected pos``),
-    raised as TrainingError naming the path, with the partial file removed.  Returns the digest."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    data = buffer.getbuffer()
-    digest = hashlib.sha256(data).hexdigest()
-    tmp = path.with_suffix(".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        record(path, digest)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        if err.errno == errno.ENOSPC:
-            kept = f"; the previous {path.name} is kept" if path.exists() else ""
-            raise TrainingError(f"no space left on device while writing {path}{kept}") from None
-        raise TrainingError(f"cannot write {path}: {err.strerror or err}") from None
-    return digest
-
-
-def _rng_state(model, device) -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    if isinstance(getattr(model, "generator", None), torch.Generator):
-        state["model"] = model.generator.get_state()
-    return state
-
-
-def _set_rng_state(model, device, state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-    if "model" in state:
-        model.generator.set_state(state["model"])
-
-
-def fingerprint_of(run: Run, *files: Path | None) -> str:
-    """What a checkpoint must match to be resumed: the run's settings and its input files."""
-    h = hashlib.sha256(json.dumps(run.result_spec(), sort_keys=True).encode())
-    for f in files:
-        if f is not None:
-            h.update(Path(f).read_bytes())
-    return h.hexdigest()
-
-
-def write_curve(curve: list[dict], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(curve[0]))
-        writer.writeheader()
-        writer.writerows(curve)
 
 
 class Trainer:
@@ -204,7 +94,7 @@ class Trainer:
         self.total_steps = math.ceil(cfg.epochs * self.steps_per_epoch)
         self.last_step = min(self.total_steps, cfg.max_steps) if cfg.max_steps else self.total_steps
         self.params = count_parameters(model)
-        self.best_path = self.checkpoint.with_name("best.pt")
+        self.ckpt = Checkpoint(self.checkpoint, self.fingerprint, self.device, run.key)
         self.valid_batches = len(Windows(corpus.splits["valid"], cfg.eval_batch_size, cfg.bptt))
         self.state = {"step": 0, "carry": None, "best": math.inf, "best_step": 0, "curve": [], "wall": 0.0,
                       "train_logp": 0.0, "train_tokens": 0}
@@ -213,7 +103,7 @@ class Trainer:
         self._reset_device_sums()
         self.graphs = None
         if graphed:
-            from pipeline.graphs import CapturedStep
+            from pipeline.training.graphs import CapturedStep
             self.graphs = CapturedStep(self)
 
     @property
@@ -223,52 +113,13 @@ class Trainer:
     # -- restore --------------------------------------------------------------------------
 
     def restore(self) -> None:
-        """Continue from the checkpoint if it matches its SHA-256 record and has this run's fingerprint;
-        else set it aside (``ckpt.pt.corrupt`` / ``stale.pt``) and start over."""
-        ckpt_path = self.checkpoint
-        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-        if not ckpt_path.exists():
+        """Continue from the checkpoint where it may be resumed (:class:`Checkpoint`); else start over."""
+        state = self.ckpt.load(self.model, self.opt, self.sched)
+        if state is None:
             return
-        try:
-            digest = verify(ckpt_path, "it is set aside")
-            ckpt = torch.load(ckpt_path, map_location=self.device, weights_only=False)
-            if ckpt["state"]["best_step"]:
-                verify(self.best_path, "it is set aside")
-        except Exception as err:  # IntegrityError, or a file torch cannot read at all
-            return self._set_aside_corrupt(err)
-        if ckpt.get("fingerprint") != self.fingerprint:
-            return self._set_aside("was made with other settings or data")
-        mine = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
-        theirs = {k: tuple(v.shape) for k, v in ckpt["model"].items()}
-        if mine != theirs:  # written by another version of the code (checked before anything is loaded)
-            differ = sorted(set(mine) ^ set(theirs)) or [k for k in mine if mine[k] != theirs[k]]
-            return self._set_aside(f"does not fit this code's model (e.g. {differ[0]})")
-        self.model.load_state_dict(ckpt["model"])
-        self.opt.load_state_dict(ckpt["optimizer"])
-        self.sched.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(self.model, self.device, ckpt["rng"])
-        self.state = ckpt["state"]
-        self.state.setdefault("resumed_from", []).append({"step": self.state["step"], "sha256": digest})
+        self.state = state
         self._reset_device_sums()
-        say(f"[{self.name}] resumed from {ckpt_path} at step {self.state['step']:,}/{self.last_step:,}")
-
-    def _set_aside_corrupt(self, err: Exception) -> None:
-        """A checkpoint (or its best weights) that does not match its record or cannot be read: kept
-        beside as ``*.corrupt`` for a look, never loaded; the run starts from scratch."""
-        kept = []
-        for path in (self.checkpoint, self.best_path):
-            for f in (path, sidecar(path)):
-                if f.exists():
-                    os.replace(f, f.with_name(f.name + ".corrupt"))
-                    kept.append(f.name + ".corrupt")
-        reason = str(err) if isinstance(err, IntegrityError) else f"torch cannot read it ({type(err).__name__}: {err})"
-        say(f"[{self.name}] {self.checkpoint} is corrupt and is not used: {reason}. Kept as {', '.join(kept)} "
-            f"in {self.checkpoint.parent}; starting over from scratch")
-
-    def _set_aside(self, why: str) -> None:
-        stale = self.checkpoint.with_name("stale.pt")
-        os.replace(self.checkpoint, stale)
-        say(f"[{self.name}] {self.checkpoint} {why}: kept as {stale}, starting over")
+        say(f"[{self.name}] resumed from {self.checkpoint} at step {self.state['step']:,}/{self.last_step:,}")
 
     # -- step -------------------------------------------------------------------------------
 
@@ -306,7 +157,7 @@ class Trainer:
 
     def step_body(self, x, mask, ntok, carry, zero_grad: bool = True):
         """The step itself, on device tensors only (``ntok`` a 0-d tensor): loss, backward, clip,
-        AdamW, the device-side sums; returns the carry.  Captured as is by pipeline.graphs."""
+        AdamW, the device-side sums; returns the carry.  Captured as is by pipeline.training.graphs."""
         logp, carry = self.model(x, mask, carry)
         loss = -logp.sum() / ntok
         if zero_grad:
@@ -352,7 +203,7 @@ class Trainer:
             self.sched.step(nll if cfg.plateau == "min-valid-nll" else -nll * self.valid_tokens)
         if nll < st["best"]:
             st["best"], st["best_step"] = nll, st["step"]
-            save_atomic(self.model.state_dict(), self.best_path)
+            self.ckpt.save_best(self.model)
         st["wall"] += seconds
         row = {"step": st["step"], "epoch": round(epoch, 4), "lr": lr, "train_ppl": round(train_ppl, 3),
                "valid_ppl": round(valid_ppl, 3), "tokens_per_s": round(tokens / max(seconds, 1e-9)),
@@ -361,12 +212,10 @@ class Trainer:
         say(f"[{self.name}] step {st['step']:>7,} epoch {epoch:6.2f} | train ppl {train_ppl:8.2f} | "
             f"valid ppl {valid_ppl:8.2f} | lr {lr:.2e} | {row['tokens_per_s']:,} tok/s | eval {ms:.1f} ms/batch")
         st["train_logp"], st["train_tokens"] = 0.0, 0
-        save_atomic({"fingerprint": self.fingerprint, "model": self.model.state_dict(),
-                     "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                     "rng": _rng_state(self.model, self.device), "state": st}, self.checkpoint)
+        self.ckpt.save(self.model, self.opt, self.sched, st)
         self.out.mkdir(parents=True, exist_ok=True)
         write_curve(st["curve"], self.out / "curve.csv")
-        self._write_metrics(self.metrics(status=f"incomplete: last check at step {st['step']:,} of {self.last_step:,} "
+        write_metrics(self.out, self.metrics(status=f"incomplete: last check at step {st['step']:,} of {self.last_step:,} "
                                        f"({epoch:.2f} of {cfg.epochs:g} epochs); no test score yet"))
         return row
 
@@ -382,48 +231,15 @@ class Trainer:
 
     def metrics(self, status: str, valid_ppl: float | None = None, test_ppl: float | None = None,
                 eval_ms: float | None = None) -> dict:
-        st = self.state
-        epochs = st["step"] / self.steps_per_epoch
-        best = next((c for c in st["curve"] if c["step"] == st["best_step"]), None)
-        metrics = {
-            "run": self.name, "model": self.run.model, "params": self.params, "status": status,
-            "train_ppl": best and best["train_ppl"],
-            "valid_ppl": valid_ppl if valid_ppl is not None else best and best["valid_ppl"],
-            "test_ppl": test_ppl,
-            "train_ppl_note": "running training perplexity (under dropout) of the check with the best valid ppl",
-            "best_step": st["best_step"], "steps": st["step"], "epochs": round(epochs, 4),
-            "steps_per_epoch": self.steps_per_epoch, "wall_seconds": round(st["wall"], 1),
-            "seconds_per_epoch": round(st["wall"] / epochs, 2) if epochs else None,
-            "eval_ms_per_batch": None if eval_ms is None else round(eval_ms, 3),
-            "eval_batch": [self.cfg.eval_batch_size, self.cfg.bptt], "device": self.device.type,
-            "backend": getattr(self.run.settings, "backend", "torch"),
-            "transition_path": getattr(self.model, "transition_path", None),
-            "matmul_precision": self.cfg.matmul_precision,
-            "tested_weights": f"{self.cfg.test_weights} (test_weights)",
-            "spec": self.run.result_spec(), "provenance": _provenance(self.device),
-            "inputs": self.inputs | {"resumed_from": st.get("resumed_from", [])},
-        }
-        metrics["device_name"] = metrics["provenance"]["device_name"]
-        return metrics
-
-    def _write_metrics(self, metrics: dict) -> None:
-        """metrics.json, only while the job that started this process is there: a trainer whose job was
-        given up (its shell killed; pipeline.lifetime stops it too) must not leave a result behind."""
-        if JOB_PARENT is not None and not parent_is(JOB_PARENT):
-            raise TrainingError(f"the job that started this run (pid {JOB_PARENT}) is gone: stopping without "
-                                f"writing {self.out / 'metrics.json'}")
-        write_json(self.out / "metrics.json", metrics)
+        return run_metrics(self.run, self.model, self.device, self.params, self.state, self.steps_per_epoch,
+                           self.inputs, status, valid_ppl, test_ppl, eval_ms)
 
     def finish(self) -> dict:
         """Score the best (or, test_weights: last, the final) weights on valid and test; write
         metrics.json, curve.csv and curve.png."""
         st, cfg = self.state, self.cfg
         if cfg.test_weights == "best":
-            try:
-                verify(self.best_path, f"delete {self.checkpoint.parent} and rerun the run")
-            except IntegrityError as err:
-                raise TrainingError(str(err)) from None
-            self.model.load_state_dict(torch.load(self.best_path, map_location=self.device, weights_only=True))
+            self.ckpt.load_best(self.model)
         docs = {}
         for split in ("valid", "test"):  # every token's score, summed per document (pipeline.intervals)
             # ms per batch: of the test pass (gathering the scores is small beside the model's own work)
@@ -443,9 +259,9 @@ class Trainer:
         metrics.update(intervals.split_metrics(docs))
         metrics["interval"]["bytes"] = intervals.save_documents(self.out / intervals.DOCS_FILE, docs)
         write_curve(st["curve"], self.out / "curve.csv")
-        self._write_metrics(metrics)
+        write_metrics(self.out, metrics)
         try:
-            from pipeline.curves import plot as plot_curve
+            from pipeline.training.curves import plot as plot_curve
         except ImportError:  # a node without matplotlib/pandas: the CSV is the record
             pass
         else:
@@ -517,9 +333,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, help="directory for metrics.json and curve.csv (default: the run's)")
     p.add_argument("--checkpoint", type=Path, help="checkpoint file, resumed if present (default: the run's)")
     a = p.parse_args(argv)
-    global JOB_PARENT
-    JOB_PARENT = os.getppid()
-    die_with_parent(signal.SIGTERM, JOB_PARENT)  # the job's shell killed: this process goes too
+    results.JOB_PARENT = os.getppid()
+    die_with_parent(signal.SIGTERM, results.JOB_PARENT)  # the job's shell killed: this process goes too
     run = Run.from_dict(json.loads(a.spec if a.spec.lstrip().startswith("{") else Path(a.spec).read_text()))
     inputs = run.inputs()
     data = a.data or Path(inputs["data"]).parent

@@ -40,12 +40,12 @@ from pathlib import Path
 from hmm.config import ConfigError, HMMConfig
 from hmm.kernels import CUDA_MAX_STATES
 from pipeline.config import kernel_states, resolve_runs
-from pipeline.data import FILES
+from pipeline.data.corpus import FILES
 from pipeline.integrity import SUMS, record, sha256, verify, verify_dir
-from pipeline.node import BUNDLE_FORMAT, node_settings
+from pipeline.node.settings import BUNDLE_FORMAT, node_settings
 from pipeline.provenance import commit_label, git_commit
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DATA_FILES = (*FILES, SUMS)  # a prepared dataset with its SHA-256 records
 MIB = 2**20
 
@@ -234,7 +234,7 @@ def copy_data(plan: dict, workdir: Path, stage: Path) -> dict:
 
 
 def slim_clusters(src: Path, dst: Path) -> None:
-    """The two columns pipeline.clusters.load_clusters reads (word, cluster), same rows in the same
+    """The two columns pipeline.data.clusters.load_clusters reads (word, cluster), same rows in the same
     order: the `bits` merge paths take up to 35 MB per file on full PTB and are not read."""
     with open(src, encoding="utf-8") as f, open(dst, "w", encoding="utf-8") as g:
         header = f.readline().rstrip("\n").split("\t")

@@ -1,6 +1,6 @@
 """Brown clusters of the training vocabulary: they define the HMM's emission blocks.
 
-``python -m pipeline.clusters`` clusters the train token stream (the same ids the models see,
+``python -m pipeline.data.clusters`` clusters the train token stream (the same ids the models see,
 ``<eos>`` included, so ``<eos>`` gets a cluster of its own choosing) with the
 ``brown-clustering`` package and writes a TSV: ``word  cluster  bits  count``, one row per
 vocabulary word in vocabulary order.  Clusters are numbered by their position in the
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data import Corpus, Vocab
+from pipeline.data.corpus import Corpus, Vocab
 from pipeline.integrity import IntegrityError, record, sha256, verify
 
 AUTHORS_COMMIT = "f52e860007e60d740b2212776a199ceb35d571ca"
@@ -194,7 +194,7 @@ def from_paths(paths: Path, data: Path, num_clusters: int, out: Path, summary_pa
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Brown-cluster a prepared dataset's training vocabulary.")
-    p.add_argument("--data", type=Path, help="prepared dataset directory (python -m pipeline.data)")
+    p.add_argument("--data", type=Path, help="prepared dataset directory (python -m pipeline.data.corpus)")
     p.add_argument("--num-clusters", required=True, type=int)
     p.add_argument("--alpha", type=float, default=1e-4, help="add-alpha smoothing of the bigram counts")
     p.add_argument("--paths", type=Path, help="read this wcluster paths file instead of clustering")

@@ -1,7 +1,7 @@
 """The training step captured as CUDA graphs and replayed (``cuda_graph: true``, GPU only).
 
 A VLNHMM training step reads nothing back to the host (tests/test_fast_step.py), so the whole
-:meth:`pipeline.train.Trainer.step_body` -- forward, backward, clipping, fused AdamW and the
+:meth:`pipeline.training.train.Trainer.step_body` -- forward, backward, clipping, fused AdamW and the
 device-side sums -- can be recorded once and replayed: one launch instead of hundreds of small ones.
 
 * Two graphs: a stream's first window of an epoch (no carry) and every other window (the carried
@@ -21,7 +21,7 @@ import dataclasses
 
 import torch
 
-from pipeline.progress import say
+from pipeline.training.progress import say
 
 WARMUP = 3  # eager steps before capture
 

@@ -1,0 +1,126 @@
+"""Which run fills a paper row, and whether its numbers may be shown.
+
+A row's metrics come from the run's ``metrics.json``; failing that from a reference directory of runs
+done elsewhere (status ``reference: ...`` with their provenance); failing that the row is ``not run``.
+A result whose recorded spec differs from the config's is never shown (``stale: ...``), nor one whose
+reference files changed after import (``modified after import: ...``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.config import ConfigError, base_name, resolve_runs, stale_reason
+from pipeline.integrity import SUMS, IntegrityError, read_sums, verify_dir
+
+# Status kinds, in the order the front page counts them; a status is "<kind>: detail" or "<kind>".
+STATUS_KINDS = ("measured", "reference", "cut short", "incomplete", "stale", "modified after import", "not run",
+                "cited")
+
+
+def status_kind(status: Any) -> str:
+    """The kind of a status (``measured``, ``not run``, ...); ``other`` for anything else."""
+    text = str(status or "")
+    return next((k for k in STATUS_KINDS if text == k or text.startswith(k + ":") or text.startswith(k + " ")),
+                "paper" if text.startswith("paper value") else "other")
+
+
+
+# ---------------------------------------------------------------------------------- runs
+def load_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_runs(specs: list[dict], runs_dir: str | Path, reference: str | Path | None = None,
+              not_run: dict[str, str] | None = None) -> list[dict]:
+    """One dict per run spec (the config's, as :meth:`Run.to_dict`): key, spec, metrics, status.
+
+    Metrics come from ``runs_dir/<key>/metrics.json``, else from ``reference/<key>/``; a result
+    trained from other settings than the spec's is not used (status ``stale: ...``).
+    """
+    runs = []
+    for spec in specs:
+        key = f"{spec['dataset']}/{spec['name']}"
+        found = [(m, None) for m in [load_json(Path(runs_dir) / key / "metrics.json")] if m is not None]
+        modified = reference and reference_problem(Path(reference) / key)
+        if reference and not modified and (ref := load_json(Path(reference) / key / "metrics.json")) is not None:
+            prov = ref.get("provenance") or {}
+            where = ", ".join(str(v) for v in (ref.get("device_name"), prov.get("date"),
+                                               prov.get("commit") and f"commit {str(prov['commit'])[:10]}") if v)
+            found.append((ref, f"reference: {ref.get('status') or 'status missing'} ({where})"))
+        run = {"key": key, "spec": spec, "metrics": None, "status": (not_run or {}).get(key, "not run")}
+        stale = []
+        for metrics, status in found:
+            reason = stale_reason(metrics.get("spec"), _result_spec(spec))
+            if reason is None:
+                run.update(metrics=metrics, status=status or metrics.get("status") or "status missing")
+                break
+            stale.append(reason if status is None else "stale reference " + reason.removeprefix("stale: "))
+        else:
+            if stale:
+                run["status"] = stale[0]
+            elif modified:
+                run["status"] = f"modified after import: {modified}"
+        runs.append(run)
+    return runs
+
+
+def reference_problem(directory: Path) -> str | None:
+    """Why a reference run's files cannot be trusted (None: they match the SHA256SUMS written at import,
+    or there is no such run).  An edited number is never shown."""
+    if not (directory / "metrics.json").exists():
+        return None
+    sums = read_sums(directory / SUMS)
+    if not sums:
+        return f"{directory / SUMS} is missing; re-import the run (./repro import) or restore it from git"
+    try:
+        verify_dir(directory, sorted(sums), "re-import the run (./repro import) or restore it from git")
+    except IntegrityError as err:
+        return str(err)
+    return None
+
+
+def _result_spec(spec: dict) -> dict:
+    return {k: v for k, v in spec.items() if k != "rows"}
+
+
+def as_run(run: Any) -> dict:
+    """Accept dicts or objects with spec / metrics / status (key derived from the spec if absent).
+
+    Metrics given without a status are checked against the spec (a stale result is not shown).
+    """
+    get = run.get if isinstance(run, dict) else lambda k, d=None: getattr(run, k, d)
+    spec, metrics, status = get("spec"), get("metrics"), get("status")
+    if metrics is not None and status is None:
+        status = stale_reason(metrics.get("spec"), _result_spec(spec))
+        metrics = None if status else metrics
+        status = status or metrics.get("status")
+    return {"key": get("key") or f"{spec['dataset']}/{spec['name']}", "spec": spec, "metrics": metrics,
+            "status": status or "not run"}
+
+
+def paper_runs(config_path: str | Path | None) -> list[dict]:
+    """The runs of the full configuration (config/config.yaml as is: the paper's settings), as dicts."""
+    if not config_path:
+        return []
+    try:
+        return [r.to_dict() for r in resolve_runs(yaml.safe_load(Path(config_path).read_text()))]
+    except (ConfigError, KeyError, TypeError) as err:
+        raise SystemExit(f"--paper-config {config_path}: {err}") from None
+
+
+
+def repeats(run: dict, runs: list[dict]) -> list[dict]:
+    """``run`` and its seed repeats among ``runs`` (same dataset, same base name), the run itself first."""
+    base = base_name(run["spec"]["name"])
+    group = [r for r in runs if r["spec"]["dataset"] == run["spec"]["dataset"] and base_name(r["spec"]["name"]) == base]
+    return sorted(group, key=lambda r: r["spec"]["name"] != base)
+
+
+def untrusted(group: list[dict]) -> str | None:
+    """The status of a seed of the row whose files were changed after import (its row shows no number)."""
+    return next((r["status"] for r in group if status_kind(r["status"]) == "modified after import"), None)
+

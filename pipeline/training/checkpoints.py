@@ -1,0 +1,141 @@
+"""A run's checkpoint (``ckpt.pt``: weights, optimizer, lr schedule, RNG states, loop state) and its best
+weights (``best.pt``), each written atomically with a SHA-256 record and checked before it is read.  A
+checkpoint is resumed only when it has the run's fingerprint (settings and input files); one that fails
+its record is set aside as ``*.corrupt``, one made otherwise as ``stale.pt``, and the run starts over."""
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from pipeline.config import Run
+from pipeline.integrity import IntegrityError, record, sidecar, verify
+from pipeline.training.errors import TrainingError
+from pipeline.training.progress import say
+
+
+def save_atomic(obj, path: Path) -> str:
+    """torch.save to ``path`` through a temporary file, with its SHA-256 record (``path.sha256``): the
+    previous file stays until the new one is complete.  torch serializes into memory first, so that a
+    full disk is one OSError of ours (torch writing a file itself reports it as ``unexpected pos``),
+    raised as TrainingError naming the path, with the partial file removed.  Returns the digest."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getbuffer()
+    digest = hashlib.sha256(data).hexdigest()
+    tmp = path.with_suffix(".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        record(path, digest)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.errno == errno.ENOSPC:
+            kept = f"; the previous {path.name} is kept" if path.exists() else ""
+            raise TrainingError(f"no space left on device while writing {path}{kept}") from None
+        raise TrainingError(f"cannot write {path}: {err.strerror or err}") from None
+    return digest
+
+
+def rng_state(model, device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    if isinstance(getattr(model, "generator", None), torch.Generator):
+        state["model"] = model.generator.get_state()
+    return state
+
+
+def set_rng_state(model, device, state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+    if "model" in state:
+        model.generator.set_state(state["model"])
+
+
+def fingerprint_of(run: Run, *files: Path | None) -> str:
+    """What a checkpoint must match to be resumed: the run's settings and its input files."""
+    h = hashlib.sha256(json.dumps(run.result_spec(), sort_keys=True).encode())
+    for f in files:
+        if f is not None:
+            h.update(Path(f).read_bytes())
+    return h.hexdigest()
+
+
+class Checkpoint:
+    """``path`` (ckpt.pt) and best.pt beside it, for the run ``name`` with ``fingerprint``."""
+
+    def __init__(self, path: Path, fingerprint: str, device: torch.device, name: str):
+        self.path, self.best_path = Path(path), Path(path).with_name("best.pt")
+        self.fingerprint, self.device, self.name = fingerprint, device, name
+
+    def load(self, model, opt, sched) -> dict | None:
+        """Load the checkpoint into model, optimizer and lr schedule if it matches its SHA-256 record and has
+        this run's fingerprint; returns the loop state (None: start over; a bad file is set aside)."""
+        ckpt_path = self.path
+        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        if not ckpt_path.exists():
+            return None
+        try:
+            digest = verify(ckpt_path, "it is set aside")
+            ckpt = torch.load(ckpt_path, map_location=self.device, weights_only=False)
+            if ckpt["state"]["best_step"]:
+                verify(self.best_path, "it is set aside")
+        except Exception as err:  # IntegrityError, or a file torch cannot read at all
+            return self._set_aside_corrupt(err)
+        if ckpt.get("fingerprint") != self.fingerprint:
+            return self._set_aside("was made with other settings or data")
+        mine = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        theirs = {k: tuple(v.shape) for k, v in ckpt["model"].items()}
+        if mine != theirs:  # written by another version of the code (checked before anything is loaded)
+            differ = sorted(set(mine) ^ set(theirs)) or [k for k in mine if mine[k] != theirs[k]]
+            return self._set_aside(f"does not fit this code's model (e.g. {differ[0]})")
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        set_rng_state(model, self.device, ckpt["rng"])
+        state = ckpt["state"]
+        state.setdefault("resumed_from", []).append({"step": state["step"], "sha256": digest})
+        return state
+
+    def save(self, model, opt, sched, state: dict) -> None:
+        save_atomic({"fingerprint": self.fingerprint, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                     "scheduler": sched.state_dict(), "rng": rng_state(model, self.device), "state": state}, self.path)
+
+    def save_best(self, model) -> None:
+        save_atomic(model.state_dict(), self.best_path)
+
+    def load_best(self, model) -> None:
+        """The best weights into ``model``, checked against their record first."""
+        try:
+            verify(self.best_path, f"delete {self.path.parent} and rerun the run")
+        except IntegrityError as err:
+            raise TrainingError(str(err)) from None
+        model.load_state_dict(torch.load(self.best_path, map_location=self.device, weights_only=True))
+
+    def _set_aside_corrupt(self, err: Exception) -> None:
+        """A checkpoint (or its best weights) that does not match its record or cannot be read: kept
+        beside as ``*.corrupt`` for a look, never loaded; the run starts from scratch."""
+        kept = []
+        for path in (self.path, self.best_path):
+            for f in (path, sidecar(path)):
+                if f.exists():
+                    os.replace(f, f.with_name(f.name + ".corrupt"))
+                    kept.append(f.name + ".corrupt")
+        reason = str(err) if isinstance(err, IntegrityError) else f"torch cannot read it ({type(err).__name__}: {err})"
+        say(f"[{self.name}] {self.path} is corrupt and is not used: {reason}. Kept as {', '.join(kept)} "
+            f"in {self.path.parent}; starting over from scratch")
+
+    def _set_aside(self, why: str) -> None:
+        stale = self.path.with_name("stale.pt")
+        os.replace(self.path, stale)
+        say(f"[{self.name}] {self.path} {why}: kept as {stale}, starting over")
