@@ -1,0 +1,63 @@
+"""pipeline.training.checkpoints alone (no training loop): a checkpoint resumes only with its record and
+fingerprint; anything else is set aside and the run starts over."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.training.checkpoints import Checkpoint
+from pipeline.training.errors import TrainingError
+
+
+def parts(seed: int):
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.25, patience=1)
+    return model, opt, sched
+
+
+def test_save_then_load_restores_weights_optimizer_schedule_and_state(tmp_path):
+    model, opt, sched = parts(0)
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    sched.step(1.0)
+    ckpt = Checkpoint(tmp_path / "ckpt.pt", "fp", torch.device("cpu"), "ptb/x")
+    ckpt.save(model, opt, sched, {"step": 7, "best_step": 0})
+    other, other_opt, other_sched = parts(1)
+    state = Checkpoint(tmp_path / "ckpt.pt", "fp", torch.device("cpu"), "ptb/x").load(other, other_opt, other_sched)
+    assert state["step"] == 7 and state["resumed_from"][0]["step"] == 7
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+    assert other_opt.state_dict()["state"][0]["step"] == opt.state_dict()["state"][0]["step"]
+    assert other_sched.state_dict() == sched.state_dict()
+
+
+def test_other_fingerprint_is_set_aside_as_stale(tmp_path):
+    model, opt, sched = parts(0)
+    Checkpoint(tmp_path / "ckpt.pt", "old", torch.device("cpu"), "ptb/x").save(model, opt, sched,
+                                                                                {"step": 1, "best_step": 0})
+    assert Checkpoint(tmp_path / "ckpt.pt", "new", torch.device("cpu"), "ptb/x").load(model, opt, sched) is None
+    assert (tmp_path / "stale.pt").exists() and not (tmp_path / "ckpt.pt").exists()
+
+
+def test_a_changed_byte_sets_it_aside_as_corrupt(tmp_path):
+    model, opt, sched = parts(0)
+    ckpt = Checkpoint(tmp_path / "ckpt.pt", "fp", torch.device("cpu"), "ptb/x")
+    ckpt.save(model, opt, sched, {"step": 1, "best_step": 0})
+    data = bytearray((tmp_path / "ckpt.pt").read_bytes())
+    data[len(data) // 2] ^= 1
+    (tmp_path / "ckpt.pt").write_bytes(bytes(data))
+    assert ckpt.load(model, opt, sched) is None
+    assert (tmp_path / "ckpt.pt.corrupt").exists() and not (tmp_path / "ckpt.pt").exists()
+
+
+def test_best_weights_are_checked_before_they_are_loaded(tmp_path):
+    model, _, _ = parts(0)
+    ckpt = Checkpoint(tmp_path / "ckpt.pt", "fp", torch.device("cpu"), "ptb/x")
+    ckpt.save_best(model)
+    other, _, _ = parts(1)
+    ckpt.load_best(other)
+    assert torch.equal(other.weight, model.weight)
+    (tmp_path / "best.pt").write_bytes((tmp_path / "best.pt").read_bytes() + b"\0")
+    with pytest.raises(TrainingError, match="best.pt"):
+        ckpt.load_best(other)
