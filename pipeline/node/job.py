@@ -37,6 +37,10 @@ one; SIGTERM / SIGINT pack too).  OUT holds at most 6 files, none in folders:
     node.log             this job's log
 
 ``./repro import OUT`` on the CPU machine then files the runs under results/reference/.
+
+This module holds the phases and their order; beside it: children (the processes), schedule (every
+decision of when and how long, testable without a process), runs (the runs phase), archive (OUT),
+settings (NodeConfig).
 """
 from __future__ import annotations
 
