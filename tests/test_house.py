@@ -37,6 +37,19 @@ def test_imports_only_run_downward(package):
     assert not bad, f"{package} may import only {sorted(ALLOWED[package])}: {bad}"
 
 
+def test_an_installed_copy_holds_every_package():
+    """pyproject's package list finds every folder with an __init__.py (a wheel, not only `pip -e`)."""
+    import tomllib
+
+    from setuptools import find_packages
+
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    listed = set(find_packages(str(ROOT), include=find["include"]))
+    inits = [p for top in PACKAGES for p in (ROOT / top).rglob("__init__.py")]
+    on_disk = {str(p.parent.relative_to(ROOT)).replace("/", ".") for p in inits}
+    assert listed == on_disk, f"missing from the install: {sorted(on_disk - listed)}, extra: {sorted(listed - on_disk)}"
+
+
 def module_graph() -> dict[str, set[str]]:
     """module -> the repository modules it imports (any import statement, at any depth)."""
     modules = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
