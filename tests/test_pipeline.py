@@ -212,6 +212,9 @@ def test_tiny_fidelity_target():
                                   "eos-reset-off"]
     assert (df["default_n"] == 2).all() and (df["switched_n"] == 2).all() and df["difference"].notna().all()
     assert set(df["exceeds_seed_spread"]) <= {"yes", "no"}
+    for side in ("default", "switched"):  # each side's 95 % interval surrounds its mean
+        assert (df[f"{side}_ppl_lo"] < df[f"{side}_ppl_mean"]).all() and \
+            (df[f"{side}_ppl_mean"] < df[f"{side}_ppl_hi"]).all()
     assert (TINY / "results/fidelity.png").stat().st_size > 10_000
     spec = json.loads((TINY / "results/runs/ptb/fidelity-released-code-s1112/metrics.json").read_text())["spec"]
     assert (spec["settings"]["init"], spec["train"]["test_weights"], spec["train"]["seed"]) == \

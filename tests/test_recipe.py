@@ -123,12 +123,17 @@ def test_fidelity_table_compares_each_switch_with_the_default_recipe():
                                                 "clusters", "eos-reset-off"]
     init = s["rows"][1]
     assert init["settings"] == ["init"] and init["switched"] == {"init": "torch-default"}
-    ppl = {k: 300.0 + i for i, k in enumerate(init["default_runs"])}          # 300, 301, 302
-    ppl |= {k: 200.0 + 10 * i for i, k in enumerate(init["switched_runs"][:2])}  # 200, 210 (one missing)
-    row = table(s, ppl).iloc[1]
+    # 300, 301, 302, each with a bootstrap interval 5 below and 6 above; 200, 210 without one (one missing)
+    valid = {k: (300.0 + i, [295.0 + i, 306.0 + i]) for i, k in enumerate(init["default_runs"])}
+    valid |= {k: (200.0 + 10 * i, None) for i, k in enumerate(init["switched_runs"][:2])}
+    row = table(s, valid).iloc[1]
     assert (row["default_ppl_mean"], row["default_n"], row["switched_ppl_mean"], row["switched_n"]) == (301, 3, 205, 2)
     assert row["difference"] == -96 and row["exceeds_seed_spread"] == "yes"
     assert row["default_ppl_std"] == 1.0 and row["switched_ppl_std"] == round(math.sqrt(50), 2)
+    # the tables' interval: the mean bootstrap half-widths widened by 1.96 sd of the seeds
+    assert row["default_ppl_lo"] == round(301 - math.hypot(5, 1.959964), 2)
+    assert row["default_ppl_hi"] == round(301 + math.hypot(6, 1.959964), 2)
+    assert math.isnan(row["switched_ppl_lo"]) and math.isnan(row["switched_ppl_hi"])
 
 
 def test_front_page_has_the_paper_text_vs_released_code_table(tmp_path):
@@ -141,9 +146,9 @@ def test_front_page_has_the_paper_text_vs_released_code_table(tmp_path):
     from test_frontpage import PAPER, SYNTHETIC
 
     s = spec(merged_config("config/config.yaml"))
-    ppl = {k: 300.0 + i for i, k in enumerate(s["rows"][1]["default_runs"])}
-    ppl |= {k: 200.0 + 10 * i for i, k in enumerate(s["rows"][1]["switched_runs"])}
-    fidelity = table(s, ppl)
+    valid = {k: (300.0 + i, None) for i, k in enumerate(s["rows"][1]["default_runs"])}
+    valid |= {k: (200.0 + 10 * i, None) for i, k in enumerate(s["rows"][1]["switched_runs"])}
+    fidelity = table(s, valid)
     for measured in (None, fidelity):
         page = render({"table2": SYNTHETIC}, PAPER, "full", None, commit="abc", machine="box", now="now",
                       fidelity=measured)

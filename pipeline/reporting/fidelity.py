@@ -10,10 +10,14 @@ it).  ``fidelity:`` trains, at one size (``settings``) over ``seeds``, these var
 
 ``results/fidelity.csv`` has one row per comparison (the released recipe, then each switch, against
 the default recipe): the settings switched, their two values, the valid perplexity of each side
-over the seeds (plain mean, sample standard deviation, n: measured runs only), the difference
-(switched - default) and whether it exceeds the seed spread (|difference| > std of one side + std
-of the other; empty under 2 seeds a side).  Seeds here are the training loop's ``seed`` (weights,
-dropout draws, data order), one run per seed: a self-contained scheme, not a shared seeds mechanism.
+over the seeds (mean, sample standard deviation, n: measured runs only) with its 95 % interval
+(:func:`pipeline.intervals.combine`, as the tables have it: each run's bootstrap over valid
+documents, widened by the seed spread), the difference (switched - default) and whether it exceeds
+the seed spread (|difference| > std of one side + std of the other; empty under 2 seeds a side).
+The verdict uses the seed spread alone: both sides score the same valid documents, so the
+document-sampling part of the intervals is common to them and cancels in the difference.  Seeds are
+the training loop's ``seed`` (weights, dropout draws, data order), one run (``fidelity-<variant>-s<seed>``)
+each.
 
     python -m pipeline.reporting.fidelity --spec JSON --metrics M1 M2 ... --csv results/fidelity.csv --png ...
     python -m pipeline.reporting.fidelity --config config/config.yaml [overlay.yaml ...] --csv ... --png ...
@@ -27,16 +31,17 @@ import argparse
 import dataclasses
 import json
 import math
-import statistics
 from pathlib import Path
 
 from hmm.config import ConfigError, HMMConfig
 from pipeline.config import DEFAULT_RECIPE, TrainConfig, recipe_settings, resolve_runs
+from pipeline.intervals import combine
 
 RELEASED = "released-code"
-COLUMNS = ["switch", "settings", "default_value", "switched_value", "default_ppl_mean", "default_ppl_std",
-           "default_n", "switched_ppl_mean", "switched_ppl_std", "switched_n", "difference",
-           "exceeds_seed_spread"]
+COLUMNS = ["switch", "settings", "default_value", "switched_value",
+           "default_ppl_mean", "default_ppl_std", "default_n", "default_ppl_lo", "default_ppl_hi",
+           "switched_ppl_mean", "switched_ppl_std", "switched_n", "switched_ppl_lo", "switched_ppl_hi",
+           "difference", "exceeds_seed_spread"]
 
 
 def default_of(name: str):
@@ -97,19 +102,21 @@ def _values(d: dict) -> str:
     return "; ".join(f"{k}={v}" for k, v in d.items())
 
 
-def _spread(ppls: list[float]) -> tuple[float | None, float | None, int]:
-    n = len(ppls)
-    return (statistics.fmean(ppls) if n else None, statistics.stdev(ppls) if n > 1 else None, n)
+def _side(runs: list[str], valid: dict[str, tuple[float, list[float] | None]]) -> list:
+    """mean, std, n, lo, hi of the measured runs among ``runs``."""
+    have = [valid[k] for k in runs if k in valid]
+    c = combine([ppl for ppl, _ in have], [iv for _, iv in have])
+    return [c["ppl"], c["sd"], c["n"], c["lo"], c["hi"]]
 
 
-def table(spec: dict, valid_ppl: dict[str, float]):
-    """The fidelity table (a DataFrame) from ``valid_ppl``: run key -> valid perplexity of measured runs."""
+def table(spec: dict, valid: dict[str, tuple[float, list[float] | None]]):
+    """The fidelity table (a DataFrame) from ``valid``: run key -> (valid perplexity, its bootstrap
+    interval or None) of the measured runs (:func:`measured`)."""
     import pandas as pd
 
     out = []
     for r in spec["rows"]:
-        a = _spread([valid_ppl[k] for k in r["default_runs"] if k in valid_ppl])
-        b = _spread([valid_ppl[k] for k in r["switched_runs"] if k in valid_ppl])
+        a, b = _side(r["default_runs"], valid), _side(r["switched_runs"], valid)
         diff = b[0] - a[0] if a[2] and b[2] else None
         exceeds = "" if diff is None or a[1] is None or b[1] is None else (
             "yes" if abs(diff) > a[1] + b[1] else "no")
@@ -117,18 +124,19 @@ def table(spec: dict, valid_ppl: dict[str, float]):
                     *a, *b, diff, exceeds])
     df = pd.DataFrame(out, columns=COLUMNS)
     for c in df.columns:
-        if c.endswith(("_mean", "_std")) or c == "difference":
+        if c.endswith(("_mean", "_std", "_lo", "_hi")) or c == "difference":
             df[c] = df[c].astype(float).round(2)
     return df
 
 
-def measured_ppl(metrics_files: list[Path]) -> dict[str, float]:
-    """run key -> valid perplexity, of the runs that finished (status measured)."""
+def measured(metrics_files: list[Path]) -> dict[str, tuple[float, list[float] | None]]:
+    """run key -> (valid perplexity, its bootstrap interval), of the runs that finished (status measured)."""
     out = {}
     for f in metrics_files:
         m = json.loads(Path(f).read_text())
         if str(m.get("status", "")).startswith("measured") and m.get("valid_ppl") is not None:
-            out[f"{m['spec']['dataset']}/{m['run'].split('/')[-1]}"] = float(m["valid_ppl"])
+            out[f"{m['spec']['dataset']}/{m['run'].split('/')[-1]}"] = (float(m["valid_ppl"]),
+                                                                         m.get("valid_ppl_interval"))
     return out
 
 
@@ -142,13 +150,15 @@ def plot(df, spec: dict, path: Path, label: str = "") -> None:
     for i, r in df.iterrows():
         y = len(df) - 1 - i
         for side, dy, color in (("default", 0.15, "tab:blue"), ("switched", -0.15, "tab:orange")):
-            mean, std = r[f"{side}_ppl_mean"], r[f"{side}_ppl_std"]
+            mean, lo, hi = r[f"{side}_ppl_mean"], r[f"{side}_ppl_lo"], r[f"{side}_ppl_hi"]
             if not math.isnan(mean):
-                ax.errorbar(mean, y + dy, xerr=0 if math.isnan(std) else std, fmt="o", color=color, capsize=3,
+                xerr = [[0], [0]] if math.isnan(lo) else [[mean - lo], [hi - mean]]
+                ax.errorbar(mean, y + dy, xerr=xerr, fmt="o", color=color, capsize=3,
                             label=("default recipe" if side == "default" else "switched") if i == 0 else None)
     ax.set_yticks(range(len(df)), [f"{s}\n({n})" for s, n in zip(df["switch"][::-1], df["switched_n"][::-1])])
     s = spec["settings"]
-    ax.set_xlabel("valid perplexity (mean +- std over seeds; n switched runs in brackets)")
+    ax.set_xlabel("valid perplexity (mean over seeds; bars: 95 % interval, bootstrap over documents widened by "
+                  "the seed spread;\nn switched runs in brackets)", fontsize=8)
     ax.set_title(f"Paper text vs released code: {spec['dataset']}, |Z| = {s.get('num_states')}, "
                  f"M = {s.get('num_clusters')}, {s.get('epochs')} epoch(s)" + (f"\n{label}" if label else ""),
                  fontsize=9)
@@ -187,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics = [m for m in metrics if m.is_file()]
     else:
         s, metrics = json.loads(a.spec), a.metrics
-    df = table(s, measured_ppl(metrics))
+    df = table(s, measured(metrics))
     a.csv.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(a.csv, index=False)
     plot(df, s, a.png, a.label)
