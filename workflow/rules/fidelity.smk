@@ -1,5 +1,6 @@
 # results/fidelity.csv / .png: the default recipe, the released code's, and each difference switched alone,
-# over seeds (config: fidelity, recipes; pipeline/reporting/fidelity.py).  Not part of `all`: CPU hours at full size.
+# over seeds (config: fidelity, recipes; pipeline/reporting/fidelity.py).  Not part of `all`: 21 CPU runs at
+# full size (50 min on 2 cores).
 
 
 FIDELITY_METRICS = sorted(
