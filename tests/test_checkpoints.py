@@ -2,6 +2,9 @@
 fingerprint; anything else is set aside and the run starts over."""
 from __future__ import annotations
 
+import os
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -61,3 +64,34 @@ def test_best_weights_are_checked_before_they_are_loaded(tmp_path):
     (tmp_path / "best.pt").write_bytes((tmp_path / "best.pt").read_bytes() + b"\0")
     with pytest.raises(TrainingError, match="best.pt"):
         ckpt.load_best(other)
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL at one instant of a write: nothing after it runs, no handler cleans up."""
+
+
+@pytest.mark.parametrize("instant", ["before the record", "between the record and the rename"])
+def test_a_kill_during_a_save_loses_no_complete_checkpoint(tmp_path, monkeypatch, instant):
+    """Killed before the new file's record: the previous checkpoint resumes.  Killed after the record but
+    before the rename: the new file (complete, as .tmp) is moved in and resumes; neither is 'corrupt'."""
+    import pipeline.training.checkpoints as checkpoints
+
+    model, opt, sched = parts(0)
+    ckpt = Checkpoint(tmp_path / "ckpt.pt", "fp", torch.device("cpu"), "ptb/x")
+    ckpt.save(model, opt, sched, {"step": 1, "best_step": 0})
+
+    def die(*args, **kwargs):
+        raise Killed
+
+    if instant == "before the record":
+        monkeypatch.setattr(checkpoints, "record", die)
+    else:
+        monkeypatch.setattr(checkpoints, "os", SimpleNamespace(fsync=os.fsync, replace=die))
+    with pytest.raises(Killed):
+        ckpt.save(model, opt, sched, {"step": 2, "best_step": 0})
+    monkeypatch.undo()
+    assert (tmp_path / "ckpt.tmp").exists()  # the new file, complete, not yet in place
+
+    state = Checkpoint(tmp_path / "ckpt.pt", "fp", torch.device("cpu"), "ptb/x").load(*parts(1))
+    assert state is not None and state["step"] == (1 if instant == "before the record" else 2)
+    assert not list(tmp_path.glob("*.corrupt"))

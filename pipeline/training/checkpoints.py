@@ -14,35 +14,72 @@ from pathlib import Path
 import torch
 
 from pipeline.config import Run
-from pipeline.integrity import IntegrityError, record, sidecar, verify
+from pipeline.integrity import IntegrityError, record, recorded, sha256, sidecar, verify
 from pipeline.training.errors import TrainingError
 from pipeline.training.progress import say
 
 
 def save_atomic(obj, path: Path) -> str:
     """torch.save to ``path`` through a temporary file, with its SHA-256 record (``path.sha256``): the
-    previous file stays until the new one is complete.  torch serializes into memory first, so that a
-    full disk is one OSError of ours (torch writing a file itself reports it as ``unexpected pos``),
-    raised as TrainingError naming the path, with the partial file removed.  Returns the digest."""
+    previous file stays until the new one is complete.  The record names the new bytes before they take
+    the file's place, so a kill at any moment leaves either the previous file with its record, or the
+    complete new file as ``.tmp`` with its record (``finish_interrupted_save`` moves it in; a kill
+    between the rename and the record would instead leave a sound checkpoint looking corrupt).  torch
+    serializes into memory first, so that a full disk is one OSError of ours (torch writing a file itself
+    reports it as ``unexpected pos``), raised as TrainingError naming the path, with the partial file
+    removed and the previous file and record as they were.  Returns the digest."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     data = buffer.getbuffer()
     digest = hashlib.sha256(data).hexdigest()
-    tmp = path.with_suffix(".tmp")
+    tmp = pending(path)
+    recorded_new = False
     try:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
         record(path, digest)
+        recorded_new = True
+        os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
+        if recorded_new:  # the rename failed: the record goes back to the file that is there
+            _restore_record(path)
         if err.errno == errno.ENOSPC:
             kept = f"; the previous {path.name} is kept" if path.exists() else ""
             raise TrainingError(f"no space left on device while writing {path}{kept}") from None
         raise TrainingError(f"cannot write {path}: {err.strerror or err}") from None
     return digest
+
+
+def pending(path: Path) -> Path:
+    """Where ``save_atomic`` writes ``path``'s next version before it takes the file's place."""
+    return Path(path).with_suffix(".tmp")
+
+
+def _restore_record(path: Path) -> None:
+    try:
+        if path.exists():
+            record(path)
+        else:
+            sidecar(path).unlink(missing_ok=True)
+    except OSError:
+        pass  # the next load sets the checkpoint aside as corrupt: a restart, never a wrong number
+
+
+def finish_interrupted_save(path: Path) -> bool:
+    """Complete a ``save_atomic`` killed between its record and its rename: if ``path``'s record names the
+    bytes of its ``.tmp`` (and not those of ``path``), that file is the newer complete checkpoint; move it
+    in place.  True where it did."""
+    path, tmp = Path(path), pending(path)
+    expected = recorded(path)
+    if expected is None or not tmp.is_file() or tmp.is_symlink():
+        return False
+    if sha256(tmp) != expected or (path.exists() and sha256(path) == expected):
+        return False
+    os.replace(tmp, path)
+    return True
 
 
 def rng_state(model, device) -> dict:
@@ -83,6 +120,10 @@ class Checkpoint:
         this run's fingerprint; returns the loop state (None: start over; a bad file is set aside)."""
         ckpt_path = self.path
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        for path in (self.path, self.best_path):
+            if finish_interrupted_save(path):
+                say(f"[{self.name}] {path.name}: its last write was interrupted after the new file was "
+                    f"complete and recorded; {pending(path).name} moved in place")
         if not ckpt_path.exists():
             return None
         try:
@@ -116,6 +157,7 @@ class Checkpoint:
 
     def load_best(self, model) -> None:
         """The best weights into ``model``, checked against their record first."""
+        finish_interrupted_save(self.best_path)
         try:
             verify(self.best_path, f"delete {self.path.parent} and rerun the run")
         except IntegrityError as err:
