@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import pipeline.training.checkpoints as checkpoints
 from pipeline.training.checkpoints import Checkpoint
 from pipeline.training.errors import TrainingError
 
@@ -74,8 +75,6 @@ class Killed(BaseException):
 def test_a_kill_during_a_save_loses_no_complete_checkpoint(tmp_path, monkeypatch, instant):
     """Killed before the new file's record: the previous checkpoint resumes.  Killed after the record but
     before the rename: the new file (complete, as .tmp) is moved in and resumes; neither is 'corrupt'."""
-    import pipeline.training.checkpoints as checkpoints
-
     model, opt, sched = parts(0)
     ckpt = Checkpoint(tmp_path / "ckpt.pt", "fp", torch.device("cpu"), "ptb/x")
     ckpt.save(model, opt, sched, {"step": 1, "best_step": 0})

@@ -156,8 +156,8 @@ class Checkpoint:
         save_atomic(model.state_dict(), self.best_path)
 
     def load_best(self, model) -> None:
-        """The best weights into ``model``, checked against their record first."""
-        finish_interrupted_save(self.best_path)
+        """The best weights into ``model``, checked against their record first (``load``, at the run's
+        start, has finished any write of them a kill interrupted)."""
         try:
             verify(self.best_path, f"delete {self.path.parent} and rerun the run")
         except IntegrityError as err:
