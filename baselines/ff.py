@@ -14,12 +14,20 @@ a negative id ``j - K`` stands for pad ``j`` (the stream start), so the initial 
 
 Initialization: word and pad embeddings ~ U(-0.1, 0.1) (as in PyTorch's word_language_model
 example); conv and linear layers keep PyTorch's default Kaiming-uniform init.
+
+Precision: ``matmul_dtype`` (bf16 on a CPU with native bf16, :mod:`pipeline.training.precision`) is the
+format of the training step's matrix products: the context MLP runs under autocast and the
+output layer's products are bf16 with an fp32 normalizer (:mod:`baselines.output`).  The weights
+stay fp32, and evaluation (``eval()`` mode) is always fp32.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from baselines.dropout import Dropout
+from baselines.output import token_logp
 
 
 class FFLM(nn.Module):
@@ -32,10 +40,10 @@ class FFLM(nn.Module):
         self.pads = nn.Parameter(torch.empty(self.context, hidden))
         self.conv = nn.Conv1d(hidden, hidden, kernel_size=self.context)
         self.lin = nn.Linear(hidden, hidden)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         nn.init.uniform_(self.emb.weight, -0.1, 0.1)
         nn.init.uniform_(self.pads, -0.1, 0.1)
-
+        self.matmul_dtype: torch.dtype | None = None  # None: the weights' own
 
     def initial_state(self, batch_size: int) -> None:
         return None
@@ -58,9 +66,11 @@ class FFLM(nn.Module):
             carry = torch.arange(-K, 0, device=x.device).expand(B, K)
         x = x.masked_fill(~mask, 0)
         ids = torch.cat([carry, x], dim=1)                              # [B, K + T]
-        h = self.hidden(self.drop(self.embed(ids)))                    # [B, T, h]
-        logp = F.log_softmax(h @ self.emb.weight.T, dim=-1)            # [B, T, V]
-        logp = logp.gather(2, x[..., None])[..., 0].masked_fill(~mask, 0.0)
+        dtype = self.matmul_dtype if self.training else None
+        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+            h = self.hidden(self.drop(self.embed(ids)))                # [B, T, h]
+        logp = token_logp(h.flatten(0, 1), self.emb.weight, None, x.flatten(), dtype).view(x.shape)
+        logp = logp.masked_fill(~mask, 0.0)
         logp = logp if per_token else logp.sum(dim=1)
         lengths = mask.sum(dim=1, keepdim=True)                        # last real token at K + len - 1
         new_carry = ids.gather(1, lengths + torch.arange(K, device=x.device))

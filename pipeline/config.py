@@ -59,6 +59,10 @@ class TrainConfig(Settings):
                                         above=0)
     matmul_precision: Literal["highest", "high", "medium"] = setting(
         "highest", "float32 matmuls: highest = fp32, high = TF32, medium = bf16 (torch's names)")
+    cpu_precision: Literal["auto", "fp32", "bf16"] = setting(
+        "auto", "products of a CPU training step: bf16 (fp32 accumulation; scans, normalizers, loss and "
+        "weights stay fp32), fp32, or auto = bf16 on a CPU with native bf16 where it measured faster "
+        "(pipeline/training/precision.py); evaluation is always fp32; GPU runs ignore it")
     eval_batch_size: int = setting(16, "streams when scoring valid and test", min=1)
     cuda_graph: bool = setting(False, "replay the VLNHMM's training step from CUDA graphs (GPU; not yet run on one)")
 
@@ -306,6 +310,12 @@ def resolve_runs(config: dict, extra: list[dict] = ()) -> list[Run]:
     values = recipe_settings(config, recipe)
     runs = [run for e in [*config["runs"], *extra]
             for run in resolve_seeded(e, config.get("defaults"), recipe, values)]
+    on_cpu = set(config.get("cpu_runs") or ())
+    unknown = on_cpu - {base_name(run.key) for run in runs}
+    if unknown:
+        raise ConfigError(f"cpu_runs: no run {', '.join(sorted(unknown))} in `runs:` (write dataset/name, e.g. ptb/ff)")
+    runs = [dataclasses.replace(run, train=dataclasses.replace(run.train, device="cpu"))
+            if base_name(run.key) in on_cpu and run.train is not None else run for run in runs]
     seen: set[str] = set()
     model_of: dict[str, str] = {}
     for run in runs:

@@ -13,8 +13,10 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
+from pipeline import cpu
+
 _REPO = Path(__file__).resolve().parent.parent
-CPU_NAME = f"cpu ({os.cpu_count()} cores)"
+CPU_NAME = f"{cpu.model_name()} ({os.cpu_count()} cores, native bf16: {cpu.kind()})"
 COMMIT_ENV = "REPRO_COMMIT"
 
 

@@ -51,16 +51,23 @@ def build_model(run: Run, corpus: Corpus, clusters: Path | None = None,
         from baselines.lstm import LSTMLM
         return LSTMLM(vocab_size, s.layers, s.hidden, s.dropout)
     if run.model == "vlnhmm":
-        from hmm import inference
-        from hmm.model import VLNHMM
         from pipeline.data.clusters import load_clusters
-        scan = inference.TorchScan
-        if s.backend == "tvm":
-            from hmm.kernels import TVMScan
-            scan = TVMScan(Path(kernel_root) / run.kernel_target)
         cluster_ids = load_clusters(clusters, corpus.vocab) if s.constraint == "brown" else None
-        device_type = "cpu" if run.train.device == "cpu" else "cuda"  # auto: CUDA or a stop (pipeline.training.train)
-        lean = transition_path(device_type, s.num_states, s.num_clusters) == "factored"
-        return VLNHMM(s, vocab_size, cluster_ids, corpus.vocab.index[EOS], seed=run.train.seed, scan=scan,
-                      precision=NORMALIZER_PRECISION[run.train.matmul_precision], lean_transition=lean)
+        return build_vlnhmm(run, vocab_size, cluster_ids, corpus.vocab.index[EOS], kernel_root)
     raise ValueError(f"model {run.model!r} has no neural implementation here (kn5 runs through pipeline.training.kn5)")
+
+
+def build_vlnhmm(run: Run, vocab_size: int, cluster_ids, eos_id: int,
+                 kernel_root: Path | str = "build/kernels") -> torch.nn.Module:
+    """The run's VLNHMM for cluster ids [V] (None: constraint none / uniform): scan backend and transition path."""
+    from hmm import inference
+    from hmm.model import VLNHMM
+    s = run.settings
+    scan = inference.TorchScan
+    if s.backend == "tvm":
+        from hmm.kernels import TVMScan
+        scan = TVMScan(Path(kernel_root) / run.kernel_target)
+    device_type = "cpu" if run.train.device == "cpu" else "cuda"  # auto: CUDA or a stop (pipeline.training.train)
+    lean = transition_path(device_type, s.num_states, s.num_clusters) == "factored"
+    return VLNHMM(s, vocab_size, cluster_ids, eos_id, seed=run.train.seed, scan=scan,
+                  precision=NORMALIZER_PRECISION[run.train.matmul_precision], lean_transition=lean)

@@ -31,7 +31,7 @@ def write_curve(curve: list[dict], path: Path) -> None:
 
 def run_metrics(run: Run, model, device: torch.device, params: int, state: dict, steps_per_epoch: int,
                 inputs: dict, status: str, valid_ppl: float | None = None, test_ppl: float | None = None,
-                eval_ms: float | None = None) -> dict:
+                eval_ms: float | None = None, precision: dict | None = None) -> dict:
     """metrics.json's record of a run in loop state ``state`` (valid ppl: the best check's unless given)."""
     st, cfg = state, run.train
     epochs = st["step"] / steps_per_epoch
@@ -50,11 +50,16 @@ def run_metrics(run: Run, model, device: torch.device, params: int, state: dict,
         "backend": getattr(run.settings, "backend", "torch"),
         "transition_path": getattr(model, "transition_path", None),
         "matmul_precision": cfg.matmul_precision,
+        "cpu_precision": precision,
+        "segments": state.get("segments", []),
         "tested_weights": f"{cfg.test_weights} (test_weights)",
         "spec": run.result_spec(), "provenance": run_provenance(device),
         "inputs": inputs | {"resumed_from": st.get("resumed_from", [])},
     }
     metrics["device_name"] = metrics["provenance"]["device_name"]
+    kinds = {(s.get("cpu_model") or s.get("device_name"), s.get("bf16_kind"), s["precision"]) for s in metrics["segments"]}
+    if len(kinds) > 1:  # a run resumed on another machine kind or in another precision says so
+        metrics["spans"] = [", ".join(str(v) for v in k if v) for k in sorted(kinds, key=str)]
     return metrics
 
 

@@ -42,7 +42,8 @@ from pipeline.data.corpus import Corpus, Windows
 from pipeline.files import write_json
 from pipeline.integrity import IntegrityError, recorded, sha256
 from pipeline.lifetime import die_with_parent
-from pipeline.training import results
+from pipeline import cpu
+from pipeline.training import precision, results
 from pipeline.training.checkpoints import Checkpoint, fingerprint_of
 from pipeline.training.errors import TrainingError
 from pipeline.training.evaluate import evaluate, perplexity
@@ -77,6 +78,9 @@ class Trainer:
         self.fingerprint = fingerprint or fingerprint_of(run)
         self.device = resolve_device(cfg.device)
         torch.set_float32_matmul_precision(cfg.matmul_precision)
+        self.precision = precision.choose(cfg.cpu_precision, run.model, self.device)
+        if hasattr(model, "matmul_dtype"):
+            model.matmul_dtype = self.precision.dtype
         model.to(self.device).train()
         # fused AdamW (CPU and CUDA): one kernel per step, and no read of the step count to the host;
         # a captured step needs its state and lr on the device (the lr schedule then updates it in place)
@@ -232,7 +236,8 @@ class Trainer:
     def metrics(self, status: str, valid_ppl: float | None = None, test_ppl: float | None = None,
                 eval_ms: float | None = None) -> dict:
         return run_metrics(self.run, self.model, self.device, self.params, self.state, self.steps_per_epoch,
-                           self.inputs, status, valid_ppl, test_ppl, eval_ms)
+                           self.inputs, status, valid_ppl, test_ppl, eval_ms,
+                           self.precision.record(self.cfg.cpu_precision))
 
     def finish(self) -> dict:
         """Score the best (or, test_weights: last, the final) weights on valid and test; write
@@ -274,6 +279,12 @@ class Trainer:
 
     # -- the whole run ----------------------------------------------------------------------
 
+    def segment(self) -> dict:
+        """Where this process trains the run from its current step (a resumed run has several)."""
+        record = {"from_step": self.state["step"], "device": self.device.type, "precision": self.precision.name}
+        return record | (cpu.record() if self.device.type == "cpu" else
+                         {"device_name": torch.cuda.get_device_name(self.device)})
+
     def _deadline_near(self, upcoming: float) -> bool:
         """max_seconds (wall time of this process): stop when ``upcoming`` seconds of training, a
         check and the final scoring (valid + test, about 2.5 checks) would not fit any more."""
@@ -285,10 +296,14 @@ class Trainer:
     def fit(self) -> dict:
         self.started, self.check_seconds = time.perf_counter(), 0.0
         self.restore()
+        self.state.setdefault("segments", []).append(self.segment())
         path = getattr(self.model, "transition_path", None)
-        say(f"[{self.name}] {self.run.model}: {self.params:,} parameters on {self.device}"
+        where = cpu.describe() if self.device.type == "cpu" else str(self.device)
+        say(f"[{self.name}] {self.run.model}: {self.params:,} parameters on {where}"
             + (f" ({path} transition)" if path else "") + f"; {self.steps_per_epoch:,} steps/epoch, "
             f"validation every {self.check_every:,} steps, {self.last_step:,} steps")
+        if self.device.type == "cpu":
+            say(f"[{self.name}] training step in {self.precision.name} ({self.precision.reason}); evaluation in fp32")
         bar = progress(total=self.last_step, initial=self.state["step"], desc=self.name, unit="step")
         tokens, start = 0, time.perf_counter()
         while self.state["step"] < self.last_step:

@@ -1,0 +1,75 @@
+"""The output layer and its loss in one step: log p(target) under softmax(h W^T + b), never [N, V] in fp32.
+
+    logp = token_logp(h, weight, bias, target, dtype)     # h [N, d], weight [V, d], bias [V] | None -> [N]
+
+``dtype`` is the matrix products' operand format: None, the weights' own (exact: the same numbers as
+``log_softmax(h @ W.T + b).gather(target)``) or ``torch.bfloat16`` (training on a CPU with native
+bf16, :mod:`pipeline.training.precision`): the logits come out of one bf16 product (fp32 accumulation,
+rounded to bf16 as autocast rounds them), and each row's softmax and log-normalizer are computed in
+fp32 (chunks of ``CHUNK`` rows that stay in cache; log Z = max logit - log max softmax, exact to fp32
+rounding since max softmax >= 1 / V), as are the target's log-probability and the bias gradient.
+The softmax is kept in the logits' buffer (bf16) for the backward pass, whose products with W and h
+are bf16 again (the gradient of the logits, g (onehot - softmax), rounded to bf16).
+
+Why by hand: ``F.cross_entropy`` on bf16 logits runs its log_softmax in bf16 under CPU autocast
+(torch 2.13 keeps bf16 through log_softmax, logsumexp and layer_norm) and otherwise materializes
+the [N, V] fp32 log-probabilities; here the one [N, V] buffer holds the logits, then the softmax,
+then the gradient of the logits.  Backward may run once (``once_differentiable``).
+"""
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+CHUNK = 64  # rows per fp32 pass: 64 x 10,000 x 4 bytes = 2.5 MB, in a CPU's cache
+
+
+def _chunks(n: int):
+    for start in range(0, n, CHUNK):
+        yield slice(start, min(start + CHUNK, n))
+
+
+class _TokenLogp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, weight, bias, target, dtype):
+        acc = torch.promote_types(weight.dtype, torch.float32)                # fp32 (fp64 for fp64 weights)
+        dtype = dtype or weight.dtype
+        hc, wc = h.to(dtype), weight.to(dtype)
+        logits = hc @ wc.T                                                   # [N, V] in dtype
+        picked = logits.gather(1, target[:, None])[:, 0].to(acc)
+        if bias is not None:
+            picked += bias[target]
+        lse = torch.empty(len(h), dtype=acc, device=h.device)
+        keep = any(ctx.needs_input_grad[:3])
+        for rows in _chunks(len(h)):   # log-normalizer and softmax of each row, in fp32
+            chunk = logits[rows].to(acc)
+            if bias is not None:
+                chunk = chunk + bias
+            top = chunk.amax(dim=1)
+            p = torch.softmax(chunk, dim=1)                                  # one fused pass
+            lse[rows] = top - p.amax(dim=1).log()                            # max p = exp(top - lse) >= 1 / V
+            if keep:
+                logits[rows] = p                                             # the buffer now holds the softmax
+        if keep:
+            ctx.save_for_backward(hc, wc, bias, target, logits)
+            ctx.h_dtype, ctx.w_dtype = h.dtype, weight.dtype
+        return picked - lse
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        hc, wc, bias, target, d = ctx.saved_tensors
+        grad = grad.to(d.dtype)
+        d.mul_(-grad[:, None])                                               # d logits = g (onehot - softmax)
+        d[torch.arange(len(d), device=d.device), target] += grad
+        dbias = d.sum(dim=0).to(bias.dtype) if ctx.needs_input_grad[2] else None  # fp32 accumulation inside
+        dh = (d @ wc).to(ctx.h_dtype) if ctx.needs_input_grad[0] else None
+        dw = (d.T @ hc).to(ctx.w_dtype) if ctx.needs_input_grad[1] else None
+        return dh, dw, dbias, None, None
+
+
+def token_logp(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, target: torch.Tensor,
+               dtype: torch.dtype | None = None) -> torch.Tensor:
+    """h [N, d], weight [V, d], bias [V] or None, target [N] int64 -> log p(target) [N] (fp32, or fp64 for
+    fp64 weights); ``dtype``: the products' operand format (None: the weights' own)."""
+    return _TokenLogp.apply(h, weight, bias, target, dtype)

@@ -1,0 +1,70 @@
+"""Which CPU this is: its model name and its kind of native bf16 (for provenance, precision, benchmarks).
+
+    kind()   "amx"          AMX-BF16 tiles (and AVX512-BF16): Intel Xeon Sapphire Rapids and later
+             "avx512_bf16"  AVX512-BF16 dot products only: AMD EPYC Zen 4, Intel Cooper Lake
+             "none"         no native bf16: bf16 arithmetic is emulated in fp32 and only slower
+
+Read from the flags of /proc/cpuinfo (Linux); elsewhere torch's own view of the vector unit decides
+between "avx512_bf16" and "none" conservatively (AMX is reported only where the flag is seen).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from pathlib import Path
+
+KINDS = ("amx", "avx512_bf16", "none")
+
+
+@functools.cache
+def _cpuinfo() -> tuple[str, frozenset[str]]:
+    """(model name, flags) of the first processor in /proc/cpuinfo; ("", {}) where it is absent."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "", frozenset()
+    name, flags = "", frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and not name:
+            name = value.strip()
+        elif key == "flags" and not flags:
+            flags = frozenset(value.split())
+        if name and flags:
+            break
+    return name, flags
+
+
+def model_name() -> str:
+    """e.g. "AMD EPYC" or "Intel(R) Xeon(R) Platinum 8488C" (the platform's processor string elsewhere)."""
+    return _cpuinfo()[0] or platform.processor() or "unknown CPU"
+
+
+def kind() -> str:
+    """The CPU's native bf16: "amx", "avx512_bf16" or "none" (see the module docstring)."""
+    flags = _cpuinfo()[1]
+    if "amx_bf16" in flags:
+        return "amx"
+    if "avx512_bf16" in flags:
+        return "avx512_bf16"
+    return "none"
+
+
+def describe(threads: int | None = None) -> str:
+    """One line for logs and records: "AMD EPYC, avx512_bf16, 2 threads (2 cores)"."""
+    threads = threads if threads is not None else _torch_threads()
+    return f"{model_name()}, {kind()}, {threads} threads ({os.cpu_count()} cores)"
+
+
+def record(threads: int | None = None) -> dict:
+    """The CPU as metrics.json and benchmark rows record it."""
+    return {"cpu_model": model_name(), "bf16_kind": kind(),
+            "threads": threads if threads is not None else _torch_threads(), "cores": os.cpu_count()}
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()

@@ -1,0 +1,66 @@
+"""Which precision a CPU training step runs in: the setting ``cpu_precision`` resolved on this CPU.
+
+    fp32   every product in fp32 (the reference)
+    bf16   the products of the MLPs, embeddings, LSTM and output layer in bf16 (fp32 accumulation);
+           log-space scans, normalizers, the loss and the optimizer's weights stay fp32
+           (baselines.output, baselines.ff, baselines.lstm, hmm.model ``matmul_dtype``)
+    auto   bf16 where this CPU has native bf16 (pipeline.cpu.kind: AMX or AVX512-BF16) and the
+           model's bf16 step was measured faster than its fp32 step on a CPU of that kind
+           (MEASURED below, from ``python -m bench.cpu``); fp32 everywhere else, and it says why
+
+Evaluation is always fp32, so a reported perplexity is exact for the trained weights.  A GPU run
+ignores the setting (``matmul_precision`` governs there).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pipeline import cpu
+
+# (model, bf16 kind) -> (fp32 step ms / bf16 step ms, where measured): results/bench/cpu_<kind>.csv
+MEASURED: dict[tuple[str, str], tuple[float, str]] = {
+    ("ff", "avx512_bf16"): (1.80, "bench.cpu, AMD EPYC Zen 4, 2 threads, 2026-12-06"),
+    ("lstm", "avx512_bf16"): (1.55, "bench.cpu, AMD EPYC Zen 4, 2 threads, 2026-12-06"),
+    # AMX machines: plain autocast steps measured in issue 45 (Intel Xeon, 2 threads), not yet by bench.cpu
+    ("ff", "amx"): (1.74, "issue 45, autocast, Intel Xeon AMX, 2 threads"),
+    ("lstm", "amx"): (1.84, "issue 45, autocast, Intel Xeon AMX, 2 threads"),
+}
+FASTER = 1.05  # auto takes bf16 only where it measured at least 5 % faster
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str       # "fp32" | "bf16"
+    reason: str
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The models' ``matmul_dtype``: bf16, or None (the weights' own, fp32)."""
+        return torch.bfloat16 if self.name == "bf16" else None
+
+    def record(self, setting: str) -> dict:
+        return {"setting": setting, "used": self.name, "reason": self.reason}
+
+
+def choose(setting: str, model: str, device: torch.device) -> Precision:
+    """The precision of ``model``'s training step on ``device`` for ``cpu_precision: setting``."""
+    if device.type != "cpu":
+        return Precision("fp32", f"{device.type}: cpu_precision does not apply (matmul_precision does)")
+    kind = cpu.kind()
+    if setting == "fp32":
+        return Precision("fp32", "cpu_precision: fp32")
+    if setting == "bf16":
+        note = "" if kind != "none" else " (this CPU has no native bf16: emulated, slower than fp32)"
+        return Precision("bf16", "cpu_precision: bf16" + note)
+    if kind == "none":
+        return Precision("fp32", f"auto: {cpu.model_name()} has no native bf16 (neither AMX-BF16 nor AVX512-BF16)")
+    measured = MEASURED.get((model, kind))
+    if measured is None:
+        return Precision("fp32", f"auto: bf16 not measured for {model} on a {kind} CPU "
+                                 "(measure it with `python -m bench.cpu`)")
+    ratio, where = measured
+    if ratio < FASTER:
+        return Precision("fp32", f"auto: bf16 step only {ratio:.2f}x the fp32 speed for {model} on {kind} ({where})")
+    return Precision("bf16", f"auto: {kind} CPU, bf16 step {ratio:.2f}x faster than fp32 for {model} ({where})")
