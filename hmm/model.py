@@ -400,6 +400,27 @@ class BlockTransition:
         return _prior_from(carry.log_q, cols)
 
 
+@dataclass
+class LiveBlockTransition(BlockTransition):
+    """Training, brown / none, dense path: the block table of the live states' [C', C'] log A (entry
+    a M + b: block a's k' live rows, block b's k' live columns; M^2 + b: the start distribution over
+    block b, for ``<eos>`` resets), so an edge reads its block through the index rather than as a
+    gathered copy (whose backward is a serial scatter-add on a CPU).  The carried posterior's states
+    need not be live: the prior goes through ``carried`` (rows of any state over the live ones)."""
+
+    carried: DenseTransition | None = None
+    word_states: torch.Tensor | None = None  # [V, k'] live positions of each word's states
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.carried.rows(ids)
+
+    def dense(self) -> torch.Tensor:
+        return self.carried.dense()
+
+    def prior(self, carry: "Carry", next_words: torch.Tensor) -> torch.Tensor:
+        return self.carried.prior(carry, self.word_states[next_words])
+
+
 # ---------------------------------------------------------------------------------------
 # Distributions over the live states, and scoring of windows
 # ---------------------------------------------------------------------------------------
@@ -523,8 +544,14 @@ class VLNHMM(nn.Module):
             with record_function("vlnhmm.normalizer"):
                 log_trans = self._transition_rows(live.states, live, None if drop is None else drop[live.states])
             if training:
-                return DenseTransition(log_trans, lambda ids: self._transition_rows(
+                dense = DenseTransition(log_trans, lambda ids: self._transition_rows(
                     ids, live, None if drop is None else drop[ids]))
+                if self.cfg.constraint == "uniform":
+                    return dense
+                blocks = BlockTransition.from_dense(log_trans, log_start, self.structure.num_blocks,
+                                                    self.structure.block_of_word, self.cfg.eos_reset != "none")
+                return LiveBlockTransition(blocks.table, blocks.num_blocks, blocks.block_of_word, dense,
+                                           live.word_states)
         if self.cfg.constraint == "uniform":
             return DenseTransition(log_trans)
         return BlockTransition.from_dense(log_trans, log_start, self.structure.num_blocks,
