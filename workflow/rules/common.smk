@@ -7,7 +7,7 @@ import yaml
 from snakemake.resources import Resource
 
 from hmm.kernels import target_for
-from pipeline.config import ConfigError, kernel_states, name_pattern, resolve_runs, results_dir
+from pipeline.config import ConfigError, kernel_states, name_pattern, recipe_overrides, resolve_runs, results_dir
 from pipeline.reporting import fidelity
 
 SPLITS = ("train", "valid", "test")
@@ -90,6 +90,16 @@ def announce_left_out():
 
 
 announce_left_out()
+
+
+def announce_recipe_overrides():
+    """Each run setting that differs from the recipe's for that run (the run's own is used), said once."""
+    if not (workflow.remote_exec or workflow.subprocess_exec):
+        for note in recipe_overrides(config):
+            print(f"NOTE: {note}", file=sys.stderr)
+
+
+announce_recipe_overrides()
 TRAINED = {key: run for key, run in IN_DAG.items() if run.train is not None}
 
 
