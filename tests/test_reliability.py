@@ -174,7 +174,8 @@ def test_download_without_network_ends_with_what_to_do(tmp_path):
     assert "Downloading ptb failed: no source could be reached (no network?); each source's error: " \
            "logs/download/ptb.log." in last, proc.stdout
     assert "add --config mirror=DIR: `./repro run --config mirror=DIR`." in last
-    assert "`./repro run --profile profiles/tiny all` needs no download" in last
+    assert "The tiny profile needs no download (its data are in the repository): " \
+           "`./repro run --profile profiles/tiny all`." in last
     commands = [line for line in lines if "pipeline.data.fetch" in line]  # no spec inline in a command
     assert commands and max(map(len, commands)) < 200 and "sha256" not in proc.stdout
 

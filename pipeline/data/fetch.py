@@ -124,7 +124,7 @@ def fetch(spec: dict, out: Path, mirror: Path | None) -> None:
 OFFLINE = ("To run offline, put the six files in a folder DIR, plain or .xz:\n"
            "  DIR/ptb/ptb.{train,valid,test}.txt and DIR/wikitext-2/wiki.{train,valid,test}.tokens\n"
            "and add --config mirror=DIR: `./repro run --config mirror=DIR`.\n"
-           "`./repro run --profile profiles/tiny all` needs no download (its data are in the repository).")
+           "The tiny profile needs no download (its data are in the repository): `./repro run --profile profiles/tiny all`.")
 
 
 def main(argv: list[str] | None = None) -> None:
