@@ -68,3 +68,7 @@ onstart:
     announce_defaults()
     check_gpu_before_jobs(workflow)
     check_cluster_before_jobs(workflow)
+
+
+onerror:
+    explain_failed_download(log)

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from hmm.config import ConfigError, HMMConfig, Settings, from_dict, setting, settings_table
 from hmm.kernels import target_for
+from pipeline.authors import ClusterFileError, authors_source
 
 __all__ = ["ConfigError", "Run", "TrainConfig", "resolve_run", "resolve_runs", "stale_reason"]
 
@@ -241,16 +242,48 @@ def results_dir(recipe: str) -> str:
 
 
 def recipe_settings(config: dict, recipe: str | None = None) -> dict:
-    """The settings a recipe (``recipes:`` in the config) sets on every run; unknown names are errors."""
+    """The settings a recipe (``recipes:`` in the config) sets on every run (its ``datasets:`` part aside);
+    unknown names are errors."""
     recipe = recipe or config.get("recipe") or DEFAULT_RECIPE
     recipes = config.get("recipes") or {DEFAULT_RECIPE: {}}
     if recipe not in recipes:
         raise ConfigError(f"recipe {recipe!r} is not defined (recipes: {', '.join(recipes)})")
-    values = dict(recipes[recipe] or {})
+    values = {k: v for k, v in (recipes[recipe] or {}).items() if k != RECIPE_DATASETS}
     unknown = sorted(set(values) - _names(HMMConfig) - _names(TrainConfig))
     if unknown:
         raise ConfigError(f"recipes.{recipe}: {', '.join(unknown)} is not a VLNHMM or training setting")
     return values
+
+
+RECIPE_DATASETS = "datasets"  # recipes.<recipe>.datasets.<dataset>.<model>: settings for those runs only
+
+
+def recipe_for(config: dict, recipe: str, dataset: str, model: str) -> dict:
+    """What recipe ``recipe`` sets on a run of ``model`` on ``dataset``: its settings for every run (those the
+    model has), then its ``datasets.<dataset>.<model>`` ones (every one a setting of the model)."""
+    general = recipe_settings(config, recipe)
+    model_keys = _names(MODELS[model]) | (_names(TrainConfig) if model in TRAIN_DEFAULTS else set())
+    specific = ((((config.get("recipes") or {}).get(recipe) or {}).get(RECIPE_DATASETS) or {}).get(dataset) or {})
+    specific = specific.get(model) or {}
+    unknown = sorted(set(specific) - model_keys)
+    if unknown:
+        raise ConfigError(f"recipes.{recipe}.{RECIPE_DATASETS}.{dataset}.{model}: {', '.join(unknown)} is not a "
+                          f"setting of model {model}")
+    return {k: v for k, v in general.items() if k in model_keys} | specific
+
+
+def recipe_overrides(config: dict) -> list[str]:
+    """Every setting of a ``runs:`` entry that differs from what the recipe in use sets on that run: the run's
+    own setting is the one used (a recipe sits over ``defaults``, under a run's own settings)."""
+    recipe = config.get("recipe") or DEFAULT_RECIPE
+    notes = []
+    for entry in config["runs"]:
+        if entry.get("model") not in MODELS:
+            continue
+        values = recipe_for(config, recipe, entry["dataset"], entry["model"])
+        notes += [f"run {entry['dataset']}/{entry['name']}: its own {k}: {entry[k]!r} is used, not recipe "
+                  f"{recipe}'s {v!r}" for k, v in values.items() if k in entry and entry[k] != v]
+    return notes
 
 
 def resolve_run(entry: dict, defaults: dict | None = None, recipe: str = DEFAULT_RECIPE,
@@ -307,9 +340,11 @@ def resolve_runs(config: dict, extra: list[dict] = ()) -> list[Run]:
     """Every run of the config (and ``extra`` entries) under its recipe, seed repeats included; names
     unique per dataset and telling the model apart."""
     recipe = config.get("recipe") or DEFAULT_RECIPE
-    values = recipe_settings(config, recipe)
+    recipe_settings(config, recipe)  # an unknown recipe or setting stops here, even without runs
     runs = [run for e in [*config["runs"], *extra]
-            for run in resolve_seeded(e, config.get("defaults"), recipe, values)]
+            for run in resolve_seeded(e, config.get("defaults"), recipe,
+                                      recipe_for(config, recipe, e["dataset"], e["model"])
+                                      if e.get("model") in MODELS else {})]
     on_cpu = set(config.get("cpu_runs") or ())
     unknown = on_cpu - {base_name(run.key) for run in runs}
     if unknown:
@@ -326,6 +361,11 @@ def resolve_runs(config: dict, extra: list[dict] = ()) -> list[Run]:
         if model_of.setdefault(run.name, run.model) != run.model:
             raise ConfigError(f"run name {run.name!r} is used by models {model_of[run.name]} and {run.model}; "
                               "a name must tell the model (the workflow routes a name to one rule)")
+        if run.model == "vlnhmm" and run.settings.constraint == "brown" and run.settings.clusters == "authors":
+            try:
+                authors_source(run.dataset, run.settings.num_clusters)
+            except ClusterFileError as err:
+                raise ConfigError(f"run {run.key} (clusters: authors): {err}") from None
         seen.add(run.key)
     return runs
 
@@ -376,7 +416,14 @@ def settings_doc() -> str:
             "follow the released code's run command (harvardnlp/hmm-lm at f52e860, `scripts/hmm_commands.sh`): so "
             "`eos_reset` defaults to `train-in-window`, the released semantics.  `--config recipe=released-code` "
             "sets every setting where the text and the released code differ to the released value (`recipes:` in "
-            "config/config.yaml; outputs under results/released-code/).\n\n"
+            "config/config.yaml; outputs under results/released-code/), on WikiText-2 too: the released `run_w2` "
+            "command's lr 0.01 and its cluster files `clusters/w2flm-M/paths` (M = 32, 64, 128).\n\n"
+            "Precedence, lowest first: a setting's default below, `defaults.train`, `defaults.<model>`, the recipe "
+            "(its settings for every run that has them, then its `datasets.<dataset>.<model>` settings for those "
+            "runs only), a run's own settings.  A run's own setting that differs from its recipe's is used, and "
+            "snakemake says so on stderr (`NOTE: run <dataset>/<name>: its own ... is used, not recipe ...'s ...`); "
+            "settings where the recipes differ for one dataset (WikiText-2's lr) therefore sit in the recipes, not "
+            "in the runs.\n\n"
             "Training defaults that differ by model: "
             + "; ".join(f"{m}: " + ", ".join(f"{k} {v:g}" for k, v in d.items()) for m, d in TRAIN_DEFAULTS.items())
             + ".\n\n"

@@ -269,6 +269,51 @@ def test_node_returns_its_environment_whatever_the_budget(rehearsal, tmp_path):
 
 
 # ------------------------------------------------------------------ fast checks (no rehearsal)
+def fake_out(out: Path, metrics: dict[str, dict]) -> Path:
+    """A node job's OUT holding ``metrics`` (run key -> metrics.json) in runs.tgz, recorded in summary.json as
+    the node records them, and a bench CSV."""
+    import hashlib
+    import io
+    out.mkdir(parents=True)
+    digests = {}
+    with tarfile.open(out / "runs.tgz", "w:gz") as tar:
+        for key, m in metrics.items():
+            data = json.dumps(m).encode()
+            info = tarfile.TarInfo(f"runs/{key}/metrics.json")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+            digests[info.name] = hashlib.sha256(data).hexdigest()
+    (out / "summary.json").write_text(json.dumps({"started": "2026-12-01T10:00:00", "device": "cpu",
+                                                 "archive_sha256": digests}))
+    (out / "kernel_cpu.csv").write_text("n,ms\n16,1.0\n")
+    return out
+
+
+def test_an_import_that_files_no_run_writes_nothing(tmp_path):
+    """All runs refused (the bundle's profile not given): no reference run, bench CSV or session record; exit 1."""
+    from pipeline.node.importer import main as import_main
+    tiny = {r.key: r for r in resolve_runs(load_config("profiles/tiny", None, None))}
+    out = fake_out(tmp_path / "out", {"ptb/ff": {"status": "measured", "spec": tiny["ptb/ff"].result_spec()}})
+    ref, bench = tmp_path / "ref", tmp_path / "bench"
+    assert import_main([str(out), "--reference", str(ref), "--bench-dir", str(bench)]) == 1  # full config: refused
+    assert not ref.exists() and not bench.exists()
+
+
+def test_a_partial_import_writes_only_what_it_filed(tmp_path):
+    from pipeline.node.importer import main as import_main
+    tiny = {r.key: r for r in resolve_runs(load_config("profiles/tiny", None, None))}
+    changed = tiny["ptb/lstm"].result_spec()
+    changed["settings"] = changed["settings"] | {"hidden": 7}
+    out = fake_out(tmp_path / "out", {"ptb/ff": {"status": "measured", "spec": tiny["ptb/ff"].result_spec()},
+                                      "ptb/lstm": {"status": "measured", "spec": changed}})
+    ref, bench = tmp_path / "ref", tmp_path / "bench"
+    assert import_main([str(out), "--profile", "profiles/tiny", "--reference", str(ref),
+                        "--bench-dir", str(bench)]) == 1  # one refused
+    assert sorted(p.name for p in (ref / "ptb").iterdir()) == ["ff"]
+    assert (ref / "ptb/ff/SHA256SUMS").is_file() and (bench / "kernel_cpu.csv").is_file()
+    assert (ref / "_sessions/20261201T100000-cpu/summary.json").is_file()
+
+
 def test_config_merge_matches_snakemake_order():
     assert load_config("profiles/tiny") == merged_config("config/config.yaml", "config/tiny.yaml") | {"profile": "tiny"}
     full = load_config(None, None, ["mirror=../shared/data"])

@@ -55,6 +55,21 @@ def test_a_changed_byte_sets_it_aside_as_corrupt(tmp_path):
     assert (tmp_path / "ckpt.pt.corrupt").exists() and not (tmp_path / "ckpt.pt").exists()
 
 
+def test_a_corrupt_best_pt_is_named_as_the_corrupt_file(tmp_path, capsys):
+    """best.pt failing its record sets both files aside; the message leads with best.pt, not ckpt.pt."""
+    model, opt, sched = parts(0)
+    ckpt = Checkpoint(tmp_path / "ckpt.pt", "fp", torch.device("cpu"), "ptb/x")
+    ckpt.save(model, opt, sched, {"step": 2, "best_step": 1})
+    ckpt.save_best(model)
+    (tmp_path / "best.pt").write_bytes((tmp_path / "best.pt").read_bytes() + b"\0")
+    assert ckpt.load(model, opt, sched) is None
+    said = capsys.readouterr()
+    said = said.out + said.err
+    assert f"[ptb/x] {tmp_path / 'best.pt'} is corrupt and is not used: {tmp_path / 'best.pt'} does not match" in said
+    assert f"{tmp_path / 'ckpt.pt'} is corrupt" not in said
+    assert (tmp_path / "best.pt.corrupt").exists() and (tmp_path / "ckpt.pt.corrupt").exists()
+
+
 def test_best_weights_are_checked_before_they_are_loaded(tmp_path):
     model, _, _ = parts(0)
     ckpt = Checkpoint(tmp_path / "ckpt.pt", "fp", torch.device("cpu"), "ptb/x")

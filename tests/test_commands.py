@@ -167,7 +167,8 @@ CODE = [*sorted(str(p.relative_to(ROOT)) for pkg in ("pipeline", "hmm", "bench",
         *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "workflow/rules").glob("*.smk")), "Snakefile", "repro"]
 # example values of the placeholders that advice carries (f-string fields, shell variables)
 FIELDS = {"{target}": "llvm", "{dir}": "build/kernels/llvm", "$locks": ".snakemake/locks", "{d}": "data/ptb",
-          "{path}": "data/ptb/clusters/brown-128.tsv", "{rel}": "data/ptb/clusters/brown-128.tsv", "{ds}": "ptb"}
+          "{path}": "data/ptb/clusters/brown-128.tsv", "{rel}": "data/ptb/clusters/brown-128.tsv", "{ds}": "ptb",
+          "{arch}": "sm_75"}
 ADVICE = re.compile(r"(?<![`\w])`((?:snakemake|\./repro|python3? -m)\b[^`]*?)\\?`(?!`)")  # \` in bash
 BARE = re.compile(r"(?:snakemake|\./repro \w+) -{1,2}\w")
 

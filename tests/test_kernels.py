@@ -261,6 +261,25 @@ def test_missing_directory_raises_kernel_error(tmp_path, llvm_dir):
         TVMScan.load(tmp_path / "k").backward(*potentials(1, 2, 8)[1:])
 
 
+def test_a_bundle_without_kernels_for_this_gpu_says_to_make_the_bundle_again(tmp_path):
+    """A node bundle's cuda kernels (sm_90 only) on an sm_75 GPU: the advice is the bundle's option, not snakemake
+    (the node has none); the same manifest outside a bundle still says how the pipeline rebuilds them."""
+    manifest = {"target": "cuda", "abi": kbuild.ABI, "archs": ["sm_90"], "states": [64], "files": {},
+                "kernels": [{"n": 64, "arch": "sm_90", "library": "scan_n64.so"}]}
+    for where in ("bundle", "build"):
+        kdir = tmp_path / where / "kernels" / "cuda"
+        kdir.mkdir(parents=True)
+        (kdir / kbuild.MANIFEST).write_text(json.dumps(manifest))
+    (tmp_path / "bundle" / "BUNDLE.json").write_text("{}")
+    with pytest.raises(KernelError) as err:
+        krt._KernelDir(tmp_path / "bundle" / "kernels" / "cuda").pick(64, "sm_75")
+    msg = str(err.value)
+    assert "no cuda kernel for n=64 usable on sm_75" in msg and "snakemake" not in msg
+    assert "`./repro bundle --out .carry/bundle --arch sm_90 sm_75`" in msg
+    with pytest.raises(KernelError, match=r"add sm_75 to kernels.cuda_archs in the config, then rebuild: `snakemake"):
+        krt._KernelDir(tmp_path / "build" / "kernels" / "cuda").pick(64, "sm_75")
+
+
 def _flip_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01

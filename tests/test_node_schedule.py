@@ -73,3 +73,32 @@ def test_memory_time_and_threads_of_a_run():
     assert schedule.run_threads(CFG, "cpu", 16, 1) == 16
     assert schedule.run_threads(NodeConfig(threads=3), "cpu", 16, 4) == 3
     assert schedule.stop_grace(CFG) == pytest.approx(25 / 3) and schedule.stop_grace(NodeConfig(margin=0)) == 1.0
+
+
+def test_summary_and_archive_agree_on_a_run_going_on(tmp_path):
+    """OUT packed while a run trains (a kill -9 of the node keeps that OUT): summary.json gives the run the status
+    its metrics.json in runs.tgz has (incomplete after a check), not 'running'."""
+    import io
+    import json
+    import tarfile
+    from types import SimpleNamespace
+
+    from pipeline.node.job import Node
+    from pipeline.node.runs import Runs
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    (work / "runs/ptb/ff").mkdir(parents=True)
+    (work / "logs").mkdir()
+    (work / "logs/node.log").write_text("")
+    out.mkdir()
+    status = "incomplete: last check at step 10 of 40 (0.25 of 1 epochs); no test score yet"
+    (work / "runs/ptb/ff/metrics.json").write_text(json.dumps({"status": status}))
+    node = SimpleNamespace(summary={"runs": {"ptb/ff": {"status": "running"}}}, work=work, out=out, device="cpu",
+                           elapsed=lambda: 1.0)
+    node.runs = Runs(node)
+    node.runs.active["ptb/ff"] = dataclasses.replace(run(rows=1), out=work / "runs/ptb/ff")
+    Node.pack(node)
+    summary = json.loads((out / "summary.json").read_text())
+    with tarfile.open(out / "runs.tgz") as tar:
+        archived = json.load(io.BytesIO(tar.extractfile("runs/ptb/ff/metrics.json").read()))
+    assert summary["runs"]["ptb/ff"]["status"] == archived["status"] == status

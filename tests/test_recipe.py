@@ -11,7 +11,7 @@ from conftest import merged_config
 from hmm.config import HMMConfig
 from hmm.model import NeuralParameterization
 from pipeline.data.clusters import AUTHORS_SHA256, load_clusters, main as clusters_main, read_paths
-from pipeline.config import resolve_runs
+from pipeline.config import ConfigError, recipe_overrides, resolve_runs
 from pipeline.data.corpus import Corpus
 from pipeline.reporting.fidelity import spec, table
 from pipeline.training.train import Trainer
@@ -39,6 +39,55 @@ def test_released_recipe_sets_every_difference_in_its_own_folders():
     own = resolve_runs(config | {"recipe": "released-code", "runs": [
         {"name": "x", "dataset": "ptb", "model": "vlnhmm", "init": "kaiming"}]})[0]
     assert own.settings.init == "kaiming" and own.train.test_weights == "last"
+
+
+def test_wikitext2_vlnhmm_under_both_recipes_has_each_recipes_settings():
+    """wt2/vlnhmm-32768: the paper's text (lr 1e-3, our Brown clusters) and the released run_w2 command (lr 0.01,
+    the authors' clusters/w2flm-128/paths), every other recipe item as on PTB."""
+    from pipeline.authors import authors_source
+
+    config = merged_config("config/config.yaml")
+    paper = {r.key: r for r in resolve_runs(config)}["wt2/vlnhmm-32768"]
+    released = {r.key: r for r in resolve_runs(config | {"recipe": "released-code"})}["wt2/vlnhmm-32768"]
+    assert paper.train.lr == 1e-3 and released.train.lr == 0.01
+    assert paper.inputs()["clusters"] == "data/wt2/clusters/brown-128.tsv"
+    assert released.inputs()["clusters"] == "data/wt2/clusters/authors-128.tsv"
+    url, sha = authors_source("wt2", released.settings.num_clusters)
+    assert url.endswith("/clusters/w2flm-128/paths")
+    assert sha == "315f41820a648d6647f44a76616b0f25d660fe87a178ebf05c9876adeac1b865"
+    assert (paper.settings.init, paper.settings.eos_reset, paper.settings.clusters) == \
+        ("kaiming", "train-in-window", "brown-clustering")
+    assert (paper.train.plateau, paper.train.patience, paper.train.check_points, paper.train.test_weights) == \
+        ("min-valid-nll", 8, "even", "best")
+    assert (released.settings.init, released.settings.eos_reset, released.settings.clusters) == \
+        ("torch-default", "train-in-window", "authors")
+    assert (released.train.plateau, released.train.patience, released.train.check_points,
+            released.train.test_weights) == ("max-valid-loglik", 4, "thirds-and-end", "last")
+    # the dataset's recipe setting is the VLNHMM's on WikiText-2 only
+    runs = {r.key: r for r in resolve_runs(config | {"recipe": "released-code"})}
+    assert runs["ptb/vlnhmm-32768"].train.lr == 0.01 and runs["wt2/lstm"].train.lr == 1e-3
+    assert {r.key: r for r in resolve_runs(config)}["wt2/lstm"].train.lr == 1e-3
+
+
+def test_authors_clusters_of_another_m_on_wikitext2_stop_naming_the_run():
+    config = merged_config("config/config.yaml") | {"recipe": "released-code"}
+    runs = [{"name": "x", "dataset": "wt2", "model": "vlnhmm", "num_states": 1024, "num_clusters": 256}]
+    with pytest.raises(ConfigError, match=r"run wt2/x \(clusters: authors\): the authors' repository has no paths file "
+                                          r"for wt2 with 256 clusters: the released code reads clusters/w2flm-M/paths "
+                                          r"for wt2, pinned for M = 32, 64, 128"):
+        resolve_runs(config | {"runs": runs})
+
+
+def test_a_runs_own_setting_over_its_recipe_is_said():
+    config = merged_config("config/config.yaml") | {"recipe": "released-code"}
+    assert recipe_overrides(config) == []
+    config["runs"] = [*config["runs"], {"name": "y", "dataset": "wt2", "model": "vlnhmm", "lr": 1e-3},
+                      {"name": "z", "dataset": "ptb", "model": "vlnhmm", "init": "kaiming"}]
+    assert recipe_overrides(config) == ["run wt2/y: its own lr: 0.001 is used, not recipe released-code's 0.01",
+                                        "run ptb/z: its own init: 'kaiming' is used, not recipe released-code's "
+                                        "'torch-default'"]
+    runs = {r.key: r for r in resolve_runs(config)}
+    assert runs["wt2/y"].train.lr == 1e-3 and runs["ptb/z"].settings.init == "kaiming"
 
 
 @pytest.mark.parametrize("init", ["kaiming", "torch-default"])
@@ -168,12 +217,13 @@ def test_fetch_authors_keeps_only_a_file_with_the_pinned_hash(tmp_path, monkeypa
     """The download path, on a local file:// URL (no network in tests): kept only if its sha256 is the pin."""
     import hashlib
 
+    import pipeline.authors as authors
     import pipeline.data.clusters as clusters
 
-    source = tmp_path / f"{clusters.AUTHORS_COMMIT}/clusters/lm-8/paths"
+    source = tmp_path / f"{authors.AUTHORS_COMMIT}/clusters/lm-8/paths"
     source.parent.mkdir(parents=True)
     source.write_text("0\tthe\t10\n1\ta\t5\n")
-    monkeypatch.setattr(clusters, "AUTHORS_URL", f"file://{tmp_path}/{{commit}}/clusters/{{name}}/paths")
+    monkeypatch.setattr(authors, "AUTHORS_URL", f"file://{tmp_path}/{{commit}}/clusters/{{name}}/paths")
     out = tmp_path / "data/authors-8.paths"
     with pytest.raises(clusters.ClusterFileError, match=f"expected {AUTHORS_SHA256['ptb'][8]}"):
         clusters.fetch_authors("ptb", 8, out)

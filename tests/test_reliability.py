@@ -153,12 +153,33 @@ def test_corrupt_raw_file_is_removed_by_verify(tiny_raw, tmp_path):
     data[100] ^= 1
     target.write_bytes(bytes(data))
     with pytest.raises(SystemExit) as err:
-        fetch_main(["--verify", "--spec", json.dumps(spec), "--out", str(out)])
+        (tmp_path / "spec.json").write_text(json.dumps(spec))
+        fetch_main(["--verify", "--spec", str(tmp_path / "spec.json"), "--out", str(out)])
     assert "removed" in str(err.value) and "rerun" in str(err.value)
     assert not target.exists()
 
 
 # 11. a split with fewer tokens than streams x (streams - 1) is scored
+# 11. no network: the download's failure ends with what to do, and no command fills the screen
+def test_download_without_network_ends_with_what_to_do(tmp_path):
+    urls = {split: f"http://127.0.0.1:9/ptb.{split}.txt" for split in ("train", "valid", "test")}  # refused at once
+    overlay = tmp_path / "offline.yaml"
+    overlay.write_text(yaml.safe_dump({"datasets": {"ptb": {"sources": [{"kind": "files", "urls": urls}]}}}))
+    proc = subprocess.run(SNAKEMAKE + ["--cores", "1", "--directory", str(tmp_path / "work"), "--configfile",
+                                       str(overlay), "--", "data/ptb/stats.json"],
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = proc.stdout.strip().splitlines()
+    assert proc.returncode != 0
+    last = "\n".join(lines[-10:])
+    assert "Downloading ptb failed: no source could be reached (no network?); each source's error: " \
+           "logs/download/ptb.log." in last, proc.stdout
+    assert "add --config mirror=DIR: `./repro run --config mirror=DIR`." in last
+    assert "The tiny profile needs no download (its data are in the repository): " \
+           "`./repro run --profile profiles/tiny all`." in last
+    commands = [line for line in lines if "pipeline.data.fetch" in line]  # no spec inline in a command
+    assert commands and max(map(len, commands)) < 200 and "sha256" not in proc.stdout
+
+
 def test_evaluate_short_split():
     cfg = HMMConfig(num_states=8, num_clusters=2, hidden=8, state_dropout=0.0)
     model = VLNHMM(cfg, vocab_size=6, clusters=torch.tensor([0, 0, 0, 1, 1, 1]).numpy(), eos_id=5)

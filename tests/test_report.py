@@ -91,8 +91,7 @@ def rendered(tmp_path_factory):
             if metrics:
                 (tmp / where / key).mkdir(parents=True)
                 (tmp / where / key / "metrics.json").write_text(json.dumps(metrics | {"spec": trained}))
-                if where == "reference":  # as ./repro import leaves it
-                    record_dir(tmp / where / key, ["metrics.json"])
+                record_dir(tmp / where / key, ["metrics.json"])  # as the run (or ./repro import) leaves it
     return {name: _render(tmp, name) for name in ["table1", "table2", "table3", "table4", "fig3", "fig4"]}
 
 
@@ -230,6 +229,56 @@ def test_scaled_figure_plots_ours_at_the_paper_equivalent_x(tmp_path):
     assert (ours.x, ours.run_x, ours.num_clusters) == (16384, 512, 16)
     assert ours.paper_valid_ppl == 134 and ours.valid_diff_pct == pytest.approx(4.5) and ours.seed == 7
     assert set(df.profile) == {"tiny"}
+
+
+def _two_seeds(tmp):
+    """ptb/ff over seeds 1111 and 2222, each with its record, as the runs leave them; their table 1 specs."""
+    specs = []
+    for name, seed, valid in (("ff", 1111, 348.82), ("ff@2222", 2222, 347.50)):
+        spec = {"name": name, "dataset": "ptb", "model": "ff", "rows": ["table1/ff"],
+                "settings": {"hidden": 256}, "train": {"seed": seed, "epochs": 100}}
+        run = tmp / "runs/ptb" / name
+        run.mkdir(parents=True)
+        trained = {k: v for k, v in spec.items() if k != "rows"}
+        (run / "metrics.json").write_text(json.dumps(_metrics("measured", valid, valid - 10) | {"spec": trained},
+                                                     indent=2))
+        record_dir(run, ["metrics.json"])
+        specs.append(spec)
+    return specs
+
+
+def _ff_row(tmp, specs):
+    main(["table", "--name", "table1", "--paper", str(PAPER_YAML), "--runs", json.dumps(specs), "--runs-dir",
+          str(tmp / "runs"), "--reference", str(tmp / "reference"), "--csv", str(tmp / "t1.csv"),
+          "--png", str(tmp / "t1.png")])
+    return pd.read_csv(tmp / "t1.csv").set_index("run").loc["ptb/ff"]
+
+
+def test_a_seed_edited_after_the_run_is_left_out_and_named(tmp_path):
+    specs = _two_seeds(tmp_path)
+    row = _ff_row(tmp_path, specs)
+    assert row["status"] == "measured" and row["n"] == 2 and row["valid_ppl"] == pytest.approx(348.16)
+    edited = tmp_path / "runs/ptb/ff@2222/metrics.json"
+    edited.write_text(json.dumps(json.loads(edited.read_text()) | {"valid_ppl": 99.0, "test_ppl": 95.0}))
+    row = _ff_row(tmp_path, specs)
+    assert row["status"].startswith("modified after the run: seed 2222 (ptb/ff@2222) left out, so the row shows no "
+                                    f"number: {edited} does not match its recorded SHA-256"), row["status"]
+    assert pd.isna(row["valid_ppl"]) and pd.isna(row["test_ppl"]) and pd.isna(row["n"])
+
+
+def test_a_truncated_or_unreadable_metrics_file_is_named(tmp_path):
+    specs = _two_seeds(tmp_path)
+    path = tmp_path / "runs/ptb/ff@2222/metrics.json"
+    path.write_bytes(path.read_bytes()[:300])
+    row = _ff_row(tmp_path, specs)
+    assert f"{path} does not match its recorded SHA-256" in row["status"] and pd.isna(row["valid_ppl"])
+    record_dir(path.parent, ["metrics.json"])  # recorded as it is: the check passes, the JSON does not parse
+    row = _ff_row(tmp_path, specs)
+    assert row["status"].startswith("modified after the run: seed 2222 (ptb/ff@2222) left out")
+    assert f"{path} cannot be read as JSON (" in row["status"] and pd.isna(row["valid_ppl"])
+    (path.parent / "SHA256SUMS").unlink()
+    row = _ff_row(tmp_path, specs)
+    assert f"{path.parent / 'SHA256SUMS'} is missing" in row["status"] and pd.isna(row["valid_ppl"])
 
 
 def test_run_labels_name_what_was_trained():

@@ -13,7 +13,7 @@ import torch
 
 from pipeline.config import resolve_run
 from pipeline.data.corpus import Corpus
-from pipeline.integrity import record
+from pipeline.integrity import SUMS, read_sums, record, verify_dir
 from pipeline.training.models import build_model
 from pipeline.training.errors import TrainingError
 from pipeline.training.evaluate import evaluate
@@ -118,6 +118,15 @@ def test_checkpoint_of_other_data_is_set_aside(small_ptb, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "made with other settings or data" in out and "resumed" not in out
     assert again["steps"] == first["steps"]
+
+
+def test_a_finished_run_writes_the_record_of_its_files(small_ptb, tmp_path):
+    """SHA256SUMS beside metrics.json: metrics.json, docs.npz and curve.csv, checked by the tables."""
+    run = resolve_run({"name": "t", "dataset": "ptb", "model": "ff"}, DEFAULTS | {"ff": {"hidden": 8, "epochs": 1}})
+    corpus = Corpus.load(small_ptb)
+    train(run, corpus, build_model(run, corpus), tmp_path / "out", tmp_path / "ckpt.pt")
+    assert sorted(read_sums(tmp_path / "out" / SUMS)) == ["curve.csv", "docs.npz", "metrics.json"]
+    verify_dir(tmp_path / "out", ["curve.csv", "docs.npz", "metrics.json"], "rerun it")
 
 
 def test_evaluation_follows_the_weights(small_ptb, tmp_path):

@@ -39,6 +39,10 @@ from .build import ABI, MANIFEST
 
 BUILD_HINT = ("rebuild: `snakemake build/kernels/{target}/manifest.json --cores 2 --forcerun kernels_{target}` "
               "(or delete build/kernels/{target} and rerun)")
+# kernels of a node bundle (a BUNDLE.json two folders up): the node has no snakemake, the bundle is made again
+BUNDLE_HINT = "make the bundle again on the CPU machine (`./repro bundle --out .carry/bundle` with its other options)"
+BUNDLE_ARCH_HINT = ("make the bundle again with kernels for {arch}: add {arch} to the `--arch` of the command it was "
+                    "made with, e.g. `./repro bundle --out .carry/bundle --arch sm_90 {arch}`")
 INT32_LIMIT = 2**31
 _LOCK = threading.Lock()
 _HASHES: dict[tuple[str, int, int], str] = {}   # (path, mtime_ns, size) -> sha256
@@ -141,6 +145,7 @@ class _KernelDir:
 
     def __init__(self, path: Path):
         self.path = path
+        self.in_bundle = (Path(path).parent.parent / "BUNDLE.json").is_file()
         try:
             self.manifest = json.loads((path / MANIFEST).read_text())
         except FileNotFoundError:
@@ -148,14 +153,20 @@ class _KernelDir:
         self.target = self.manifest["target"]
         if self.manifest.get("abi", 1) != ABI:
             raise KernelError(f"{path / MANIFEST} describes kernels of calling convention {self.manifest.get('abi', 1)}, "
-                              f"this code needs {ABI} (built by another version of hmm.kernels); "
-                              + BUILD_HINT.format(target=self.target))
+                              f"this code needs {ABI} (built by another version of hmm.kernels); " + self.hint())
         self.loaded: dict[tuple[int, str | None], tuple] = {}
         self.fallbacks: set[tuple[str, str]] = set()  # (GPU arch, arch loaded instead), each said once
 
+    def hint(self, arch: str | None = None) -> str:
+        """What to do about a missing or bad kernel here: rebuild with snakemake, or, in a node bundle, make
+        the bundle again (with kernels for ``arch`` where that GPU has none)."""
+        if not self.in_bundle:
+            return BUILD_HINT.format(target=self.target)
+        return BUNDLE_ARCH_HINT.format(arch=arch) if arch else BUNDLE_HINT
+
     def pick(self, n: int, arch: str | None) -> dict:
         """The manifest entry for n states (and the best arch for a GPU of ``arch``)."""
-        hint = BUILD_HINT.format(target=self.target)
+        hint = self.hint()
         entries = [k for k in self.manifest["kernels"] if k["n"] == n]
         if not entries:
             raise KernelError(f"no {self.target} kernel for n={n} in {self.path} (built: n in "
@@ -165,8 +176,9 @@ class _KernelDir:
             return entries[0]
         usable = [k for k in entries if _arch_key(k["arch"]) <= _arch_key(arch)]
         if not usable:
+            fix = self.hint(arch) if self.in_bundle else f"add {arch} to kernels.cuda_archs in the config, then {hint}"
             raise KernelError(f"no cuda kernel for n={n} usable on {arch} in {self.path} (built: "
-                              f"{self.manifest['archs']}); add {arch} to kernels.cuda_archs in the config, then {hint}")
+                              f"{self.manifest['archs']}); {fix}")
         entry = max(usable, key=lambda k: _arch_key(k["arch"]))
         if entry["arch"] != arch and (arch, entry["arch"]) not in self.fallbacks:
             self.fallbacks.add((arch, entry["arch"]))
@@ -182,7 +194,7 @@ class _KernelDir:
 
     def verify(self, name: str) -> None:
         """Raise KernelError unless file ``name`` has the SHA-256 the manifest records."""
-        hint = BUILD_HINT.format(target=self.target)
+        hint = self.hint()
         expected = self.manifest.get("files", {}).get(name, {}).get("sha256")
         if expected is None:
             raise KernelError(f"{self.path / MANIFEST} records no sha256 for {name}; {hint}")
@@ -200,8 +212,7 @@ class _KernelDir:
             files = [entry[f] for f in ("library", "binary") if f in entry]
             missing = [f for f in files if not (self.path / f).is_file()]
             if missing:
-                raise KernelError(f"missing {', '.join(missing)} in {self.path}; "
-                                  + BUILD_HINT.format(target=self.target))
+                raise KernelError(f"missing {', '.join(missing)} in {self.path}; " + self.hint())
             for f in files:
                 self.verify(f)
             tvm = _import_tvm(self.target)

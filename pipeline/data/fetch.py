@@ -16,6 +16,7 @@ import shutil
 import sys
 import tarfile
 import tempfile
+import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -93,7 +94,7 @@ def fetch(spec: dict, out: Path, mirror: Path | None) -> None:
             _install(part, dest, s["sha256"], _from_mirror(mirror, s["file"], part))
             print(f"[fetch] {dest}: sha256 ok", file=sys.stderr)
         return
-    errors = []
+    errors, unreachable = [], []
     for source in spec["sources"]:
         try:
             with tempfile.TemporaryDirectory(dir=out) as tmp:
@@ -115,19 +116,31 @@ def fetch(spec: dict, out: Path, mirror: Path | None) -> None:
             return
         except (OSError, KeyError, zipfile.BadZipFile, tarfile.TarError, DataError) as e:
             errors.append(f"- {source.get('url') or source['kind']}: {e}")
-    raise DataError("every source failed:\n" + "\n".join(errors))
+            unreachable.append(isinstance(e, urllib.error.URLError))
+    what = "no source could be reached" if all(unreachable) else "every source failed"
+    raise DataError(f"{what}:\n" + "\n".join(errors) + "\n" + OFFLINE)
+
+
+OFFLINE = ("To run offline, put the six files in a folder DIR, plain or .xz:\n"
+           "  DIR/ptb/ptb.{train,valid,test}.txt and DIR/wikitext-2/wiki.{train,valid,test}.tokens\n"
+           "and add --config mirror=DIR: `./repro run --config mirror=DIR`.\n"
+           "The tiny profile needs no download (its data are in the repository): `./repro run --profile profiles/tiny all`.")
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--spec", required=True, type=json.loads, help="the dataset's config entry as JSON")
+    p.add_argument("--spec", required=True, type=Path, help="a JSON file: the dataset's config entry (datasets:)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--mirror", type=Path, default=None)
     p.add_argument("--verify", action="store_true", help="only check the files already in --out")
     a = p.parse_args(argv)
     try:
+        spec = json.loads(a.spec.read_text())
+    except (OSError, ValueError) as err:
+        sys.exit(f"[fetch] ERROR: cannot read the dataset spec {a.spec} ({err}); snakemake writes it: rerun the pipeline")
+    try:
         if a.verify:
-            for s in a.spec["splits"].values():
+            for s in spec["splits"].values():
                 path = a.out / s["file"]
                 if not path.exists():
                     raise DataError(f"{path} is missing; rerun the pipeline to fetch it again")
@@ -137,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
                     path.unlink()  # so that the next run fetches it again
                     raise DataError(f"{err}; it was removed: rerun the pipeline to fetch it again.") from None
         else:
-            fetch(a.spec, a.out, a.mirror)
+            fetch(spec, a.out, a.mirror)
     except DataError as e:
         sys.exit(f"[fetch] ERROR: {e}")
 

@@ -21,7 +21,9 @@ max_seconds, cuda_graph and the scan backend, which the node picks from its kern
 compute the same numbers); the backend used and why are recorded.  A measured
 reference is not replaced by a cut-short one without ``--force``.  Bench CSVs go to
 results/bench/; summary.json, check.json and the CSVs are also kept, committed, in
-``results/reference/_sessions/<date>-<device>/``.  Exit status 1 if any run was refused.
+``results/reference/_sessions/<date>-<device>/``.  Every run is judged before anything is written: an
+import that files no run of OUT's (all refused or kept) writes nothing, not even the bench CSVs or the
+session record.  Exit status 1 if any run was refused or nothing was written.
 """
 from __future__ import annotations
 
@@ -106,18 +108,22 @@ def provenance(metrics: dict, summary: dict, trained: dict, out_dir: Path, chose
 
 
 def import_out(out_dir: Path, config: dict, reference: Path, bench_dir: Path, force: bool = False) -> dict:
+    """File OUT's runs, bench CSVs and session record.  Every run is judged before anything is written: an
+    import whose runs are all refused or kept writes nothing at all (``result["written"]`` False)."""
     out_dir = Path(out_dir)
     summary = read_json(out_dir / "summary.json")
     if summary is None:
         raise SystemExit(f"{out_dir}/summary.json is missing: is {out_dir} the OUT of a pipeline.node job?")
     current = {r.key: r for r in resolve_runs(config)}
-    result = {"imported": [], "refused": [], "kept": []}
+    result = {"imported": [], "refused": [], "kept": [], "written": False, "session": None}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if (out_dir / "runs.tgz").is_file():
             _extract(out_dir / "runs.tgz", tmp)
         archived = summary.get("archive_sha256")
-        for mpath in sorted((tmp / "runs").glob("*/*/metrics.json")):
+        found = sorted((tmp / "runs").glob("*/*/metrics.json"))
+        accepted = []
+        for mpath in found:
             src = mpath.parent
             key = f"{src.parent.name}/{src.name}"
             metrics = read_json(mpath) or {}
@@ -127,34 +133,22 @@ def import_out(out_dir: Path, config: dict, reference: Path, bench_dir: Path, fo
                 result["refused"].append((key, why))
                 print(f"REFUSED {why}", file=sys.stderr)
                 continue
-            configured = current[key].result_spec()["settings"].get("backend")
-            used = (trained.get("settings") or {}).get("backend")
-            chosen = [("backend", used, configured)] if used != configured else []
-            dest = reference / key
-            old = read_json(dest / "metrics.json")
+            old = read_json(reference / key / "metrics.json")
             if old and old.get("status") == "measured" and metrics.get("status") != "measured" and not force:
                 msg = (f"{key}: kept the measured reference of {(old.get('provenance') or {}).get('date')}; this one is "
                        f"'{metrics.get('status')}' (--force replaces it)")
                 result["kept"].append((key, msg))
                 print(f"kept {msg}")
                 continue
-            prov = provenance(metrics, summary, trained, out_dir, chosen)
-            metrics["provenance"] = prov
-            metrics["reference"] = {"imported": prov["imported"], "from": out_dir.name}
-            if dest.exists():
-                shutil.rmtree(dest)
-            dest.mkdir(parents=True)
-            (dest / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-            (dest / "provenance.json").write_text(json.dumps(prov, indent=2) + "\n")
-            for name in ("curve.csv", "train.log", "spec.json", "docs.npz"):
-                if (src / name).is_file():
-                    shutil.copyfile(src / name, dest / name)
-            record_dir(dest, [p.name for p in dest.iterdir() if p.name != SUMS])  # the tables check these
+            accepted.append((key, src, metrics, trained))
+        if found and not accepted:
+            print(f"nothing imported from {out_dir}: {len(result['refused'])} run(s) refused, {len(result['kept'])} "
+                  "kept; no file was written (not the runs, nor the bench CSVs, nor the session record)",
+                  file=sys.stderr)
+            return result
+        for key, src, metrics, trained in accepted:
+            _file_run(key, src, metrics, trained, current[key], summary, out_dir, reference / key)
             result["imported"].append(key)
-            where = ", ".join(str(v) for v in (metrics.get("device_name"), prov.get("date"),
-                                               f"commit {prov.get('commit')}") if v)
-            print(f"imported {key} -> {dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest} "
-                  f"({metrics.get('status')}; {where})")
     stamp = re.sub(r"[^0-9A-Za-z]", "", (summary.get("started") or "unknown")[:19])
     device = re.sub(r"[^0-9A-Za-z]+", "-", str((summary.get("env") or {}).get("gpu") or summary.get("device"))).strip("-")
     session = reference / "_sessions" / f"{stamp}-{device}"
@@ -167,10 +161,34 @@ def import_out(out_dir: Path, config: dict, reference: Path, bench_dir: Path, fo
     for name in ("summary.json", "check.json"):
         if (out_dir / name).is_file():
             shutil.copyfile(out_dir / name, session / name)
-    result["session"] = str(session)
+    result["session"], result["written"] = str(session), True
     print(f"{len(result['imported'])} run(s) imported, {len(result['refused'])} refused, {len(result['kept'])} kept; "
           f"node session record: {session}")
     return result
+
+
+def _file_run(key: str, src: Path, metrics: dict, trained: dict, run, summary: dict, out_dir: Path,
+              dest: Path) -> None:
+    """One accepted run into ``dest`` (results/reference/<dataset>/<run>/), with its SHA256SUMS."""
+    configured = run.result_spec()["settings"].get("backend")
+    used = (trained.get("settings") or {}).get("backend")
+    chosen = [("backend", used, configured)] if used != configured else []
+    prov = provenance(metrics, summary, trained, out_dir, chosen)
+    metrics["provenance"] = prov
+    metrics["reference"] = {"imported": prov["imported"], "from": out_dir.name}
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    (dest / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (dest / "provenance.json").write_text(json.dumps(prov, indent=2) + "\n")
+    for name in ("curve.csv", "train.log", "spec.json", "docs.npz"):
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dest / name)
+    record_dir(dest, [p.name for p in dest.iterdir() if p.name != SUMS])  # the tables check these
+    where = ", ".join(str(v) for v in (metrics.get("device_name"), prov.get("date"),
+                                       f"commit {prov.get('commit')}") if v)
+    print(f"imported {key} -> {dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest} "
+          f"({metrics.get('status')}; {where})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         result = import_out(a.out, config, a.reference, a.bench_dir, a.force)
     except ConfigError as err:
         raise SystemExit(f"config: {err}") from None
-    return 1 if result["refused"] else 0
+    return 1 if result["refused"] or not result["written"] else 0
 
 
 if __name__ == "__main__":

@@ -247,8 +247,7 @@ class Node:
     def pack(self) -> None:
         """Write what exists so far to OUT (idempotent; each file replaced atomically)."""
         self.summary["elapsed_s"] = round(self.elapsed(), 1)
-        for key, rp in self.runs.active.items():  # runs going on: their checks so far
-            self.summary["runs"][key]["curve"] = rp.rows
+        self.runs.progress()  # runs going on: their checks so far and their status as runs.tgz holds it
         if any(rec.get("curve") for rec in self.summary["runs"].values()):
             self.summary["throughput"] = throughput(self.summary["runs"])
         self.summary["packed"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -93,6 +93,15 @@ class Runs:
                             "active_max": rp.active_max})
             rp.active_min = rp.active_max = active
 
+    def progress(self) -> None:
+        """The runs going on, as OUT is about to hold them: their checks so far, and the status their metrics.json
+        has now (``incomplete: ...`` after a check; the archive packs that same file), so that summary.json and
+        runs.tgz say the same of a run should the node be killed before it finishes."""
+        for key, rp in self.active.items():
+            rec = self.node.summary["runs"][key]
+            rec["curve"] = rp.rows
+            rec["status"] = (read_json(rp.out / "metrics.json") or {}).get("status") or "running"
+
     def finish_run(self, rp: RunProc, rc: int | None, why: str | None = None) -> None:
         rp.log.close()
         self.node.kids.forget(rp.proc)

@@ -31,11 +31,13 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 from pathlib import Path
 
 from hmm.config import ConfigError, HMMConfig
 from pipeline.config import DEFAULT_RECIPE, TrainConfig, recipe_settings, resolve_runs
 from pipeline.intervals import combine
+from pipeline.reporting.runs import record_problem
 
 RELEASED = "released-code"
 COLUMNS = ["switch", "settings", "default_value", "switched_value",
@@ -130,9 +132,13 @@ def table(spec: dict, valid: dict[str, tuple[float, list[float] | None]]):
 
 
 def measured(metrics_files: list[Path]) -> dict[str, tuple[float, list[float] | None]]:
-    """run key -> (valid perplexity, its bootstrap interval), of the runs that finished (status measured)."""
+    """run key -> (valid perplexity, its bootstrap interval), of the runs that finished (status measured) and
+    whose files match their record (one that does not is left out, and said on stderr)."""
     out = {}
     for f in metrics_files:
+        if problem := record_problem(Path(f).parent, f"delete {Path(f).parent} and run it again"):
+            print(f"fidelity: left out {Path(f).parent}: modified after the run: {problem}", file=sys.stderr)
+            continue
         m = json.loads(Path(f).read_text())
         if str(m.get("status", "")).startswith("measured") and m.get("valid_ppl") is not None:
             out[f"{m['spec']['dataset']}/{m['run'].split('/')[-1]}"] = (float(m["valid_ppl"]),

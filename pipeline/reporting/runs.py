@@ -2,8 +2,9 @@
 
 A row's metrics come from the run's ``metrics.json``; failing that from a reference directory of runs
 done elsewhere (status ``reference: ...`` with their provenance); failing that the row is ``not run``.
-A result whose recorded spec differs from the config's is never shown (``stale: ...``), nor one whose
-reference files changed after import (``modified after import: ...``).
+A result whose recorded spec differs from the config's is never shown (``stale: ...``), nor one whose files
+do not match the ``SHA256SUMS`` written when the run finished (``modified after the run: ...``) or when it
+was imported (``modified after import: ...``), nor one that cannot be read.
 """
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from pipeline.config import ConfigError, base_name, resolve_runs, stale_reason
 from pipeline.integrity import SUMS, IntegrityError, read_sums, verify_dir
 
 # Status kinds, in the order the front page counts them; a status is "<kind>: detail" or "<kind>".
-STATUS_KINDS = ("measured", "reference", "cut short", "incomplete", "stale", "modified after import", "not run",
-                "cited")
+STATUS_KINDS = ("measured", "reference", "cut short", "incomplete", "stale", "modified after the run",
+                "modified after import", "not run", "cited")
+MODIFIED = ("modified after the run", "modified after import")  # a seed whose files fail their record
 
 
 def status_kind(status: Any) -> str:
@@ -39,19 +41,24 @@ def load_runs(specs: list[dict], runs_dir: str | Path, reference: str | Path | N
     """One dict per run spec (the config's, as :meth:`Run.to_dict`): key, spec, metrics, status.
 
     Metrics come from ``runs_dir/<key>/metrics.json``, else from ``reference/<key>/``; a result
-    trained from other settings than the spec's is not used (status ``stale: ...``).
+    trained from other settings than the spec's is not used (status ``stale: ...``), nor one whose files
+    fail their record (``modified after the run: ...`` / ``modified after import: ...``).
     """
     runs = []
     for spec in specs:
         key = f"{spec['dataset']}/{spec['name']}"
-        found = [(m, None) for m in [load_json(Path(runs_dir) / key / "metrics.json")] if m is not None]
-        modified = reference and reference_problem(Path(reference) / key)
+        run = {"key": key, "spec": spec, "metrics": None, "status": (not_run or {}).get(key, "not run")}
+        local = Path(runs_dir) / key
+        if problem := record_problem(local, f"delete {local} and run it again (snakemake remakes it)"):
+            runs.append(run | {"status": f"modified after the run: {problem}"})
+            continue
+        found = [(m, None) for m in [load_json(local / "metrics.json")] if m is not None]
+        modified = reference and record_problem(Path(reference) / key, REIMPORT)
         if reference and not modified and (ref := load_json(Path(reference) / key / "metrics.json")) is not None:
             prov = ref.get("provenance") or {}
             where = ", ".join(str(v) for v in (ref.get("device_name"), prov.get("date"),
                                                prov.get("commit") and f"commit {str(prov['commit'])[:10]}") if v)
             found.append((ref, f"reference: {ref.get('status') or 'status missing'} ({where})"))
-        run = {"key": key, "spec": spec, "metrics": None, "status": (not_run or {}).get(key, "not run")}
         stale = []
         for metrics, status in found:
             reason = stale_reason(metrics.get("spec"), _result_spec(spec))
@@ -68,18 +75,24 @@ def load_runs(specs: list[dict], runs_dir: str | Path, reference: str | Path | N
     return runs
 
 
-def reference_problem(directory: Path) -> str | None:
-    """Why a reference run's files cannot be trusted (None: they match the SHA256SUMS written at import,
-    or there is no such run).  An edited number is never shown."""
+REIMPORT = "re-import the run (./repro import) or restore it from git"
+
+
+def record_problem(directory: Path, what_to_do: str) -> str | None:
+    """Why a run's files cannot be trusted (None: they match the SHA256SUMS written when the run finished or
+    was imported, or there is no such run).  An edited, truncated or unreadable file is never used."""
     if not (directory / "metrics.json").exists():
         return None
     sums = read_sums(directory / SUMS)
     if not sums:
-        return f"{directory / SUMS} is missing; re-import the run (./repro import) or restore it from git"
+        return f"{directory / SUMS} is missing: the files of {directory} cannot be checked; {what_to_do}"
     try:
-        verify_dir(directory, sorted(sums), "re-import the run (./repro import) or restore it from git")
+        verify_dir(directory, sorted(set(sums) | {"metrics.json"}), what_to_do)
+        json.loads((directory / "metrics.json").read_text())
     except IntegrityError as err:
         return str(err)
+    except ValueError as err:
+        return f"{directory / 'metrics.json'} cannot be read as JSON ({err}); {what_to_do}"
     return None
 
 
@@ -121,6 +134,13 @@ def repeats(run: dict, runs: list[dict]) -> list[dict]:
 
 
 def untrusted(group: list[dict]) -> str | None:
-    """The status of a seed of the row whose files were changed after import (its row shows no number)."""
-    return next((r["status"] for r in group if status_kind(r["status"]) == "modified after import"), None)
+    """The row's status where a seed's files fail their record (the row then shows no number): which seed was
+    left out, and why."""
+    bad = next((r for r in group if status_kind(r["status"]) in MODIFIED), None)
+    if bad is None:
+        return None
+    kind, detail = bad["status"].split(": ", 1)
+    seed = (bad["spec"].get("train") or {}).get("seed")
+    which = f"seed {seed} ({bad['key']})" if seed is not None else bad["key"]
+    return f"{kind}: {which} left out, so the row shows no number: {detail}"
 

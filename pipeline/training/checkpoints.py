@@ -126,13 +126,15 @@ class Checkpoint:
                     f"complete and recorded; {pending(path).name} moved in place")
         if not ckpt_path.exists():
             return None
+        bad = ckpt_path  # the file being checked: a failure names it
         try:
             digest = verify(ckpt_path, "it is set aside")
             ckpt = torch.load(ckpt_path, map_location=self.device, weights_only=False)
             if ckpt["state"]["best_step"]:
+                bad = self.best_path
                 verify(self.best_path, "it is set aside")
         except Exception as err:  # IntegrityError, or a file torch cannot read at all
-            return self._set_aside_corrupt(err)
+            return self._set_aside_corrupt(bad, err)
         if ckpt.get("fingerprint") != self.fingerprint:
             return self._set_aside("was made with other settings or data")
         mine = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -164,9 +166,10 @@ class Checkpoint:
             raise TrainingError(str(err)) from None
         model.load_state_dict(torch.load(self.best_path, map_location=self.device, weights_only=True))
 
-    def _set_aside_corrupt(self, err: Exception) -> None:
-        """A checkpoint (or its best weights) that does not match its record or cannot be read: kept
-        beside as ``*.corrupt`` for a look, never loaded; the run starts from scratch."""
+    def _set_aside_corrupt(self, bad: Path, err: Exception) -> None:
+        """A checkpoint (or its best weights) that does not match its record or cannot be read (``bad``: the
+        file that failed): both kept beside as ``*.corrupt`` for a look, never loaded; the run starts from
+        scratch."""
         kept = []
         for path in (self.path, self.best_path):
             for f in (path, sidecar(path)):
@@ -174,7 +177,7 @@ class Checkpoint:
                     os.replace(f, f.with_name(f.name + ".corrupt"))
                     kept.append(f.name + ".corrupt")
         reason = str(err) if isinstance(err, IntegrityError) else f"torch cannot read it ({type(err).__name__}: {err})"
-        say(f"[{self.name}] {self.path} is corrupt and is not used: {reason}. Kept as {', '.join(kept)} "
+        say(f"[{self.name}] {bad} is corrupt and is not used: {reason}. Kept as {', '.join(kept)} "
             f"in {self.path.parent}; starting over from scratch")
 
     def _set_aside(self, why: str) -> None:

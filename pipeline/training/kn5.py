@@ -23,7 +23,7 @@ from baselines.kn5 import UNK_WORD, estimate, ngram_counts, sentence_scores
 from pipeline import intervals
 from pipeline.config import Run
 from pipeline.data.corpus import EOS, UNK, Corpus
-from pipeline.integrity import IntegrityError
+from pipeline.integrity import IntegrityError, record_dir
 from pipeline.provenance import CPU_NAME, provenance
 
 
@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     metrics["inputs"] = {"data": corpus.digests}
     arpa.unlink()  # large and redundant with the binary
     a.out.write_text(json.dumps(metrics, indent=2) + "\n")
+    record_dir(a.out.parent, [a.out.name, intervals.DOCS_FILE])  # the tables check these
     lo, hi = metrics["test_ppl_interval"]
     print(f"[{run.key}] valid ppl {metrics['valid_ppl']:.2f}  test ppl {metrics['test_ppl']:.2f} [{lo:.2f}, {hi:.2f}]  "
           f"({metrics['params']:,} n-grams, {metrics['wall_seconds']} s)")

@@ -1,6 +1,7 @@
 """What a run writes for people and for the tables: ``curve.csv`` (one row per check) and ``metrics.json``
 (status, perplexities, speed, settings, provenance, the SHA-256 of its inputs).  metrics.json is written
-only while the job that started the run is there (a given-up job leaves no result behind)."""
+only while the job that started the run is there (a given-up job leaves no result behind), and each time with
+``SHA256SUMS`` beside it (metrics.json, docs.npz, curve.csv): the tables check a run's files against it."""
 from __future__ import annotations
 
 import csv
@@ -10,11 +11,13 @@ import torch
 
 from pipeline.config import Run
 from pipeline.files import write_json
+from pipeline.integrity import record_dir
 from pipeline.lifetime import parent_is
 from pipeline.provenance import CPU_NAME, provenance
 from pipeline.training.errors import TrainingError
 
 JOB_PARENT: int | None = None  # the pid of the job's shell when run as `python -m pipeline.training.train` (main)
+RECORDED = ("metrics.json", "docs.npz", "curve.csv")  # a run's files that feed the tables: in its SHA256SUMS
 
 
 def run_provenance(device: torch.device) -> dict:
@@ -70,3 +73,4 @@ def write_metrics(out: Path, metrics: dict) -> None:
         raise TrainingError(f"the job that started this run (pid {JOB_PARENT}) is gone: stopping without "
                             f"writing {out / 'metrics.json'}")
     write_json(out / "metrics.json", metrics)
+    record_dir(out, [name for name in RECORDED if (out / name).is_file()])

@@ -1,5 +1,6 @@
 # Shared definitions: the typed run registry (pipeline.config), paths, the GPU switch.
 import json
+import re
 import shutil
 import subprocess
 
@@ -7,7 +8,9 @@ import yaml
 from snakemake.resources import Resource
 
 from hmm.kernels import target_for
-from pipeline.config import ConfigError, kernel_states, name_pattern, resolve_runs, results_dir
+from pipeline.data.fetch import OFFLINE
+from pipeline.files import write_atomic
+from pipeline.config import ConfigError, kernel_states, name_pattern, recipe_overrides, resolve_runs, results_dir
 from pipeline.reporting import fidelity
 
 SPLITS = ("train", "valid", "test")
@@ -90,6 +93,16 @@ def announce_left_out():
 
 
 announce_left_out()
+
+
+def announce_recipe_overrides():
+    """Each run setting that differs from the recipe's for that run (the run's own is used), said once."""
+    if not (workflow.remote_exec or workflow.subprocess_exec):
+        for note in recipe_overrides(config):
+            print(f"NOTE: {note}", file=sys.stderr)
+
+
+announce_recipe_overrides()
 TRAINED = {key: run for key, run in IN_DAG.items() if run.train is not None}
 
 
@@ -185,6 +198,29 @@ def raw_files(dataset):
 
 def dataset_spec(wc):
     return json.dumps(config["datasets"][wc.dataset], sort_keys=True)
+
+
+def explain_failed_download(logs):
+    """After a failed workflow whose download failed (snakemake's ``logs`` say which): what to do, as the last
+    lines a person sees."""
+    text = "".join(Path(f).read_text() for f in ([logs] if isinstance(logs, str) else logs or []) if Path(f).is_file())
+    failed = sorted(set(re.findall(r"Error in rule download_(\w+)", text)))
+    if not failed:
+        return
+    fetch_logs = [f"logs/download/{name}.log" for name in failed]
+    said = "".join(Path(f).read_text() for f in fetch_logs if Path(f).is_file())
+    why = "no source could be reached (no network?)" if "no source could be reached" in said else "every source failed"
+    print(
+        f"\nDownloading {' and '.join(failed)} failed: {why}; each source's error: {', '.join(fetch_logs)}.\n"
+        f"{OFFLINE}",
+        file=sys.stderr,
+    )
+
+
+def write_spec(spec, path, log):
+    """A dataset's spec (JSON text) into ``path``, readable; ``log`` says so."""
+    write_atomic(path, f"{json.dumps(json.loads(spec), indent=1, sort_keys=True)}\n")
+    Path(log).write_text(f"wrote {path}\n")
 
 
 def the_run(wc):

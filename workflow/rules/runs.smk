@@ -1,5 +1,6 @@
 # One target per experiment: results/runs/{dataset}/{name}/metrics.json (see `runs:` in the config; a run
-# repeated over `seeds` has one more target per further seed, {name}@{seed}), with docs.npz beside it.
+# repeated over `seeds` has one more target per further seed, {name}@{seed}), with docs.npz beside it and
+# SHA256SUMS, the record of its files written when it finishes: a table never uses a file that fails it.
 # A run's resolved settings are a param: changing one reruns that run (Snakemake's params trigger),
 # and the run records them in its metrics.json, so the tables never show a result of other settings.
 
@@ -11,6 +12,7 @@ rule kn5:
     output:
         metrics=f"{RESULTS}/runs/{{dataset}}/{{name}}/metrics.json",
         docs=f"{RESULTS}/runs/{{dataset}}/{{name}}/docs.npz",  # scores per document (pipeline.intervals)
+        sums=f"{RESULTS}/runs/{{dataset}}/{{name}}/SHA256SUMS",  # the run's record: the tables check it
     log:
         f"logs/runs{RESULTS[len('results'):]}/{{dataset}}/{{name}}.log",
     wildcard_constraints:
@@ -40,6 +42,7 @@ rule train:
         metrics=f"{RESULTS}/runs/{{dataset}}/{{name}}/metrics.json",
         curve=f"{RESULTS}/runs/{{dataset}}/{{name}}/curve.csv",
         docs=f"{RESULTS}/runs/{{dataset}}/{{name}}/docs.npz",
+        sums=f"{RESULTS}/runs/{{dataset}}/{{name}}/SHA256SUMS",  # the run's record: the tables check it
         plot=report(
             f"{RESULTS}/runs/{{dataset}}/{{name}}/curve.png",
             category="Training curves",
