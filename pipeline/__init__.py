@@ -8,5 +8,5 @@ before it and the shared modules here):
 
 Shared by all: config (settings, runs, recipes), provenance, integrity (sha256 records), files
 (atomic writes), intervals (seed and bootstrap intervals), lifetime (children die with their parent)
-and snakemake_args (``./repro run``).  Imports hmm/ (the paper's model) and baselines/ (FF, LSTM,
+and snakemake_args (the venv's snakemake: targets anywhere).  Imports hmm/ (the paper's model) and baselines/ (FF, LSTM,
 KenLM); nothing imports it but bench/ and the workflow."""

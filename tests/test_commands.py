@@ -222,8 +222,64 @@ def test_advised_command_works_as_printed(source, command, request, monkeypatch)
     ("--profile profiles/tiny --report results/report.html", "--profile profiles/tiny --report results/report.html"),
     ("--rerun-triggers mtime params all", "all --rerun-triggers mtime params"),
     ("--forcerun results/runs/ptb/kn5/metrics.json", "--forcerun results/runs/ptb/kn5/metrics.json"),
+    ("--resources gpu results/table1.csv", "results/table1.csv --resources gpu"),  # gpu: a malformed value
 ])
 def test_repro_run_puts_targets_first(given, expected):
-    """./repro run's reordering (pipeline.snakemake_args): targets out of many-valued options, rest kept."""
+    """The project's snakemake's reordering (pipeline.snakemake_args): targets out of many-valued options, rest
+    kept."""
     from pipeline.snakemake_args import targets_first
     assert " ".join(targets_first(given.split())) == expected
+
+
+# ---- the project's snakemake: the headline command as typed, in the activated environment ----------
+
+def activated(words: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    """``words`` run as a shell with ``source .venv/bin/activate`` would run them (PATH, VIRTUAL_ENV)."""
+    env = os.environ | {"PATH": f"{ROOT / '.venv/bin'}{os.pathsep}{os.environ['PATH']}",
+                        "VIRTUAL_ENV": str(ROOT / ".venv")}
+    return subprocess.run(words, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize("line", [
+    "snakemake --cores 8 --resources gpu=1 results/table1.csv -n",
+    "snakemake -n --cores 2 --set-resources table:mem_mb=500 --config mirror=../shared/data results/table1.csv",
+    "snakemake -n --set-threads table=1 results/table1.csv --forcerun table --cores 1",
+])
+def test_snakemake_command_works_verbatim_in_the_activated_environment(line):
+    """Targets after --resources, --config, --set-resources, ...: the project's snakemake puts them first."""
+    proc = activated(line.split())
+    assert proc.returncode == 0, f"{line}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    out = proc.stdout + proc.stderr
+    assert re.search(r"^rule table:", out, flags=re.M) and "results/table1.csv" in out, out[-3000:]
+    assert not re.search(r"^rule (train|bench)", out, flags=re.M), "only table1 and what it needs"
+
+
+@pytest.mark.parametrize("line, option, word", [
+    ("snakemake --cores 8 --resources gpu results/table1.csv -n", "--resources", "gpu"),
+    ("snakemake -n --config mirror results/table1.csv", "--config", "mirror"),
+    ("snakemake -n --set-resources table:mem_mb results/table1.csv", "--set-resources", "table:mem_mb"),
+])
+def test_a_malformed_value_stops_with_a_clear_error(line, option, word):
+    """A word without `=` that is no target is a malformed value: snakemake's usage, the option named."""
+    proc = activated(line.split())
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.startswith("usage: snakemake")
+    assert f"snakemake: error: argument {option}: '{word}' is not NAME=VALUE" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_setup_puts_the_entry_point_back_after_a_reinstall_of_snakemake():
+    """pip writes its own console script on a reinstall of snakemake; `./repro setup` writes ours again."""
+    from pipeline.snakemake_args import ENTRY_POINT
+
+    script = ROOT / ".venv/bin/snakemake"
+    ours = ENTRY_POINT.format(python=ROOT / ".venv/bin/python")
+    pips = f"#!{ROOT / '.venv/bin/python'}\nimport sys\nfrom snakemake.cli import main\n" \
+           "if __name__ == '__main__':\n    sys.argv[0] = sys.argv[0].removesuffix('.exe')\n    sys.exit(main())\n"
+    try:
+        script.write_text(pips)
+        out = run(["./repro", "setup"], {})
+        assert script.read_text() == ours and "wrote .venv/bin/snakemake" in out.stdout, out.stdout
+        assert "snakemake" not in run(["./repro", "setup"], {}).stdout  # in place: nothing written
+    finally:
+        if script.read_text() != ours:
+            script.write_text(ours)
