@@ -1,8 +1,9 @@
 """Every shell command the documentation gives works as written.
 
-The commands are read from the Markdown files (fenced blocks and inline code that start with
-``./repro``, ``snakemake``, ``python``, or environment assignments before one of them), so a command
-added to a README is tested without a line here.  Each runs in its documented form:
+The commands are read from the Markdown files (the front page, the folders' READMEs and every page
+under docs/; fenced blocks and inline code that start with ``./repro``, ``snakemake``, ``python``, or
+environment assignments before one of them), so a command added to any of them is tested without a
+line here.  Each runs in its documented form:
 
 - snakemake and ``./repro run``: a dry run (``-n`` put first, so the words after it stay as written);
   ``--report`` for real on the tiny profile once the tiny pipeline has run (it reads its outputs);
@@ -27,8 +28,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# the front page, the READMEs of folders, and every page under docs/ (a new page is read without a line here)
 DOCS = ["README.md", "results/README.md", "config/README.md", "hmm/kernels/README.md", ".test/README.md",
-        *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
+        *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md"))]
 STARTS = ("./repro", "snakemake", "python", ".venv/bin/")
 ENV_ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=\S*$")
 PLACEHOLDERS = {"<dataset>": "ptb", "<name>": "kn5", "<target>": "llvm", "$OUT": "/tmp/repro-doc-out",
@@ -114,6 +116,38 @@ def tiny_outputs():
 
 
 COMMANDS = documented_commands()
+
+
+STATUS = re.compile(r"<!-- BEGIN status[^\n]*-->\n## Status of the paper's numbers\n(.+?)<!-- END status -->", re.S)
+LINK = re.compile(r"\[[^\]]+\]\(([^)\s]+)\)")
+
+
+def anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a page's headings (lower case, punctuation dropped, spaces to dashes)."""
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", markdown, flags=re.S), flags=re.M)}
+
+
+def test_readme_is_a_front_page_that_links_every_docs_page():
+    """About 150 lines: set-up, what a run produces, the delimited status of the paper's numbers, links on;
+    the reference lives in docs/, every page of it linked from here, every local link resolving."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 170, "the README is the front page: move reference material to docs/"
+    assert re.search(r"```bash\n\./repro run .*\n\./repro test ", readme), "the two set-up commands"
+    assert STATUS.search(readme), "the status section, between its markers"
+    pages = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md"))
+    assert len(pages) >= 8 and set(pages) <= set(DOCS)
+    assert not [p for p in pages if f"]({p})" not in readme], "link every docs page from the README"
+    broken = []
+    for doc in DOCS:
+        for target in LINK.findall((ROOT / doc).read_text()):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (ROOT / doc).parent / path if path else ROOT / doc
+            if not file.exists() or (anchor and file.suffix == ".md" and anchor not in anchors(file.read_text())):
+                broken.append(f"{doc}: {target}")
+    assert not broken, broken
 
 
 def test_the_documentation_gives_commands():
