@@ -2,14 +2,18 @@
 
 snakemake 9 reads every word after a many-valued option (``--resources``, ``--config``, ``--forcerun``,
 ...) as one of its values, so ``snakemake --cores 8 --resources gpu=1 results/table1.csv`` takes the
-target for a resource and stops.  ``./repro run`` passes its arguments through this module first:
-each many-valued option keeps only the words that fit it (``NAME=VALUE`` for ``--resources`` and
-``--config``, a config file for ``--configfile``, a rule name for ``--forcerun``/``--until``/...,
-one of the allowed choices where there are choices); every other free word is a target, and the
-targets go first.  The options themselves come from snakemake's own parser (plugins included), so
-an option that takes one value keeps it as argparse would.
+target for a resource and stops with a traceback.  The project's ``snakemake`` command (the
+entry point ``./repro setup`` writes into ``.venv/bin``, which ``./repro run`` calls too) passes its
+arguments through :func:`targets_first`, then calls snakemake's own ``main``: each many-valued
+option keeps only the words that fit it (``NAME=VALUE`` for ``--resources`` and ``--config``, a
+config file for ``--configfile``, a rule name for ``--forcerun``/``--until``/..., one of the allowed
+choices where there are choices); every other free word is a target, and the targets go first.
+The options themselves come from snakemake's own parser (plugins included), so an option that
+takes one value keeps it as argparse would.  A word without ``=`` after ``--resources``,
+``--config``, ... that is no target (not a rule, no ``/`` or ``.``: ``--resources gpu``) is a
+malformed value: it stops with snakemake's usage and the option named, not a traceback.
 
-    python -m pipeline.snakemake_args [ARGS...]   # prints the reordered ARGS, NUL-separated
+    python -m pipeline.snakemake_args --install BIN   # writes BIN/snakemake (./repro setup does)
 """
 import re
 import sys
@@ -51,12 +55,17 @@ def _options():
     return table
 
 
+def looks_like_target(word, rules):
+    """A rule name or a file (a path or a name with an extension)."""
+    return word in rules or "/" in word or "." in word
+
+
 def _fits(names, word, choices, rules):
     """Whether ``word`` is a value of the many-valued option spelt ``names`` (else it is a target)."""
     if choices:
         return word in choices
-    if names & ASSIGNMENTS:
-        return "=" in word
+    if names & ASSIGNMENTS:  # a word without `=` is a malformed value unless it is a target
+        return "=" in word or not looks_like_target(word, rules)
     if names & CONFIG_FILES:
         return word.endswith((".yaml", ".yml", ".json")) and Path(word).parts[0] not in OUTPUT_DIRS
     if names & RULES:
@@ -111,9 +120,62 @@ def targets_first(argv, rules=None, options=None):
     return targets + rest
 
 
-def main(argv):
-    sys.stdout.write("".join(f"{arg}\0" for arg in targets_first(argv)))
+def malformed(argv, options=None):
+    """The first ``(option, word)`` where a ``NAME=VALUE`` option (``--resources``, ``--config``, ...)
+    was given a word without ``=``, or None."""
+    options = _options() if options is None else options
+    option = None
+    for word in argv:
+        if word == "--":
+            return None
+        if word.startswith("-"):
+            name, _, inline = word.partition("=")
+            known = options.get(name)
+            option = name if known and known[0] & ASSIGNMENTS and known[1] in ("*", "+") and not inline else None
+        elif option and "=" not in word:
+            return option, word
+    return None
+
+
+def snakemake(argv=None):
+    """snakemake's own ``main`` on ``argv`` (default: the command line) with the targets put first."""
+    from snakemake.cli import get_argument_parser, main
+
+    argv = sys.argv[1:] if argv is None else argv
+    options = _options()
+    args = targets_first(argv, options=options)
+    bad = malformed(args, options)
+    if bad:
+        get_argument_parser().error(f"argument {bad[0]}: {bad[1]!r} is not NAME=VALUE (a target goes "
+                                    f"first, or after --)")
+    return main(args)
+
+
+ENTRY_POINT = """#!{python}
+# snakemake with its targets anywhere on the line: pipeline/snakemake_args.py (written by ./repro setup)
+import sys
+from pipeline.snakemake_args import snakemake
+if __name__ == "__main__":
+    sys.argv[0] = sys.argv[0].removesuffix(".exe")
+    sys.exit(snakemake())
+"""
+
+
+def install(bin_dir):
+    """Write ``bin_dir/snakemake`` (this module's entry point) unless it is there; True if written."""
+    path = Path(bin_dir) / "snakemake"
+    text = ENTRY_POINT.format(python=Path(bin_dir).absolute() / "python")
+    if path.is_file() and path.read_text() == text:
+        return False
+    tmp = path.with_name(".snakemake.tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o755)
+    tmp.replace(path)  # replaces pip's console script (a reinstall of snakemake writes that one back)
+    return True
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:2] != ["--install"] or len(sys.argv) != 3:
+        sys.exit("usage: python -m pipeline.snakemake_args --install BIN")
+    if install(sys.argv[2]):
+        print(f"wrote {sys.argv[2]}/snakemake: snakemake with its targets anywhere on the line")

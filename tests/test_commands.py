@@ -1,8 +1,9 @@
 """Every shell command the documentation gives works as written.
 
-The commands are read from the Markdown files (fenced blocks and inline code that start with
-``./repro``, ``snakemake``, ``python``, or environment assignments before one of them), so a command
-added to a README is tested without a line here.  Each runs in its documented form:
+The commands are read from the Markdown files (the front page, the folders' READMEs and every page
+under docs/; fenced blocks and inline code that start with ``./repro``, ``snakemake``, ``python``, or
+environment assignments before one of them), so a command added to any of them is tested without a
+line here.  Each runs in its documented form:
 
 - snakemake and ``./repro run``: a dry run (``-n`` put first, so the words after it stay as written);
   ``--report`` for real on the tiny profile once the tiny pipeline has run (it reads its outputs);
@@ -27,8 +28,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# the front page, the READMEs of folders, and every page under docs/ (a new page is read without a line here)
 DOCS = ["README.md", "results/README.md", "config/README.md", "hmm/kernels/README.md", ".test/README.md",
-        *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
+        *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md"))]
 STARTS = ("./repro", "snakemake", "python", ".venv/bin/")
 ENV_ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=\S*$")
 PLACEHOLDERS = {"<dataset>": "ptb", "<name>": "kn5", "<target>": "llvm", "$OUT": "/tmp/repro-doc-out",
@@ -114,6 +116,38 @@ def tiny_outputs():
 
 
 COMMANDS = documented_commands()
+
+
+STATUS = re.compile(r"<!-- BEGIN status[^\n]*-->\n## Status of the paper's numbers\n(.+?)<!-- END status -->", re.S)
+LINK = re.compile(r"\[[^\]]+\]\(([^)\s]+)\)")
+
+
+def anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a page's headings (lower case, punctuation dropped, spaces to dashes)."""
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", markdown, flags=re.S), flags=re.M)}
+
+
+def test_readme_is_a_front_page_that_links_every_docs_page():
+    """About 150 lines: set-up, what a run produces, the delimited status of the paper's numbers, links on;
+    the reference lives in docs/, every page of it linked from here, every local link resolving."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 170, "the README is the front page: move reference material to docs/"
+    assert re.search(r"```bash\n\./repro run .*\n\./repro test ", readme), "the two set-up commands"
+    assert STATUS.search(readme), "the status section, between its markers"
+    pages = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md"))
+    assert len(pages) >= 8 and set(pages) <= set(DOCS)
+    assert not [p for p in pages if f"]({p})" not in readme], "link every docs page from the README"
+    broken = []
+    for doc in DOCS:
+        for target in LINK.findall((ROOT / doc).read_text()):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (ROOT / doc).parent / path if path else ROOT / doc
+            if not file.exists() or (anchor and file.suffix == ".md" and anchor not in anchors(file.read_text())):
+                broken.append(f"{doc}: {target}")
+    assert not broken, broken
 
 
 def test_the_documentation_gives_commands():
@@ -223,8 +257,64 @@ def test_advised_command_works_as_printed(source, command, request, monkeypatch)
     ("--profile profiles/tiny --report results/report.html", "--profile profiles/tiny --report results/report.html"),
     ("--rerun-triggers mtime params all", "all --rerun-triggers mtime params"),
     ("--forcerun results/runs/ptb/kn5/metrics.json", "--forcerun results/runs/ptb/kn5/metrics.json"),
+    ("--resources gpu results/table1.csv", "results/table1.csv --resources gpu"),  # gpu: a malformed value
 ])
 def test_repro_run_puts_targets_first(given, expected):
-    """./repro run's reordering (pipeline.snakemake_args): targets out of many-valued options, rest kept."""
+    """The project's snakemake's reordering (pipeline.snakemake_args): targets out of many-valued options, rest
+    kept."""
     from pipeline.snakemake_args import targets_first
     assert " ".join(targets_first(given.split())) == expected
+
+
+# ---- the project's snakemake: the headline command as typed, in the activated environment ----------
+
+def activated(words: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    """``words`` run as a shell with ``source .venv/bin/activate`` would run them (PATH, VIRTUAL_ENV)."""
+    env = os.environ | {"PATH": f"{ROOT / '.venv/bin'}{os.pathsep}{os.environ['PATH']}",
+                        "VIRTUAL_ENV": str(ROOT / ".venv")}
+    return subprocess.run(words, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize("line", [
+    "snakemake --cores 8 --resources gpu=1 results/table1.csv -n",
+    "snakemake -n --cores 2 --set-resources table:mem_mb=500 --config mirror=../shared/data results/table1.csv",
+    "snakemake -n --set-threads table=1 results/table1.csv --forcerun table --cores 1",
+])
+def test_snakemake_command_works_verbatim_in_the_activated_environment(line):
+    """Targets after --resources, --config, --set-resources, ...: the project's snakemake puts them first."""
+    proc = activated(line.split())
+    assert proc.returncode == 0, f"{line}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    out = proc.stdout + proc.stderr
+    assert re.search(r"^rule table:", out, flags=re.M) and "results/table1.csv" in out, out[-3000:]
+    assert not re.search(r"^rule (train|bench)", out, flags=re.M), "only table1 and what it needs"
+
+
+@pytest.mark.parametrize("line, option, word", [
+    ("snakemake --cores 8 --resources gpu results/table1.csv -n", "--resources", "gpu"),
+    ("snakemake -n --config mirror results/table1.csv", "--config", "mirror"),
+    ("snakemake -n --set-resources table:mem_mb results/table1.csv", "--set-resources", "table:mem_mb"),
+])
+def test_a_malformed_value_stops_with_a_clear_error(line, option, word):
+    """A word without `=` that is no target is a malformed value: snakemake's usage, the option named."""
+    proc = activated(line.split())
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.startswith("usage: snakemake")
+    assert f"snakemake: error: argument {option}: '{word}' is not NAME=VALUE" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_setup_puts_the_entry_point_back_after_a_reinstall_of_snakemake():
+    """pip writes its own console script on a reinstall of snakemake; `./repro setup` writes ours again."""
+    from pipeline.snakemake_args import ENTRY_POINT
+
+    script = ROOT / ".venv/bin/snakemake"
+    ours = ENTRY_POINT.format(python=ROOT / ".venv/bin/python")
+    pips = f"#!{ROOT / '.venv/bin/python'}\nimport sys\nfrom snakemake.cli import main\n" \
+           "if __name__ == '__main__':\n    sys.argv[0] = sys.argv[0].removesuffix('.exe')\n    sys.exit(main())\n"
+    try:
+        script.write_text(pips)
+        out = run(["./repro", "setup"], {})
+        assert script.read_text() == ours and "wrote .venv/bin/snakemake" in out.stdout, out.stdout
+        assert "snakemake" not in run(["./repro", "setup"], {}).stdout  # in place: nothing written
+    finally:
+        if script.read_text() != ours:
+            script.write_text(ours)

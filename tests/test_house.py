@@ -1,8 +1,10 @@
 """The house rules: packages import only downward, every setting has one home, the workflow is
-lint- and format-clean, and the generated settings reference is current."""
+lint- and format-clean, the generated settings reference is current, and no committed result names
+a path of the machine that made it."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -147,3 +149,43 @@ def test_snakefmt_is_clean():
     proc = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow/"], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# an absolute path: POSIX (/work/..., /home/..., /tmp/...: a directory at a word's start, not a URL's or
+# a relative path's), Windows (C:\\... or C:/...), home (~/...), file:///
+ABSOLUTE = re.compile(r"file:/{3}|(?<![\w.~/:\\-])/[\w.-]+/|\b[A-Za-z]:[\\/][\w.-]|(?<![\w./-])~/[\w.-]")
+
+
+def committed_text(path: Path) -> str:
+    """What a person or a program reads in a committed file: its text; a PNG's text chunks; else the
+    printable runs of its bytes (as `strings` shows them)."""
+    data = path.read_bytes()
+    if data.startswith(b"\x89PNG"):
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return "\n".join(f"{k}: {v}" for k, v in image.text.items())
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return "\n".join(run.decode() for run in re.findall(rb"[\x20-\x7e]{8,}", data))
+
+
+@pytest.mark.parametrize("text, absolute", [
+    ("cluster_paths=/work/fid-keep/authors-lm-8-paths", True), ("out: /tmp/x.csv", True),
+    ("C:\\Users\\me\\paths", True), ("~/data/ptb", True), ("file:///home/a", True),
+    ("results/runs/ptb/kn5/metrics.json", False), ("https://raw.githubusercontent.com/x/y", False),
+    ("1/3, 2n/3 of the epoch", False), ("authors' lm-8 paths (sha256 818c)", False),
+])
+def test_absolute_path_pattern(text, absolute):
+    assert bool(ABSOLUTE.search(text)) == absolute
+
+
+def test_no_committed_result_names_a_local_path():
+    """A committed result names an input by what it is (name, sha256), never where it sat on a machine."""
+    files = subprocess.run(["git", "ls-files", "results"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert "results/fidelity.csv" in files
+    found = [f"{f}: ...{t[max(0, m.start() - 40):m.end() + 40]}..." for f in files
+             for t in [committed_text(ROOT / f)] for m in ABSOLUTE.finditer(t)]
+    assert not found, "absolute paths in committed results:\n" + "\n".join(found)

@@ -1,6 +1,7 @@
 """Paper text vs released code: the recipe overlay, the released code's initialization, check
 points and cluster files (wcluster ``paths``), and the fidelity table."""
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,6 +16,8 @@ from pipeline.config import ConfigError, recipe_overrides, resolve_runs
 from pipeline.data.corpus import Corpus
 from pipeline.reporting.fidelity import spec, table
 from pipeline.training.train import Trainer
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_released_recipe_sets_every_difference_in_its_own_folders():
@@ -183,6 +186,26 @@ def test_fidelity_table_compares_each_switch_with_the_default_recipe():
     assert row["default_ppl_lo"] == round(301 - math.hypot(5, 1.959964), 2)
     assert row["default_ppl_hi"] == round(301 + math.hypot(6, 1.959964), 2)
     assert math.isnan(row["switched_ppl_lo"]) and math.isnan(row["switched_ppl_hi"])
+
+
+def test_fidelity_table_names_a_cluster_file_by_what_it_is_not_where_it_sat(tmp_path):
+    """A local copy of the authors' file: their file and its pinned sha256; a user's paths file: name and
+    sha256.  Neither cell names the folder the file sat in."""
+    import hashlib
+
+    config = merged_config("config/config.yaml")
+    config["recipes"]["released-code"]["cluster_paths"] = str(tmp_path / "authors-lm-8-paths")
+    cells = table(spec(config), {}).set_index("switch")
+    assert cells.loc["clusters", "default_value"] == "cluster_paths=None; clusters=brown-clustering"
+    assert cells.loc["clusters", "switched_value"] == \
+        f"cluster_paths=authors' lm-8 paths (sha256 {AUTHORS_SHA256['ptb'][8]}); clusters=authors"
+    tiny = table(spec(merged_config("config/config.yaml", "config/tiny.yaml")), {}).set_index("switch")
+    paths = ROOT / ".test/data/ptb/paths-4"
+    assert tiny.loc["clusters", "switched_value"] == \
+        f"cluster_paths=paths-4 (sha256 {hashlib.sha256(paths.read_bytes()).hexdigest()}); clusters=paths-file"
+    for frame in (cells, tiny):
+        text = frame.to_csv()
+        assert str(tmp_path) not in text and str(ROOT) not in text and ".test/data" not in text
 
 
 def test_front_page_has_the_paper_text_vs_released_code_table(tmp_path):

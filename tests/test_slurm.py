@@ -1,6 +1,6 @@
 """profiles/slurm on a real single-node SLURM 22.05 (tests/slurm/start.sh: Debian packages, 127.0.0.1 only).
 
-A slice of the tiny DAG goes through SLURM as the README says to run the tiny profile there: data, Brown
+A slice of the tiny DAG goes through SLURM as docs/slurm.md says to run the tiny profile there: data, Brown
 clusters and KN5 on the cpu partition, a training run asking a GPU on the gpu partition's declared GPU; a
 request larger than every node is refused before anything is submitted; a running training job is
 cancelled with scancel (snakemake must fail it, not wait for ever), a SIGTERM to snakemake cancels its job,
@@ -88,7 +88,7 @@ def logs(state):
 
 
 def command(work, *args):
-    """The README's command for the tiny profile on SLURM, with the test's workdir, site file and quick checks."""
+    """docs/slurm.md's command for the tiny profile on SLURM, with the test's workdir, site file and quick checks."""
     return ["./repro", "run", "--profile", "profiles/slurm", "--directory", str(work), "--configfile", SITE,
             "--jobs", "4", "--slurm-init-seconds-before-status-checks", "2", *args, "--config", "profile=tiny"]
 

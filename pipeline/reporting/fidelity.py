@@ -35,10 +35,13 @@ import sys
 from pathlib import Path
 
 from hmm.config import ConfigError, HMMConfig
+from pipeline.authors import AUTHORS_DIR, AUTHORS_SHA256
 from pipeline.config import DEFAULT_RECIPE, TrainConfig, recipe_settings, resolve_runs
+from pipeline.integrity import sha256
 from pipeline.intervals import combine
 from pipeline.reporting.runs import record_problem
 
+ROOT = Path(__file__).resolve().parents[2]
 RELEASED = "released-code"
 COLUMNS = ["switch", "settings", "default_value", "switched_value",
            "default_ppl_mean", "default_ppl_std", "default_n", "default_ppl_lo", "default_ppl_hi",
@@ -100,8 +103,25 @@ def spec(config: dict) -> dict:
     return {"rows": rows, "dataset": fid["dataset"], "settings": fid["settings"], "seeds": fid["seeds"]}
 
 
-def _values(d: dict) -> str:
-    return "; ".join(f"{k}={v}" for k, v in d.items())
+def setting_text(name: str, value, settings: dict, dataset: str) -> str:
+    """A setting's value as the committed table shows it: a file by what it is, never where it sat.
+
+    ``cluster_paths`` under ``clusters: authors`` is the authors' file, whose pinned sha256 the pipeline
+    checks before it reads it; under ``paths-file`` it is the file's name and sha256 (read here, from
+    the path as given or relative to the repository)."""
+    if name != "cluster_paths" or value is None:
+        return str(value)
+    if settings.get("clusters") == "authors":
+        num_clusters = int(settings.get("num_clusters", default_of("num_clusters")))
+        pinned = AUTHORS_SHA256[dataset][num_clusters]
+        return f"authors' {AUTHORS_DIR[dataset]}-{num_clusters} paths (sha256 {pinned})"
+    path = next((p for p in (Path(value), ROOT / value) if p.is_file()), None)
+    return f"{Path(value).name} (sha256 {sha256(path) if path else 'unknown: file not found'})"
+
+
+def _values(d: dict, settings: dict, dataset: str) -> str:
+    """``name=value; ...`` of the settings ``d`` (``settings``: the variant's, for what a value means)."""
+    return "; ".join(f"{k}={setting_text(k, v, settings, dataset)}" for k, v in d.items())
 
 
 def _side(runs: list[str], valid: dict[str, tuple[float, list[float] | None]]) -> list:
@@ -122,8 +142,8 @@ def table(spec: dict, valid: dict[str, tuple[float, list[float] | None]]):
         diff = b[0] - a[0] if a[2] and b[2] else None
         exceeds = "" if diff is None or a[1] is None or b[1] is None else (
             "yes" if abs(diff) > a[1] + b[1] else "no")
-        out.append([r["switch"], ", ".join(r["settings"]), _values(r["default"]), _values(r["switched"]),
-                    *a, *b, diff, exceeds])
+        sides = [_values(r[side], spec["settings"] | r[side], spec["dataset"]) for side in ("default", "switched")]
+        out.append([r["switch"], ", ".join(r["settings"]), *sides, *a, *b, diff, exceeds])
     df = pd.DataFrame(out, columns=COLUMNS)
     for c in df.columns:
         if c.endswith(("_mean", "_std", "_lo", "_hi")) or c == "difference":

@@ -166,7 +166,7 @@ RECIPE_ROWS = [
      ("plateau", "patience", "check_points")),
     ("test-weights", "model tested", "silent", "the last weights", ("test_weights",)),
     ("clusters", "Brown clusters", "wcluster, 128 clusters",
-     "the files shipped in clusters/lm-M/paths (w2lm-M: WikiText-2); <eos> and <pad> in the last cluster",
+     "the files shipped in clusters/lm-M/paths (w2flm-M: WikiText-2); <eos> and <pad> in the last cluster",
      ("clusters",)),
     ("released recipe (all)", "all of the above", "as above", "--config recipe=released-code", ()),
 ]

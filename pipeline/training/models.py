@@ -15,7 +15,7 @@ NORMALIZER_PRECISION = {"highest": "fp32", "high": "tf32", "medium": "bf16"}
 # The training step's transition (hmm.model.VLNHMM, ``lean_transition``): "factored" (MLP factors and
 # row normalizers, never the [C', C'] matrix's gradient; fused in Triton on CUDA) or "dense" (the
 # reference: log_softmax of the [C', C'] logits).  Both give the same numbers (tests/test_fast_step.py).
-# On a CPU (bench.scale, 2 threads, h = 256, V = 10,000, B x T = 16 x 32; README, "Which transition
+# On a CPU (bench.scale, 2 threads, h = 256, V = 10,000, B x T = 16 x 32; docs/benchmarks.md, "Which transition
 # path") the dense one was faster at every size measured but one: M = 8 for |Z| 256 to 4,096, M = 128
 # for |Z| 1,024 to 4,096; the factored one won at |Z| = 8,192, M = 128.  Its per-edge blocks cost
 # ~ B T k'^2 and the dense matrix ~ C'^2 = M^2 k'^2, so it needs many blocks as well as many states:

@@ -53,5 +53,5 @@ def check_requests_fit(jobs):
         raise WorkflowError(
             f"{len(too_big)} job(s) ask more than any node of their partition has (nodes as (cpus, MB): "
             f"{sizes}); SLURM would keep them pending for ever: {'; '.join(too_big)}. Fit slurm.jobs (or the "
-            "partitions) to your site with --configfile (README, Running on SLURM)."
+            "partitions) to your site with --configfile (docs/slurm.md)."
         )

@@ -78,7 +78,7 @@ def in_dag(run):
 
 IN_DAG = {key: run for key, run in RUNS.items() if in_dag(run)}
 _WHY = "gpu_runs: never" if config["gpu_runs"] == "never" else "gpu_runs: auto and nvidia-smi finds no GPU"
-NOT_RUN = {key: f"not run: needs a GPU ({_WHY}); see README, Running on a GPU" for key in RUNS if key not in IN_DAG}
+NOT_RUN = {key: f"not run: needs a GPU ({_WHY}); see docs/gpu.md" for key in RUNS if key not in IN_DAG}
 
 
 def announce_left_out():
@@ -159,7 +159,7 @@ def announce_defaults():
         print(f"[repro] not given on the command line: {'; '.join(DEFAULTS_CHOSEN)}", file=sys.stderr)
 
 
-# ---- cluster jobs: partition and size of each kind of job (config slurm:, README "Running on SLURM")
+# ---- cluster jobs: partition and size of each kind of job (config slurm:, docs/slurm.md)
 SLURM = config["slurm"]
 
 
