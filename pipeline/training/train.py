@@ -31,6 +31,7 @@ import os
 import signal
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ from pipeline.data.corpus import Corpus, Windows
 from pipeline.files import write_json
 from pipeline.integrity import IntegrityError, recorded, sha256
 from pipeline.lifetime import die_with_parent
+from pipeline.provenance import commit
 from pipeline import cpu
 from pipeline.training import precision, results
 from pipeline.training.checkpoints import Checkpoint, fingerprint_of
@@ -281,7 +283,8 @@ class Trainer:
 
     def segment(self) -> dict:
         """Where this process trains the run from its current step (a resumed run has several)."""
-        record = {"from_step": self.state["step"], "device": self.device.type, "precision": self.precision.name}
+        record = {"from_step": self.state["step"], "device": self.device.type, "precision": self.precision.name,
+                  "commit": commit()[0], "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         return record | (cpu.record() if self.device.type == "cpu" else
                          {"device_name": torch.cuda.get_device_name(self.device)})
 
