@@ -231,3 +231,21 @@ def test_marginals_sum_to_one():
     assert torch.allclose(unary.sum(-1), torch.ones(2, 4), atol=1e-6)
     assert torch.allclose(pair.sum((-1, -2)), torch.ones(2, 3), atol=1e-6)
     assert torch.allclose(pair.sum(-1), unary[:, :-1], atol=1e-6)
+
+
+def test_chunk_products_per_block_equal_the_batched_product():
+    """The CPU's one-product-per-block emission logits equal the GPU's batched product, values and gradients."""
+    from hmm.model import chunk_products
+    g = torch.Generator().manual_seed(0)
+    counts = (3, 1, 2)
+    hs = torch.randn(3, 4, 5, generator=g, dtype=torch.double, requires_grad=True)
+    words = torch.randn(sum(counts), 6, 5, generator=g, dtype=torch.double, requires_grad=True)
+    chunk_block = torch.repeat_interleave(torch.arange(3), torch.tensor(counts))
+    weights = torch.randn(sum(counts), 4, 6, generator=g, dtype=torch.double)
+    results = []
+    for per_block in (False, True):
+        out = chunk_products(hs, words, chunk_block, counts, per_block)
+        grads = torch.autograd.grad((out * weights).sum(), (hs, words))
+        results.append((out, *grads))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
