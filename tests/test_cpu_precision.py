@@ -1,0 +1,127 @@
+"""The CPU training precision: the fused output layer against log_softmax, the dropout's distribution, the
+choice of cpu_precision per CPU kind, cpu_runs, and bf16 training agreeing with fp32 on real (small) data."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from baselines.dropout import Dropout
+from baselines.output import token_logp
+from pipeline import cpu
+from pipeline.config import ConfigError, resolve_run, resolve_runs
+from pipeline.data.corpus import Corpus
+from pipeline.training import precision
+from pipeline.training.models import build_model
+from pipeline.training.train import train
+from tests.test_train import round_robin_clusters
+
+
+def reference_logp(h, w, b, t):
+    logits = h @ w.T + (0 if b is None else b)
+    return F.log_softmax(logits, dim=-1).gather(1, t[:, None])[:, 0]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_token_logp_equals_log_softmax_values_and_gradients(bias, dtype):
+    g = torch.Generator().manual_seed(0)
+    N, d, V = 150, 12, 300  # N not a multiple of the chunk: the last chunk is short
+    h = torch.randn(N, d, generator=g, dtype=dtype, requires_grad=True)
+    w = torch.randn(V, d, generator=g, dtype=dtype, requires_grad=True)
+    b = torch.randn(V, generator=g, dtype=dtype, requires_grad=True) if bias else None
+    t = torch.randint(V, (N,), generator=g)
+    upstream = torch.randn(N, generator=g, dtype=dtype)
+    leaves = [x for x in (h, w, b) if x is not None]
+    ours = token_logp(h, w, b, t)
+    assert ours.dtype == dtype
+    expected = reference_logp(h, w, b, t)
+    torch.testing.assert_close(ours, expected)
+    for a, e in zip(torch.autograd.grad((ours * upstream).sum(), leaves),
+                    torch.autograd.grad((expected * upstream).sum(), leaves)):
+        torch.testing.assert_close(a, e)
+
+
+def test_token_logp_bf16_products_stay_close_and_return_fp32():
+    g = torch.Generator().manual_seed(1)
+    h, w = torch.randn(200, 32, generator=g, requires_grad=True), torch.randn(500, 32, generator=g) * 0.2
+    w.requires_grad_(True)
+    t = torch.randint(500, (200,), generator=g)
+    ours = token_logp(h, w, None, t, torch.bfloat16)
+    assert ours.dtype == torch.float32
+    expected = reference_logp(h, w, None, t)
+    assert (ours - expected).abs().max() < 0.05  # bf16 logits: ~3 significant digits
+    gh, gw = torch.autograd.grad(ours.sum(), (h, w))
+    eh, ew = torch.autograd.grad(expected.sum(), (h, w))
+    assert gh.dtype == gw.dtype == torch.float32
+    assert (gh - eh).norm() / eh.norm() < 0.02 and (gw - ew).norm() / ew.norm() < 0.02
+
+
+def test_dropout_keeps_one_minus_p_scaled_and_is_the_identity_in_eval():
+    torch.manual_seed(0)
+    drop = Dropout(0.3)
+    x = torch.ones(400_000, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.005
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.7))
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    assert torch.equal(grad != 0, kept)
+    drop.eval()
+    assert drop(x) is x
+    with pytest.raises(ValueError):
+        Dropout(1.0)
+
+
+@pytest.mark.parametrize("kind", ["amx", "avx512_bf16", "none"])
+def test_auto_takes_bf16_only_with_native_bf16_and_a_measured_gain(monkeypatch, kind):
+    monkeypatch.setattr(cpu, "kind", lambda: kind)
+    monkeypatch.setattr(precision, "MEASURED", {("ff", kind): (1.8, "test"), ("lstm", kind): (1.01, "test")})
+    dev = torch.device("cpu")
+    ff, lstm, hmm = (precision.choose("auto", m, dev) for m in ("ff", "lstm", "vlnhmm"))
+    if kind == "none":
+        assert (ff.name, lstm.name, hmm.name) == ("fp32", "fp32", "fp32") and "no native bf16" in ff.reason
+    else:
+        assert ff.name == "bf16" and ff.dtype == torch.bfloat16 and "1.80x" in ff.reason
+        assert lstm.name == "fp32" and "only 1.01x" in lstm.reason      # measured, not faster enough
+        assert hmm.name == "fp32" and "not measured" in hmm.reason      # never measured on this kind
+    assert precision.choose("fp32", "ff", dev).dtype is None
+    assert precision.choose("bf16", "vlnhmm", dev).name == "bf16"
+    assert precision.choose("auto", "ff", torch.device("cuda")).name == "fp32"  # GPUs: matmul_precision
+
+
+def test_cpu_runs_put_the_named_runs_and_their_seeds_on_the_cpu():
+    config = {"datasets": {"ptb": {}}, "defaults": {},
+              "runs": [{"name": "ff", "dataset": "ptb", "model": "ff", "seeds": [1, 2]},
+                       {"name": "lstm", "dataset": "ptb", "model": "lstm"}],
+              "cpu_runs": ["ptb/ff"]}
+    devices = {r.key: r.train.device for r in resolve_runs(config)}
+    assert devices == {"ptb/ff": "cpu", "ptb/ff@2": "cpu", "ptb/lstm": "auto"}
+    with pytest.raises(ConfigError, match="cpu_runs: no run ptb/gru"):
+        resolve_runs(config | {"cpu_runs": ["ptb/gru"]})
+
+
+@pytest.mark.skipif(cpu.kind() == "none", reason="bf16 training is compared where the CPU has native bf16")
+@pytest.mark.parametrize("model", ["ff", "lstm", "vlnhmm"])
+def test_bf16_training_agrees_with_fp32(small_ptb, tmp_path, model):
+    """Same seed, same data, one epoch each: the fp32-scored valid ppl of bf16 training within 2 % of fp32's."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small steps: one thread is as fast, and never waits on a busy core
+    try:
+        _compare(small_ptb, tmp_path, model)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _compare(small_ptb, tmp_path, model):
+    corpus = Corpus.load(small_ptb)
+    clusters = round_robin_clusters(small_ptb, 4)
+    settings = {"vlnhmm": {"num_states": 64, "num_clusters": 4, "backend": "torch"}}.get(model, {})
+    ppl = {}
+    for p in ("fp32", "bf16"):
+        run = resolve_run({"name": f"t-{model}", "dataset": "ptb", "model": model, "device": "cpu", "seed": 3,
+                           "hidden": 32, "batch_size": 8, "bptt": 16, "epochs": 1, "evals_per_epoch": 2,
+                           "cpu_precision": p, **settings})
+        torch.manual_seed(3)
+        metrics = train(run, corpus, build_model(run, corpus, clusters), tmp_path / p, tmp_path / p / "ckpt.pt")
+        assert metrics["cpu_precision"]["used"] == p and metrics["segments"][0]["precision"] == p
+        ppl[p] = metrics["valid_ppl"]
+    assert abs(ppl["bf16"] / ppl["fp32"] - 1) < 0.02, ppl
