@@ -125,3 +125,53 @@ def _compare(small_ptb, tmp_path, model):
         assert metrics["cpu_precision"]["used"] == p and metrics["segments"][0]["precision"] == p
         ppl[p] = metrics["valid_ppl"]
     assert abs(ppl["bf16"] / ppl["fp32"] - 1) < 0.02, ppl
+
+
+def test_a_finished_cpu_run_is_filed_as_a_reference_with_its_records(tmp_path, capsys):
+    """`./repro import --local`: a run that ended goes to the reference tree with provenance and SHA256SUMS;
+    one in progress, one of other settings and one edited after it ended are refused and nothing is written."""
+    from pipeline.integrity import SUMS, read_sums, record_dir, verify_dir
+    from pipeline.node.importer import file_local
+
+    config = {"datasets": {"ptb": {}}, "defaults": {}, "cpu_runs": ["ptb/ff"],
+              "runs": [{"name": "ff", "dataset": "ptb", "model": "ff"}, {"name": "lstm", "dataset": "ptb", "model": "lstm"}]}
+    runs = {r.key: r for r in resolve_runs(config)}
+    runs_dir, logs, ref = tmp_path / "runs", tmp_path / "logs", tmp_path / "reference"
+
+    def trained(key, status, **spec_change):
+        spec = runs[key].result_spec()
+        spec["settings"] = spec["settings"] | spec_change
+        d = runs_dir / key
+        d.mkdir(parents=True)
+        metrics = {"status": status, "spec": spec, "device": "cpu", "device_name": "AMD EPYC (2 cores)",
+                   "valid_ppl": 150.0, "cpu_precision": {"setting": "auto", "used": "bf16", "reason": "test"},
+                   "segments": [{"from_step": 0, "precision": "bf16", "bf16_kind": "avx512_bf16"}],
+                   "provenance": {"commit": "abc", "date": "2026-12-06"}}
+        (d / "metrics.json").write_text(__import__("json").dumps(metrics))
+        (d / "curve.csv").write_text("step,valid_ppl\n1,150\n")
+        record_dir(d, ["metrics.json", "curve.csv"])
+        (logs / key).parent.mkdir(parents=True, exist_ok=True)
+        (logs / f"{key}.log").write_text("[ptb/ff] done\n")
+
+    trained("ptb/ff", "incomplete: last check at step 5")
+    trained("ptb/lstm", "measured", hidden=128)
+    result = file_local(["ptb/ff", "ptb/lstm"], config, runs_dir, logs, ref)
+    assert not result["written"] and not ref.exists()
+    why = dict(result["refused"])
+    assert "only a run that ended is filed" in why["ptb/ff"] and "`hidden`" in why["ptb/lstm"]
+
+    import shutil
+    shutil.rmtree(runs_dir)
+    trained("ptb/ff", "measured")
+    (runs_dir / "ptb/ff/curve.csv").write_text("step,valid_ppl\n1,99\n")  # edited after the run ended
+    assert "does not match" in dict(file_local(["ptb/ff"], config, runs_dir, logs, ref)["refused"])["ptb/ff"]
+
+    shutil.rmtree(runs_dir)
+    trained("ptb/ff", "measured")
+    assert file_local(["ptb/ff"], config, runs_dir, logs, ref)["imported"] == ["ptb/ff"]
+    dest = ref / "ptb/ff"
+    assert {"metrics.json", "provenance.json", "curve.csv", "train.log", SUMS} <= {p.name for p in dest.iterdir()}
+    verify_dir(dest, sorted(read_sums(dest / SUMS)), "test")
+    prov = __import__("json").loads((dest / "provenance.json").read_text())
+    assert prov["cpu_precision"]["used"] == "bf16" and prov["segments"][0]["bf16_kind"] == "avx512_bf16"
+    assert "bf16 training" in capsys.readouterr().out

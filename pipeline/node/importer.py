@@ -39,7 +39,7 @@ from pathlib import Path
 
 from pipeline.config import ConfigError, resolve_runs, spec_differences
 from pipeline.files import read_json
-from pipeline.integrity import SUMS, record_dir, sha256
+from pipeline.integrity import SUMS, IntegrityError, read_sums, record_dir, sha256, verify_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -191,11 +191,80 @@ def _file_run(key: str, src: Path, metrics: dict, trained: dict, run, summary: d
           f"({metrics.get('status')}; {where})")
 
 
+def _local_record_problem(key: str, src: Path) -> str | None:
+    """Why a local run's files do not match the SHA256SUMS its training wrote when it ended (None: they do)."""
+    sums = read_sums(src / SUMS)
+    if not sums:
+        return f"{key}: {src / SUMS} is missing, so its files cannot be checked; train it again to file it"
+    try:
+        verify_dir(src, sorted(set(sums) | {"metrics.json"}), f"train {key} again to file it")
+    except IntegrityError as err:
+        return f"{key}: {err}"
+    return None
+
+
+def file_local(keys: list[str], config: dict, runs_dir: Path, logs_dir: Path, reference: Path,
+               force: bool = False) -> dict:
+    """File runs trained on this machine (``runs_dir/<key>/``, e.g. the CPU profile's) as reference runs, as a
+    node job's runs are filed: metrics.json with its provenance (CPU model and bf16 kind, precision, each
+    training segment), provenance.json, curve.csv, train.log, spec.json, docs.npz and SHA256SUMS.  Only a
+    run that ended (``measured`` or ``cut short``) is filed; one in progress is refused.  A measured
+    reference is not replaced by a cut-short run without ``force``."""
+    current = {r.key: r for r in resolve_runs(config)}
+    result = {"imported": [], "refused": [], "kept": [], "written": False}
+    for key in keys:
+        src = runs_dir / key
+        metrics = read_json(src / "metrics.json")
+        status = str((metrics or {}).get("status") or "")
+        why = (f"{key}: no {src / 'metrics.json'} (train it first)" if metrics is None else
+               refusal(key, metrics.get("spec"), current.get(key)) or
+               (None if status == "measured" or status.startswith("cut short") else
+                f"{key}: its status is '{status}': only a run that ended is filed (let it finish, or resume it)"))
+        if why is None:
+            why = _local_record_problem(key, src)
+        if why:
+            result["refused"].append((key, why))
+            print(f"REFUSED {why}", file=sys.stderr)
+            continue
+        old = read_json(reference / key / "metrics.json")
+        if old and old.get("status") == "measured" and status != "measured" and not force:
+            result["kept"].append((key, f"kept the measured reference; this run is '{status}' (--force replaces it)"))
+            print(f"kept {key}: the measured reference stays; this run is '{status}' (--force replaces it)")
+            continue
+        dest = reference / key
+        prov = (metrics.get("provenance") or {}) | {
+            "device_name": metrics.get("device_name"), "cpu_precision": metrics.get("cpu_precision"),
+            "segments": metrics.get("segments"), "spans": metrics.get("spans"),
+            "wall_seconds": metrics.get("wall_seconds"), "epochs": metrics.get("epochs"),
+            "epochs_planned": (metrics.get("spec") or {}).get("train", {}).get("epochs"), "status": status,
+            "imported": datetime.now(timezone.utc).isoformat(timespec="seconds"), "imported_from": f"local {key}"}
+        metrics["provenance"] = prov
+        metrics["reference"] = {"imported": prov["imported"], "from": f"trained here ({metrics.get('device_name')})"}
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        (dest / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (dest / "provenance.json").write_text(json.dumps(prov, indent=2) + "\n")
+        for name in ("curve.csv", "spec.json", "docs.npz", "curve.png"):
+            if (src / name).is_file():
+                shutil.copyfile(src / name, dest / name)
+        if (logs_dir / f"{key}.log").is_file():
+            shutil.copyfile(logs_dir / f"{key}.log", dest / "train.log")
+        record_dir(dest, [p.name for p in dest.iterdir() if p.name != SUMS])
+        result["imported"].append(key)
+        result["written"] = True
+        print(f"filed {key} -> {dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest} ({status}; "
+              f"{metrics.get('device_name')}, {(metrics.get('cpu_precision') or {}).get('used', 'fp32')} training)")
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipeline.node.bundle import load_config
 
     ap = argparse.ArgumentParser(prog="./repro import", description=__doc__.split("\n\n")[0])
-    ap.add_argument("out", type=Path, help="the node job's OUT directory")
+    ap.add_argument("out", type=Path, nargs="?", help="the node job's OUT directory")
+    ap.add_argument("--local", nargs="+", metavar="DATASET/RUN",
+                    help="file these runs trained on this machine (results/runs/...) instead of a node job's OUT")
     ap.add_argument("--profile", help="snakemake profile the bundle was made with (e.g. profiles/tiny)")
     ap.add_argument("--configfile", nargs="+", help="config overlays, as snakemake --configfile")
     ap.add_argument("--config", nargs="+", help="KEY=VALUE, as snakemake --config")
@@ -205,7 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         config = load_config(a.profile, a.configfile, a.config)
-        result = import_out(a.out, config, a.reference, a.bench_dir, a.force)
+        if a.local:
+            result = file_local(a.local, config, ROOT / "results/runs", ROOT / "logs/runs", a.reference, a.force)
+        elif a.out is None:
+            ap.error("give the node job's OUT directory, or --local DATASET/RUN ...")
+        else:
+            result = import_out(a.out, config, a.reference, a.bench_dir, a.force)
     except ConfigError as err:
         raise SystemExit(f"config: {err}") from None
     return 1 if result["refused"] or not result["written"] else 0

@@ -56,7 +56,7 @@ def load_runs(specs: list[dict], runs_dir: str | Path, reference: str | Path | N
         modified = reference and record_problem(Path(reference) / key, REIMPORT)
         if reference and not modified and (ref := load_json(Path(reference) / key / "metrics.json")) is not None:
             prov = ref.get("provenance") or {}
-            where = ", ".join(str(v) for v in (ref.get("device_name"), prov.get("date"),
+            where = ", ".join(str(v) for v in (ref.get("device_name"), cpu_training(ref), prov.get("date"),
                                                prov.get("commit") and f"commit {str(prov['commit'])[:10]}") if v)
             found.append((ref, f"reference: {ref.get('status') or 'status missing'} ({where})"))
         stale = []
@@ -94,6 +94,14 @@ def record_problem(directory: Path, what_to_do: str) -> str | None:
     except ValueError as err:
         return f"{directory / 'metrics.json'} cannot be read as JSON ({err}); {what_to_do}"
     return None
+
+
+def cpu_training(metrics: dict) -> str | None:
+    """"bf16 training" / "fp32 training" for a run trained on a CPU (evaluation is always fp32); None elsewhere."""
+    if metrics.get("device") != "cpu" or not metrics.get("cpu_precision"):
+        return None
+    spans = " (resumed on another CPU kind or precision)" if metrics.get("spans") else ""
+    return f"{metrics['cpu_precision'].get('used')} training{spans}"
 
 
 def _result_spec(spec: dict) -> dict:
