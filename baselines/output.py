@@ -8,13 +8,13 @@ bf16, :mod:`pipeline.training.precision`): the logits come out of one bf16 produ
 rounded to bf16 as autocast rounds them), and each row's softmax and log-normalizer are computed in
 fp32 (chunks of ``CHUNK`` rows that stay in cache; log Z = max logit - log max softmax, exact to fp32
 rounding since max softmax >= 1 / V), as are the target's log-probability and the bias gradient.
-The softmax is kept in the logits' buffer (bf16) for the backward pass, whose products with W and h
-are bf16 again (the gradient of the logits, g (onehot - softmax), rounded to bf16).
+The softmax minus the target's one-hot is kept in the logits' buffer (bf16) for the backward pass,
+whose products with W and h are bf16 again; the gradient's row scale (-g) is applied to the small
+factors (h, and the [N, d] product), so the backward pass never sweeps the [N, V] buffer.
 
 Why by hand: ``F.cross_entropy`` on bf16 logits runs its log_softmax in bf16 under CPU autocast
 (torch 2.13 keeps bf16 through log_softmax, logsumexp and layer_norm) and otherwise materializes
-the [N, V] fp32 log-probabilities; here the one [N, V] buffer holds the logits, then the softmax,
-then the gradient of the logits.  Backward may run once (``once_differentiable``).
+the [N, V] fp32 log-probabilities; here the one [N, V] buffer holds the logits, then softmax - onehot.  Backward may run once (``once_differentiable``).
 """
 from __future__ import annotations
 
@@ -48,8 +48,9 @@ class _TokenLogp(torch.autograd.Function):
             top = chunk.amax(dim=1)
             p = torch.softmax(chunk, dim=1)                                  # one fused pass
             lse[rows] = top - p.amax(dim=1).log()                            # max p = exp(top - lse) >= 1 / V
-            if keep:
-                logits[rows] = p                                             # the buffer now holds the softmax
+            if keep:   # the buffer now holds softmax - onehot(target): the logits' gradient up to -g per row
+                p[torch.arange(len(p), device=p.device), target[rows]] -= 1
+                logits[rows] = p
         if keep:
             ctx.save_for_backward(hc, wc, bias, target, logits)
             ctx.h_dtype, ctx.w_dtype = h.dtype, weight.dtype
@@ -58,13 +59,13 @@ class _TokenLogp(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        hc, wc, bias, target, d = ctx.saved_tensors
-        grad = grad.to(d.dtype)
-        d.mul_(-grad[:, None])                                               # d logits = g (onehot - softmax)
-        d[torch.arange(len(d), device=d.device), target] += grad
-        dbias = d.sum(dim=0).to(bias.dtype) if ctx.needs_input_grad[2] else None  # fp32 accumulation inside
-        dh = (d @ wc).to(ctx.h_dtype) if ctx.needs_input_grad[0] else None
-        dw = (d.T @ hc).to(ctx.w_dtype) if ctx.needs_input_grad[1] else None
+        # d logits = g (onehot - softmax) = -g q, q = softmax - onehot (kept by forward): the row scale -g goes
+        # onto the small factors of the products, so no pass over the [N, V] buffer is needed here
+        hc, wc, bias, target, q = ctx.saved_tensors
+        scale = -grad.to(torch.promote_types(grad.dtype, torch.float32))[:, None]                # [N, 1]
+        dh = ((q @ wc) * scale).to(ctx.h_dtype) if ctx.needs_input_grad[0] else None
+        dw = (q.T @ (hc * scale).to(q.dtype)).to(ctx.w_dtype) if ctx.needs_input_grad[1] else None
+        dbias = (q.T @ scale[:, 0].to(q.dtype)).to(bias.dtype) if ctx.needs_input_grad[2] else None
         return dh, dw, dbias, None, None
 
 
