@@ -251,7 +251,12 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path(f"results/bench/cpu_{cpu.kind()}.csv"))
+    ap.add_argument("--kind", choices=cpu.KINDS, help="stop unless this CPU is of this kind (the file it writes "
+                    "is named by it)")
     args = ap.parse_args(argv)
+    if args.kind and args.kind != cpu.kind():
+        raise SystemExit(f"this CPU ({cpu.model_name()}) is of kind {cpu.kind()}, not {args.kind}: its benchmark is "
+                         f"results/bench/cpu_{cpu.kind()}.csv")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # as training does

@@ -52,3 +52,23 @@ rule bench_scale:
         "OMP_NUM_THREADS={threads} TVM_NUM_THREADS={threads} python -m bench.scale --device {wildcards.device} --states {params.states} "
         "--num-clusters {params.clusters} --steps {params.steps} --backend tvm "
         "--kernels {params.kernels} --out {output.csv} > {log} 2>&1"
+
+
+rule bench_cpu_training:
+    """CPU roofline of the FF, LSTM and VLNHMM 1,024 training steps, fp32 vs bf16 (pipeline.cpu: the kind of
+    this CPU names the file; asking for another kind's file stops the job)."""
+    output:
+        csv="results/bench/cpu_{kind}.csv",
+        png=report("results/bench/cpu_{kind}.png", category="Benchmarks", caption="../report/bench.rst"),
+    log:
+        "logs/bench/cpu_{kind}.log",
+    wildcard_constraints:
+        kind="amx|avx512_bf16|none",
+    conda:
+        ENV
+    threads: job_threads("bench_cpu")
+    resources:
+        **job_resources("bench_cpu"),
+    shell:
+        "OMP_NUM_THREADS={threads} python -m bench.cpu --kind {wildcards.kind} --threads {threads} --out {output.csv} "
+        "> {log} 2>&1"
