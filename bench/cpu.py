@@ -21,8 +21,8 @@ In one process, on this CPU (``pipeline.cpu``: model name and native bf16 kind o
 
 ``ratio`` = fp32 step ms / this row's step ms (same run).  ``target`` is the issue's target for this
 CPU kind (s per PTB epoch for FF and LSTM, ms per step for the VLNHMM on AMX and AVX512-BF16
-machines; a multiple of the floor on other CPUs), ``meets`` whether the bf16 row (fp32 on a CPU
-without native bf16) meets it.  Timings move 10-20 % between runs on shared machines: compare rows of
+machines; a multiple of the floor on other CPUs), ``meets`` whether the row of the precision
+``cpu_precision: auto`` trains in on this CPU meets it.  Timings move 10-20 % between runs on shared machines: compare rows of
 one run, on a quiet machine.
 """
 from __future__ import annotations
@@ -41,6 +41,7 @@ from bench.scale import PTB_TRAIN_TOKENS, synthetic
 from pipeline import cpu
 from pipeline.config import resolve_run
 from pipeline.data.corpus import Windows
+from pipeline.training import precision
 from pipeline.training.models import build_model, build_vlnhmm
 from pipeline.training.train import Trainer
 
@@ -187,8 +188,7 @@ def measure(name: str, args, machine: dict) -> list[dict]:
                          "eval_batches": eval_batches,
                          "s_per_epoch_with_checks": s_epoch + 4 * eval_batches * eval_ms / 1e3,
                          "loss_first": sum(losses[:2]) / 2, "loss_last": sum(losses[-2:]) / 2}
-        native = "bf16" if machine["bf16_kind"] != "none" else "fp32"
-        if p == native:
+        if p == precision.choose("auto", MODELS[name]["model"], torch.device("cpu")).name:  # what auto trains in
             what, bound = TARGETS[machine["bf16_kind"]][name]
             row["target"] = f"{what} <= {bound:g}"
             row["meets"] = row[what] <= bound

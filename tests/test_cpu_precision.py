@@ -75,6 +75,7 @@ def test_dropout_keeps_one_minus_p_scaled_and_is_the_identity_in_eval():
 def test_auto_takes_bf16_only_with_native_bf16_and_a_measured_gain(monkeypatch, kind):
     monkeypatch.setattr(cpu, "kind", lambda: kind)
     monkeypatch.setattr(precision, "MEASURED", {("ff", kind): (1.8, "test"), ("lstm", kind): (1.01, "test")})
+    monkeypatch.setattr(precision, "NOT_EQUAL", {})
     dev = torch.device("cpu")
     ff, lstm, hmm = (precision.choose("auto", m, dev) for m in ("ff", "lstm", "vlnhmm"))
     if kind == "none":
@@ -86,6 +87,9 @@ def test_auto_takes_bf16_only_with_native_bf16_and_a_measured_gain(monkeypatch, 
     assert precision.choose("fp32", "ff", dev).dtype is None
     assert precision.choose("bf16", "vlnhmm", dev).name == "bf16"
     assert precision.choose("auto", "ff", torch.device("cuda")).name == "fp32"  # GPUs: matmul_precision
+    monkeypatch.setattr(precision, "NOT_EQUAL", {"ff": "drifted"})  # bf16 that moved the first epoch's ppl
+    if kind != "none":
+        assert precision.choose("auto", "ff", dev).reason.endswith("drifted")
 
 
 def test_cpu_runs_put_the_named_runs_and_their_seeds_on_the_cpu():
