@@ -179,3 +179,13 @@ def test_a_finished_cpu_run_is_filed_as_a_reference_with_its_records(tmp_path, c
     prov = __import__("json").loads((dest / "provenance.json").read_text())
     assert prov["cpu_precision"]["used"] == "bf16" and prov["segments"][0]["bf16_kind"] == "avx512_bf16"
     assert "bf16 training" in capsys.readouterr().out
+
+
+def test_a_cpu_run_row_names_its_cpu_and_training_precision():
+    from pipeline.reporting.frames import _provenance
+    metrics = {"device": "cpu", "device_name": "AMD EPYC (2 cores, native bf16: avx512_bf16)",
+               "cpu_precision": {"setting": "auto", "used": "bf16", "reason": "test"}, "provenance": {}}
+    assert _provenance(metrics)["device"] == "AMD EPYC (2 cores, native bf16: avx512_bf16); bf16 training"
+    spanned = metrics | {"spans": ["AMD EPYC, avx512_bf16, bf16", "Intel Xeon, amx, bf16"]}
+    assert "resumed on another CPU kind" in _provenance(spanned)["device"]
+    assert _provenance({"device": "cuda", "device_name": "NVIDIA H100"})["device"] == "NVIDIA H100"
