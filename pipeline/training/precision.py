@@ -23,9 +23,9 @@ from pipeline import cpu
 
 # (model, bf16 kind) -> (fp32 step ms / bf16 step ms, where measured): results/bench/cpu_<kind>.csv
 MEASURED: dict[tuple[str, str], tuple[float, str]] = {
-    ("ff", "avx512_bf16"): (1.89, "bench.cpu, AMD EPYC Zen 4, 2 threads, 2026-12-06"),
-    ("lstm", "avx512_bf16"): (1.65, "bench.cpu, AMD EPYC Zen 4, 2 threads, 2026-12-06"),
-    ("vlnhmm", "avx512_bf16"): (1.21, "bench.cpu, 1,024 states, M = 8, AMD EPYC Zen 4, 2 threads, 2026-12-06"),
+    ("ff", "avx512_bf16"): (2.06, "bench.cpu, AMD EPYC Zen 4, 2 threads, 2026-12-06"),
+    ("lstm", "avx512_bf16"): (1.68, "bench.cpu, AMD EPYC Zen 4, 2 threads, 2026-12-06"),
+    ("vlnhmm", "avx512_bf16"): (1.26, "bench.cpu, 1,024 states, M = 8, AMD EPYC Zen 4, 2 threads, 2026-12-06"),
     # AMX machines: plain autocast steps measured in issue 45 (Intel Xeon, 2 threads), not yet by bench.cpu
     ("ff", "amx"): (1.74, "issue 45, autocast, Intel Xeon AMX, 2 threads"),
     ("lstm", "amx"): (1.84, "issue 45, autocast, Intel Xeon AMX, 2 threads"),
