@@ -529,7 +529,8 @@ def test_cuda_matches_reference(cuda_kernels):
 def test_trained_model_potentials_match_reference(llvm_dir, small_ptb, tmp_path):
     """Real potentials: a VLNHMM trained on PTB text (32 states, 4 blocks), scored by the TVM
     scans and by the float64 reference, at evaluation (n = k = 8: the cached table of every block
-    pair) and under dropout (n = k' = 4: one block per edge)."""
+    pair) and under dropout (n = k' = 4: the table of every block pair of the live states, and one
+    start block per block for <eos> resets; the CPU's dense training path)."""
     from pipeline.config import resolve_run
     from pipeline.data.corpus import Corpus, Windows
     from pipeline.training.models import build_model
@@ -553,7 +554,7 @@ def test_trained_model_potentials_match_reference(llvm_dir, small_ptb, tmp_path)
         model.train(training)
         with torch.no_grad():
             init, table, index, emit = model.potentials(model.params_for(training), x, mask, None, reset=False, reset_between=False)
-        assert table.shape[-1] == (4 if training else 8) and table.shape[0] == (16 * 31 if training else 16)
+        assert table.shape[-1] == (4 if training else 8) and table.shape[0] == (4 * 4 + 4 if training else 16)
         alpha, beta = reference(init, table, index, emit)
         assert_close_scan(scan.forward(init, table, index, emit), alpha)
         assert_close_scan(scan.backward(table, index, emit), beta)

@@ -351,4 +351,6 @@ def test_lean_evaluation_equals_dense_reference(name):
 def test_scalar_parameterization_and_transition_dropout_stay_dense(extra):
     cfg = HMMConfig(hidden=16, **{**VARIANTS["brown-dropout"], **extra})
     model = VLNHMM(cfg, V, np.arange(V) % cfg.num_clusters, EOS).train()
-    assert isinstance(model.params_for(True).transition, DenseTransition)
+    transition = model.params_for(True).transition  # the dense matrix (read by brown blocks: LiveBlockTransition)
+    assert model.transition_path == "dense" and not isinstance(transition, FactoredTransition)
+    assert isinstance(transition, DenseTransition) or isinstance(transition.carried, DenseTransition)
