@@ -167,6 +167,22 @@ def import_out(out_dir: Path, config: dict, reference: Path, bench_dir: Path, fo
     return result
 
 
+def write_reference(dest: Path, metrics: dict, prov: dict, source: str, files: dict[str, Path]) -> None:
+    """``dest`` (results/reference/<dataset>/<run>/) anew: metrics.json with ``prov``, provenance.json, the
+    ``files`` that exist (name there -> file here) and SHA256SUMS over all of them (the tables check these)."""
+    metrics["provenance"] = prov
+    metrics["reference"] = {"imported": prov["imported"], "from": source}
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    (dest / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (dest / "provenance.json").write_text(json.dumps(prov, indent=2) + "\n")
+    for name, path in files.items():
+        if path.is_file():
+            shutil.copyfile(path, dest / name)
+    record_dir(dest, [p.name for p in dest.iterdir() if p.name != SUMS])
+
+
 def _file_run(key: str, src: Path, metrics: dict, trained: dict, run, summary: dict, out_dir: Path,
               dest: Path) -> None:
     """One accepted run into ``dest`` (results/reference/<dataset>/<run>/), with its SHA256SUMS."""
@@ -174,17 +190,8 @@ def _file_run(key: str, src: Path, metrics: dict, trained: dict, run, summary: d
     used = (trained.get("settings") or {}).get("backend")
     chosen = [("backend", used, configured)] if used != configured else []
     prov = provenance(metrics, summary, trained, out_dir, chosen)
-    metrics["provenance"] = prov
-    metrics["reference"] = {"imported": prov["imported"], "from": out_dir.name}
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    (dest / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (dest / "provenance.json").write_text(json.dumps(prov, indent=2) + "\n")
-    for name in ("curve.csv", "train.log", "spec.json", "docs.npz"):
-        if (src / name).is_file():
-            shutil.copyfile(src / name, dest / name)
-    record_dir(dest, [p.name for p in dest.iterdir() if p.name != SUMS])  # the tables check these
+    write_reference(dest, metrics, prov, out_dir.name,
+                    {name: src / name for name in ("curve.csv", "train.log", "spec.json", "docs.npz")})
     where = ", ".join(str(v) for v in (metrics.get("device_name"), prov.get("date"),
                                        f"commit {prov.get('commit')}") if v)
     print(f"imported {key} -> {dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest} "
@@ -238,19 +245,9 @@ def file_local(keys: list[str], config: dict, runs_dir: Path, logs_dir: Path, re
             "wall_seconds": metrics.get("wall_seconds"), "epochs": metrics.get("epochs"),
             "epochs_planned": (metrics.get("spec") or {}).get("train", {}).get("epochs"), "status": status,
             "imported": datetime.now(timezone.utc).isoformat(timespec="seconds"), "imported_from": f"local {key}"}
-        metrics["provenance"] = prov
-        metrics["reference"] = {"imported": prov["imported"], "from": f"trained here ({metrics.get('device_name')})"}
-        if dest.exists():
-            shutil.rmtree(dest)
-        dest.mkdir(parents=True)
-        (dest / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        (dest / "provenance.json").write_text(json.dumps(prov, indent=2) + "\n")
-        for name in ("curve.csv", "spec.json", "docs.npz", "curve.png"):
-            if (src / name).is_file():
-                shutil.copyfile(src / name, dest / name)
-        if (logs_dir / f"{key}.log").is_file():
-            shutil.copyfile(logs_dir / f"{key}.log", dest / "train.log")
-        record_dir(dest, [p.name for p in dest.iterdir() if p.name != SUMS])
+        files = {name: src / name for name in ("curve.csv", "spec.json", "docs.npz", "curve.png")}
+        write_reference(dest, metrics, prov, f"trained here ({metrics.get('device_name')})",
+                        files | {"train.log": logs_dir / f"{key}.log"})
         result["imported"].append(key)
         result["written"] = True
         print(f"filed {key} -> {dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest} ({status}; "
