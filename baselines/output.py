@@ -14,7 +14,8 @@ factors (h, and the [N, d] product), so the backward pass never sweeps the [N, V
 
 Why by hand: ``F.cross_entropy`` on bf16 logits runs its log_softmax in bf16 under CPU autocast
 (torch 2.13 keeps bf16 through log_softmax, logsumexp and layer_norm) and otherwise materializes
-the [N, V] fp32 log-probabilities; here the one [N, V] buffer holds the logits, then softmax - onehot.  Backward may run once (``once_differentiable``).
+the [N, V] fp32 log-probabilities; here the one [N, V] buffer holds the logits, then softmax - onehot.
+Backward may run once (``once_differentiable``).
 """
 from __future__ import annotations
 

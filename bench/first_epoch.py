@@ -31,10 +31,9 @@ from pipeline.training.train import train
 COLUMNS = ["run", "precision", "valid_ppl", "valid_vs_fp32_pct", "train_seconds", "cpu_model", "bf16_kind", "threads"]
 
 
-def one_epoch(run, precision: str, data: Path, scratch: Path) -> dict:
+def one_epoch(run, precision: str, corpus: Corpus, scratch: Path) -> dict:
     run = dataclasses.replace(run, train=dataclasses.replace(run.train, epochs=1, device="cpu", cpu_precision=precision,
                                                              test_weights="last"))
-    corpus = Corpus.load(data)
     clusters = Path(run.inputs()["clusters"]) if "clusters" in run.inputs() else None
     torch.manual_seed(run.train.seed)
     model = build_model(run, corpus, clusters)
@@ -61,8 +60,8 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for key in args.runs:
             run = runs[key]
-            pair = [one_epoch(run, p, Path(run.inputs()["data"]).parent, Path(scratch)) | machine
-                    for p in ("fp32", "bf16")]
+            corpus = Corpus.load(Path(run.inputs()["data"]).parent)  # once for both precisions
+            pair = [one_epoch(run, p, corpus, Path(scratch)) | machine for p in ("fp32", "bf16")]
             pair[1]["valid_vs_fp32_pct"] = round(100 * (pair[1]["valid_ppl"] / pair[0]["valid_ppl"] - 1), 3)
             rows += pair
             print(f"[first_epoch] {key}: valid ppl fp32 {pair[0]['valid_ppl']:.2f} ({pair[0]['train_seconds']:.0f} s), "
