@@ -19,20 +19,24 @@ from pipeline.training.train import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# (init, eos_reset, clusters, plateau, patience, check_points, test_weights) under each recipe
+PAPER_TEXT = ("kaiming", "train-in-window", "brown-clustering", "min-valid-nll", 8, "even", "best")
+RELEASED_CODE = ("torch-default", "train-in-window", "authors", "max-valid-loglik", 4, "thirds-and-end", "last")
+
+
+def recipe_items(run) -> tuple:
+    """The settings on which the two recipes differ, in the order of PAPER_TEXT."""
+    s, t = run.settings, run.train
+    return (s.init, s.eos_reset, s.clusters, t.plateau, t.patience, t.check_points, t.test_weights)
+
 
 def test_released_recipe_sets_every_difference_in_its_own_folders():
     config = merged_config("config/config.yaml")
     paper = {r.key: r for r in resolve_runs(config)}
     released = {r.key: r for r in resolve_runs(config | {"recipe": "released-code"})}
     run, other = paper["ptb/vlnhmm-32768"], released["ptb/vlnhmm-32768"]
-    assert (run.settings.init, run.settings.eos_reset, run.settings.clusters) == \
-        ("kaiming", "train-in-window", "brown-clustering")
-    assert (run.train.plateau, run.train.patience, run.train.check_points, run.train.test_weights) == \
-        ("min-valid-nll", 8, "even", "best")
-    assert (other.settings.init, other.settings.eos_reset, other.settings.clusters) == \
-        ("torch-default", "train-in-window", "authors")
-    assert (other.train.plateau, other.train.patience, other.train.check_points, other.train.test_weights) == \
-        ("max-valid-loglik", 4, "thirds-and-end", "last")
+    assert recipe_items(run) == PAPER_TEXT
+    assert recipe_items(other) == RELEASED_CODE
     assert run.out_dir == "results/runs/ptb/vlnhmm-32768"
     assert other.out_dir == "results/released-code/runs/ptb/vlnhmm-32768"
     assert other.checkpoint.startswith("build/checkpoints/released-code/")
@@ -58,14 +62,8 @@ def test_wikitext2_vlnhmm_under_both_recipes_has_each_recipes_settings():
     url, sha = authors_source("wt2", released.settings.num_clusters)
     assert url.endswith("/clusters/w2flm-128/paths")
     assert sha == "315f41820a648d6647f44a76616b0f25d660fe87a178ebf05c9876adeac1b865"
-    assert (paper.settings.init, paper.settings.eos_reset, paper.settings.clusters) == \
-        ("kaiming", "train-in-window", "brown-clustering")
-    assert (paper.train.plateau, paper.train.patience, paper.train.check_points, paper.train.test_weights) == \
-        ("min-valid-nll", 8, "even", "best")
-    assert (released.settings.init, released.settings.eos_reset, released.settings.clusters) == \
-        ("torch-default", "train-in-window", "authors")
-    assert (released.train.plateau, released.train.patience, released.train.check_points,
-            released.train.test_weights) == ("max-valid-loglik", 4, "thirds-and-end", "last")
+    assert recipe_items(paper) == PAPER_TEXT
+    assert recipe_items(released) == RELEASED_CODE
     # the dataset's recipe setting is the VLNHMM's on WikiText-2 only
     runs = {r.key: r for r in resolve_runs(config | {"recipe": "released-code"})}
     assert runs["ptb/vlnhmm-32768"].train.lr == 0.01 and runs["wt2/lstm"].train.lr == 1e-3
