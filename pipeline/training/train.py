@@ -81,6 +81,8 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         torch.set_float32_matmul_precision(cfg.matmul_precision)
         self.precision = precision.choose(cfg.cpu_precision, run.model, self.device)
+        if self.device.type == "cpu":  # each step's large tensors reuse freed memory: no page faults
+            cpu.keep_freed_memory()
         if hasattr(model, "matmul_dtype"):
             model.matmul_dtype = self.precision.dtype
         model.to(self.device).train()
