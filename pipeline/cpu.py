@@ -69,7 +69,7 @@ def record(threads: int | None = None) -> dict:
 # glibc's mallopt parameters (malloc.h) and the values set by keep_freed_memory
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 1 << 30   # blocks up to 1 GiB come from the heap and are reused
-TRIM_THRESHOLD = 2 << 30   # free memory at the heap's top is returned above 2 GiB
+TRIM_THRESHOLD = 1 << 30   # free memory at the heap's top is returned above 1 GiB (both: C ints)
 
 
 @functools.cache
