@@ -249,3 +249,31 @@ def test_chunk_products_per_block_equal_the_batched_product():
         results.append((out, *grads))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b)
+
+
+def test_carried_rows_once_per_distinct_state_equal_every_row(monkeypatch):
+    """Training with a carry, 6 rows (most sharing their last word's block): the CPU's transition rows of
+    each distinct carried state give the same log p and gradients as every row's own (the GPU's)."""
+    import hmm.model
+
+    x, mask = window(7, [5] * 6, 5)
+    x2, mask2 = window(8, [5, 5, 3, 5, 4, 5], 5)
+    results, calls = [], []
+    branches = [hmm.model.distinct_carried_states, hmm.model.all_carried_states]
+    for distinct in branches:
+        monkeypatch.setattr(hmm.model, "distinct_carried_states",
+                            lambda states, f=distinct: calls.append(f) or f(states))
+        model = make("brown-dropout").train()
+        model.lean_transition = False  # the dense training transition (a CPU run's), whose prior reads rows
+        _, carry = model(x, mask, None)
+        lp2, _ = model(x2, mask2, carry)
+        lp2.sum().backward()
+        results.append((lp2.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+        assert len(torch.unique(carry.states)) < carry.states.numel()  # the case: rows share states
+    assert calls == branches
+    (a, ga), (b, gb) = results
+    assert len(ga["param.state_emb"].nonzero()) > 0
+    torch.testing.assert_close(a, b)
+    assert ga.keys() == gb.keys()
+    for n in ga:
+        torch.testing.assert_close(ga[n], gb[n])
