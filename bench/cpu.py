@@ -8,7 +8,7 @@ In one process, on this CPU (``pipeline.cpu``: model name and native bf16 kind o
 * per model, the PTB-size training step of the training loop itself
   (:meth:`pipeline.training.train.Trainer.step`: forward, backward, clipping, AdamW) on synthetic
   Zipf text with PTB's vocabulary (10,000 words), in fp32 and in bf16 (``cpu_precision``), the two
-  timed in interleaved repeats (min of each); the models and batch shapes of the paper runs:
+  timed in interleaved repeats (``ms`` the fastest, ``ms_median`` the median); the models and batch shapes of the paper runs:
   ``ff`` (5-gram, 256, B x T = 128 x 64), ``lstm`` (2 x 256, 16 x 32), ``vlnhmm-1024-m8``
   (1,024 states, M = 8, h = 256, state dropout 0.5, 16 x 32, the CPU's training transition path);
 * per model and precision, the **floor**: the step's own matrix products (the shapes it multiplies,
@@ -31,6 +31,7 @@ import argparse
 import csv
 import itertools
 import math
+import statistics
 import time
 from pathlib import Path
 
@@ -56,7 +57,7 @@ MODELS = {  # name -> (runs: entry, the step's products as (count, m, k, n) or b
 TARGETS = {"amx": {"ff": ("s_per_epoch", 40), "lstm": ("s_per_epoch", 55), "vlnhmm-1024-m8": ("ms", 60)},
            "avx512_bf16": {"ff": ("s_per_epoch", 70), "lstm": ("s_per_epoch", 85), "vlnhmm-1024-m8": ("ms", 60)},
            "none": {"ff": ("x_floor", 1.4), "lstm": ("x_floor", 1.8), "vlnhmm-1024-m8": ("x_floor", 2.5)}}
-COLUMNS = ["model", "precision", "cpu_model", "bf16_kind", "threads", "B", "T", "ms", "s_per_epoch", "ratio",
+COLUMNS = ["model", "precision", "cpu_model", "bf16_kind", "threads", "B", "T", "ms", "ms_median", "s_per_epoch", "ratio",
            "gflop", "floor_ms", "x_floor", "gflops", "eval_ms", "eval_batches", "s_per_epoch_with_checks",
            "loss_first", "loss_last", "target", "meets"]
 
@@ -182,7 +183,8 @@ def measure(name: str, args, machine: dict) -> list[dict]:
         floor = floor_ms(prods, steps[p].trainer.precision.dtype or torch.float32)
         s_epoch = PTB_TRAIN_TOKENS / (step.B * step.T) * ms / 1e3
         losses = step.losses[args.warmup:]
-        row = machine | {"model": name, "precision": p, "B": step.B, "T": step.T, "ms": ms, "s_per_epoch": s_epoch,
+        row = machine | {"model": name, "precision": p, "B": step.B, "T": step.T, "ms": ms,
+                         "ms_median": statistics.median(times[p]), "s_per_epoch": s_epoch,
                          "ratio": min(times["fp32"]) / ms, "gflop": flops(prods) / 1e9, "floor_ms": floor,
                          "x_floor": ms / floor, "gflops": flops(prods) / ms / 1e6, "eval_ms": eval_ms,
                          "eval_batches": eval_batches,
@@ -220,8 +222,8 @@ def plot(csv_path: Path, png: Path) -> None:
     df = pd.read_csv(csv_path)
     steps = df[~df.model.str.startswith("gemm")]
     models = list(dict.fromkeys(steps.model))
-    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4.4))
-    for ax, name in zip(axes, models):
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4.4), squeeze=False)
+    for ax, name in zip(axes[0], models):
         d = steps[steps.model == name].set_index("precision")
         x = range(len(d))
         ax.bar(x, d.ms, color=["C0" if p == "fp32" else "C1" for p in d.index], label="training step")

@@ -212,3 +212,23 @@ def test_a_training_steps_large_tensors_reuse_freed_memory():
         h.grad = w.grad = None
         counts.append(faults() - before)
     assert max(counts[4:]) < 1000, counts
+
+
+def test_the_cpu_benchmark_writes_its_rows_and_plot_for_one_model(tmp_path):
+    """bench.cpu at the LSTM's paper size, one timed step: both precisions with their floors and the
+    target of this CPU's kind on the row auto trains in (the figures themselves are not checked here)."""
+    import pandas as pd
+
+    from bench import cpu as bench_cpu
+
+    out = tmp_path / "cpu.csv"
+    bench_cpu.main(["--models", "lstm", "--steps", "1", "--warmup", "1", "--threads", "1", "--out", str(out)])
+    df = pd.read_csv(out)
+    assert list(df.columns) == bench_cpu.COLUMNS
+    assert list(df.model) == ["gemm-2048", "gemm-2048", "lstm", "lstm"]
+    lstm = df[df.model == "lstm"].set_index("precision")
+    assert (lstm.ms > 0).all() and (lstm.floor_ms > 0).all() and (lstm.ms_median >= lstm.ms).all()
+    assert (lstm.bf16_kind == cpu.kind()).all()
+    chosen = precision.choose("auto", "lstm", torch.device("cpu")).name
+    assert lstm.target.notna().tolist() == [p == chosen for p in lstm.index]
+    assert out.with_suffix(".png").stat().st_size > 10_000
