@@ -102,3 +102,26 @@ def test_training_mode(name):
     for p in model.parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all()
     assert not torch.equal(model(x, mask, carry)[0], model(x, mask, carry)[0])  # dropout is on
+
+
+@pytest.mark.parametrize("name", ["ff", "lstm"])
+def test_eval_protocols_carried_is_the_runs_perplexity_and_resets_count_as_said(name, small_ptb):
+    """bench.eval_protocols: ``carried`` equals evaluate()'s perplexity; ``reset`` scores every token from a
+    dropped state (another number for the LSTM, whose state spans windows; the FF's context too, 4 words);
+    ``reset-skip-first`` counts every token but each window's first row of tokens; evaluation mode each time."""
+    from bench.eval_protocols import score
+    from pipeline.data.corpus import Corpus, Windows
+    from pipeline.training.evaluate import evaluate
+
+    torch.manual_seed(0)
+    ids = Corpus.load(small_ptb).splits["valid"]
+    V = int(ids.max()) + 1
+    model = FFLM(V, 5, 16, 0.3) if name == "ff" else LSTMLM(V, 2, 16, 0.3)
+    model.train()  # score() evaluates in eval mode whatever the mode it is given
+    carried, n = score(model, ids, 4, 8, "carried")
+    assert n == len(ids) and carried == pytest.approx(evaluate(model, ids, 4, 8, "cpu")[0], rel=1e-6)
+    reset, n_reset = score(model, ids, 4, 8, "reset")
+    assert n_reset == len(ids) and reset != pytest.approx(carried, rel=1e-6)
+    windows = Windows(ids, 4, 8)
+    _, n_skip = score(model, ids, 4, 8, "reset-skip-first")
+    assert n_skip == len(ids) - sum(int(mask[:, 0].sum()) for _, mask in windows)
