@@ -314,8 +314,8 @@ def all_carried_states(states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 def distinct_carried_states(states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """As :func:`all_carried_states`, each distinct state once: rows whose last words share a block carry
-    the same states (1,024 states, M = 8, B = 16: 1,024 rows of the transition become at most 512, and
-    the step 12 % shorter on a CPU).  Reads the count back to the host."""
+    the same states (1,024 states, M = 8, B = 16: 1,024 rows of the transition become at most 512; the
+    fp32 step on real PTB 15-21 % shorter on a CPU, docs/cpu.md).  Reads the count back to the host."""
     return torch.unique(states, return_inverse=True)
 
 
