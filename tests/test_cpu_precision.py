@@ -172,9 +172,15 @@ def test_a_finished_cpu_run_is_filed_as_a_reference_with_its_records(tmp_path, c
 
     shutil.rmtree(runs_dir)
     trained("ptb/ff", "measured")
-    assert file_local(["ptb/ff"], config, runs_dir, logs, ref)["imported"] == ["ptb/ff"]
+    # the trainer's history of every segment, beside the checkpoint, is filed rather than the job's last-segment log
+    history = tmp_path / runs["ptb/ff"].checkpoint
+    history = history.with_name("train.log")
+    history.parent.mkdir(parents=True)
+    history.write_text("[ptb/ff] step 5\n[ptb/ff] resumed from ckpt.pt at step 5/9\n[ptb/ff] done\n")
+    assert file_local(["ptb/ff"], config, runs_dir, logs, ref, work=tmp_path)["imported"] == ["ptb/ff"]
     dest = ref / "ptb/ff"
     assert {"metrics.json", "provenance.json", "curve.csv", "train.log", SUMS} <= {p.name for p in dest.iterdir()}
+    assert (dest / "train.log").read_text() == history.read_text()
     verify_dir(dest, sorted(read_sums(dest / SUMS)), "test")
     prov = __import__("json").loads((dest / "provenance.json").read_text())
     assert prov["cpu_precision"]["used"] == "bf16" and prov["segments"][0]["bf16_kind"] == "avx512_bf16"

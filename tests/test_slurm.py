@@ -214,6 +214,10 @@ def test_scancel_fails_the_job_sigterm_cancels_it_and_a_rerun_resumes(slurm, tmp
     proc = run(capsys, tmp_path, target)
     show_jobs(capsys, "scancel, SIGTERM, resume (train wt2/ff)")
     assert proc.returncode == 0, proc.stderr[-4000:]
-    resumed = re.findall(r"resumed from \S+ at step [\d,]+/[\d,]+", log.read_text())
+    text = log.read_text()
+    resumed = re.findall(r"resumed from \S+ at step [\d,]+/[\d,]+", text)
     say(capsys, f"[resume] {resumed}")
     assert resumed and (tmp_path / target).is_file()
+    # snakemake starts the job's log afresh; the history beside the checkpoint keeps every segment's lines
+    history = ckpt.with_name("train.log").read_text()
+    assert " parameters on " in history.split("resumed from")[0] and history.count("resumed from") >= 1, history[:3000]

@@ -72,6 +72,11 @@ def test_resume_after_kill_equals_uninterrupted(small_ptb, tmp_path, model):
     for key in ("valid_ppl", "test_ppl", "train_ppl", "best_step", "steps", "params"):
         assert got[key] == expected[key], key
     assert (cut / "curve.csv").read_text().splitlines()[0] == (full / "curve.csv").read_text().splitlines()[0]
+    # the history beside the checkpoint holds both segments: the first's header and checks, then the resumed one's
+    history = (cut / "train.log").read_text()
+    first, second = history.split(f"resumed from {ckpt} at step {step}")
+    assert " parameters on " in first and f"step {step:>7,}" in first and " done: measured" in second
+    assert (full / "train.log").read_text().count(" parameters on ") == 1   # a fresh run: one segment
 
 
 def test_perplexity_counts_every_token(small_ptb):

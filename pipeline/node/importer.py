@@ -211,10 +211,11 @@ def _local_record_problem(key: str, src: Path) -> str | None:
 
 
 def file_local(keys: list[str], config: dict, runs_dir: Path, logs_dir: Path, reference: Path,
-               force: bool = False) -> dict:
+               force: bool = False, work: Path = ROOT) -> dict:
     """File runs trained on this machine (``runs_dir/<key>/``, e.g. the CPU profile's) as reference runs, as a
     node job's runs are filed: metrics.json with its provenance (CPU model and bf16 kind, precision, each
-    training segment), provenance.json, curve.csv, train.log, spec.json, docs.npz and SHA256SUMS.  Only a
+    training segment), provenance.json, curve.csv, train.log (every segment's, from beside the run's checkpoint;
+    else ``logs_dir/<key>.log``; checkpoints under ``work``), spec.json, docs.npz and SHA256SUMS.  Only a
     run that ended (``measured`` or ``cut short``) is filed; one in progress is refused.  A measured
     reference is not replaced by a cut-short run without ``force``."""
     current = {r.key: r for r in resolve_runs(config)}
@@ -246,8 +247,10 @@ def file_local(keys: list[str], config: dict, runs_dir: Path, logs_dir: Path, re
             "epochs_planned": (metrics.get("spec") or {}).get("train", {}).get("epochs"), "status": status,
             "imported": datetime.now(timezone.utc).isoformat(timespec="seconds"), "imported_from": f"local {key}"}
         files = {name: src / name for name in ("curve.csv", "spec.json", "docs.npz", "curve.png")}
-        write_reference(dest, metrics, prov, f"trained here ({metrics.get('device_name')})",
-                        files | {"train.log": logs_dir / f"{key}.log"})
+        # the log of every segment (kept beside the checkpoint by the trainer); the job's log has the last one only
+        history = work / Path(current[key].checkpoint).with_name("train.log") if key in current else None
+        log = history if history is not None and history.is_file() else logs_dir / f"{key}.log"
+        write_reference(dest, metrics, prov, f"trained here ({metrics.get('device_name')})", files | {"train.log": log})
         result["imported"].append(key)
         result["written"] = True
         print(f"filed {key} -> {dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest} ({status}; "

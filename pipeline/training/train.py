@@ -18,7 +18,9 @@ One run = one resolved :class:`pipeline.config.Run`.  :class:`Trainer` takes it 
 An interrupted run continues from its last check and ends exactly where an uninterrupted run
 ends.  A non-finite training loss, a validation perplexity that is not finite, a full disk: each
 stops the run with a message naming the step, keeping the last checkpoint.  ``max_steps`` and
-``max_seconds`` end a run early at a check; its status then says ``cut short``.
+``max_seconds`` end a run early at a check; its status then says ``cut short``.  The run's log lines
+are also kept in ``train.log`` beside its checkpoint, every segment's in one file (a fresh start
+begins it anew): a job's own log (snakemake's) holds the last segment only.
 
 Perplexity = exp(-sum log p / N), N = every real token including each ``<eos>``.
 """
@@ -103,6 +105,7 @@ class Trainer:
         self.last_step = min(self.total_steps, cfg.max_steps) if cfg.max_steps else self.total_steps
         self.params = count_parameters(model)
         self.ckpt = Checkpoint(self.checkpoint, self.fingerprint, self.device, run.key)
+        self.history = self.checkpoint.with_name("train.log")  # every segment's log lines (module docstring)
         self.valid_batches = len(Windows(corpus.splits["valid"], cfg.eval_batch_size, cfg.bptt))
         self.state = {"step": 0, "carry": None, "best": math.inf, "best_step": 0, "curve": [], "wall": 0.0,
                       "train_logp": 0.0, "train_tokens": 0}
@@ -118,16 +121,24 @@ class Trainer:
     def name(self) -> str:
         return self.run.key
 
+    def say(self, line: str) -> None:
+        """One log line: printed, and appended to the run's history beside its checkpoint."""
+        say(line)
+        self.history.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.history, "a") as f:
+            f.write(line + "\n")
+
     # -- restore --------------------------------------------------------------------------
 
     def restore(self) -> None:
         """Continue from the checkpoint where it may be resumed (:class:`Checkpoint`); else start over."""
         state = self.ckpt.load(self.model, self.opt, self.sched)
         if state is None:
+            self.history.unlink(missing_ok=True)  # a fresh start: a new history
             return
         self.state = state
         self._reset_device_sums()
-        say(f"[{self.name}] resumed from {self.checkpoint} at step {self.state['step']:,}/{self.last_step:,}")
+        self.say(f"[{self.name}] resumed from {self.checkpoint} at step {self.state['step']:,}/{self.last_step:,}")
 
     # -- step -------------------------------------------------------------------------------
 
@@ -217,7 +228,7 @@ class Trainer:
                "valid_ppl": round(valid_ppl, 3), "tokens_per_s": round(tokens / max(seconds, 1e-9)),
                "eval_ms_per_batch": round(ms, 3), "wall_seconds": round(st["wall"], 2)}
         st["curve"].append(row)
-        say(f"[{self.name}] step {st['step']:>7,} epoch {epoch:6.2f} | train ppl {train_ppl:8.2f} | "
+        self.say(f"[{self.name}] step {st['step']:>7,} epoch {epoch:6.2f} | train ppl {train_ppl:8.2f} | "
             f"valid ppl {valid_ppl:8.2f} | lr {lr:.2e} | {row['tokens_per_s']:,} tok/s | eval {ms:.1f} ms/batch")
         st["train_logp"], st["train_tokens"] = 0.0, 0
         self.ckpt.save(self.model, self.opt, self.sched, st)
@@ -276,7 +287,7 @@ class Trainer:
         else:
             plot_curve(self.out / "curve.csv", self.out / "curve.png", self.name)
         lo, hi = metrics["test_ppl_interval"]
-        say(f"[{self.name}] done: {status}; valid ppl {valid_ppl:.2f}, test ppl {test_ppl:.2f} [{lo:.2f}, {hi:.2f}], "
+        self.say(f"[{self.name}] done: {status}; valid ppl {valid_ppl:.2f}, test ppl {test_ppl:.2f} [{lo:.2f}, {hi:.2f}], "
             f"{self.params:,} params, {st['wall']:.0f} s ({metrics['seconds_per_epoch']} s/epoch), "
             f"eval {ms:.2f} ms/batch")
         return metrics
@@ -304,11 +315,11 @@ class Trainer:
         self.state.setdefault("segments", []).append(self.segment())
         path = getattr(self.model, "transition_path", None)
         where = cpu.describe() if self.device.type == "cpu" else str(self.device)
-        say(f"[{self.name}] {self.run.model}: {self.params:,} parameters on {where}"
+        self.say(f"[{self.name}] {self.run.model}: {self.params:,} parameters on {where}"
             + (f" ({path} transition)" if path else "") + f"; {self.steps_per_epoch:,} steps/epoch, "
             f"validation every {self.check_every:,} steps, {self.last_step:,} steps")
         if self.device.type == "cpu":
-            say(f"[{self.name}] training step in {self.precision.name} ({self.precision.reason}); evaluation in fp32")
+            self.say(f"[{self.name}] training step in {self.precision.name} ({self.precision.reason}); evaluation in fp32")
         bar = progress(total=self.last_step, initial=self.state["step"], desc=self.name, unit="step")
         tokens, start = 0, time.perf_counter()
         while self.state["step"] < self.last_step:
