@@ -251,7 +251,7 @@ def plot(csv_path: Path, png: Path) -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="CPU training steps, fp32 vs bf16, against their floors.")
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    ap.add_argument("--steps", type=int, default=6, help="timed steps of each precision (interleaved)")
+    ap.add_argument("--steps", type=int, default=12, help="timed steps of each precision (interleaved)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
