@@ -18,13 +18,14 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from hmm.config import ConfigError, HMMConfig, Settings, from_dict, setting, settings_table
 from hmm.kernels import target_for
 from pipeline.authors import ClusterFileError, authors_source
 
-__all__ = ["ConfigError", "Run", "TrainConfig", "resolve_run", "resolve_runs", "stale_reason"]
+__all__ = ["ConfigError", "Run", "run_history", "TrainConfig", "resolve_run", "resolve_runs", "stale_reason"]
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,12 @@ def cluster_file(dataset: str, settings: HMMConfig) -> str:
 def paths_tag(path: str) -> str:
     """A short name for a user's paths file (its path, hashed)."""
     return hashlib.sha256(path.encode()).hexdigest()[:12]
+
+
+def run_history(checkpoint: str | Path) -> Path:
+    """The log of every training segment of a run, kept beside its checkpoint by the trainer (a job's own
+    log is started afresh by snakemake on each resume)."""
+    return Path(checkpoint).with_name("train.log")
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline.config import ConfigError, resolve_runs, spec_differences
+from pipeline.config import ConfigError, resolve_runs, run_history, spec_differences
 from pipeline.files import read_json
 from pipeline.integrity import SUMS, IntegrityError, read_sums, record_dir, sha256, verify_dir
 
@@ -248,8 +248,8 @@ def file_local(keys: list[str], config: dict, runs_dir: Path, logs_dir: Path, re
             "imported": datetime.now(timezone.utc).isoformat(timespec="seconds"), "imported_from": f"local {key}"}
         files = {name: src / name for name in ("curve.csv", "spec.json", "docs.npz", "curve.png")}
         # the log of every segment (kept beside the checkpoint by the trainer); the job's log has the last one only
-        history = work / Path(current[key].checkpoint).with_name("train.log") if key in current else None
-        log = history if history is not None and history.is_file() else logs_dir / f"{key}.log"
+        history = work / run_history(current[key].checkpoint)
+        log = history if history.is_file() else logs_dir / f"{key}.log"
         write_reference(dest, metrics, prov, f"trained here ({metrics.get('device_name')})", files | {"train.log": log})
         result["imported"].append(key)
         result["written"] = True

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from pipeline import intervals
-from pipeline.config import Run
+from pipeline.config import Run, run_history
 from pipeline.data.corpus import Corpus, Windows
 from pipeline.files import write_json
 from pipeline.integrity import IntegrityError, recorded, sha256
@@ -105,7 +105,7 @@ class Trainer:
         self.last_step = min(self.total_steps, cfg.max_steps) if cfg.max_steps else self.total_steps
         self.params = count_parameters(model)
         self.ckpt = Checkpoint(self.checkpoint, self.fingerprint, self.device, run.key)
-        self.history = self.checkpoint.with_name("train.log")  # every segment's log lines (module docstring)
+        self.history = run_history(self.checkpoint)  # every segment's log lines (module docstring)
         self.valid_batches = len(Windows(corpus.splits["valid"], cfg.eval_batch_size, cfg.bptt))
         self.state = {"step": 0, "carry": None, "best": math.inf, "best_step": 0, "curve": [], "wall": 0.0,
                       "train_logp": 0.0, "train_tokens": 0}
