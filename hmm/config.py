@@ -158,7 +158,9 @@ class HMMConfig(Settings):
                                         "words missing from it join the last cluster): clusters paths-file "
                                         "reads it; clusters authors reads it instead of downloading, if its "
                                         "sha256 is the pinned one")
-    backend: Literal["torch", "tvm"] = setting("torch", "forward/backward scans: plain PyTorch or TVM kernels")
+    backend: Literal["torch", "tvm", "matmul"] = setting(
+        "torch", "forward/backward scans: plain PyTorch in log space (the reference), TVM kernels, or matmul: "
+        "max-shifted matrix products in probability space (hmm.matmul_scan; the fast one on CPU)")
 
     def __post_init__(self):
         super().__post_init__()

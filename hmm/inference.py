@@ -200,8 +200,9 @@ class _LogPartitionBlocks(torch.autograd.Function):
         if ctx.needs_input_grad[3]:
             unary = _posterior(alpha[:, 1:] + beta[:, 1:], log_z)
             grad_emit = (grad_log_z[:, None, None] * unary).masked_fill((index < 0)[..., None], 0.0)
-        if ctx.needs_input_grad[1]:
-            grad_table = _grad_table(alpha, beta, table, index, emit, log_z, grad_log_z)
+        if ctx.needs_input_grad[1]:  # a backend may bring its own (hmm.matmul_scan)
+            grad_fn = getattr(ctx.scan, "grad_table", _grad_table)
+            grad_table = grad_fn(alpha, beta, table, index, emit, log_z, grad_log_z)
         return grad_init, grad_table, None, grad_emit, None
 
 
@@ -212,8 +213,8 @@ def log_partition_blocks(init: torch.Tensor, table: torch.Tensor, index: torch.T
     init [B, n], table [U, n, n], index [B, S] (int32 or int64, -1 = padding), emit [B, S, n].
     ``scan`` is any backend with ``forward(init, table, index, emit)`` and
     ``backward(table, index, emit)`` as defined by :func:`scan_forward_blocks` and
-    :func:`scan_backward_blocks`.  The returned alpha is for carrying the filtered posterior
-    into the next window and gets no gradient.
+    :func:`scan_backward_blocks`, and optionally ``grad_table`` as :func:`_grad_table`.  The returned
+    alpha is for carrying the filtered posterior into the next window and gets no gradient.
     """
     index = index.to(torch.int32)  # once, for both scans
     log_z, last = _LogPartitionBlocks.apply(init.contiguous(), table.contiguous(), index.contiguous(),

@@ -107,8 +107,9 @@ TRAIN_DEFAULTS = {
     "vlnhmm": {"batch_size": 16, "bptt": 32, "lr": 1e-2, "epochs": 50},
 }
 SEED_MARK = "@"  # ff@2222: run ff repeated with seed 2222
-# Settings that say where, how fast or for how long a run executes, not what it computes (the two
-# scan backends compute the same numbers; the TVM kernels are checked against PyTorch before use).
+# Settings that say where, how fast or for how long a run executes, not what it computes (the scan
+# backends compute the same numbers to float32 rounding, each tested against the log-space reference; the TVM
+# kernels are checked against PyTorch again before use).  A checkpoint resumes across them.
 EXECUTION_SETTINGS = frozenset({"device", "max_seconds", "cuda_graph", "backend"})
 
 

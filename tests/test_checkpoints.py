@@ -44,6 +44,39 @@ def test_other_fingerprint_is_set_aside_as_stale(tmp_path):
     assert (tmp_path / "stale.pt").exists() and not (tmp_path / "ckpt.pt").exists()
 
 
+def test_execution_settings_keep_the_fingerprint_and_older_fingerprints_resume(tmp_path):
+    """A run's fingerprint ignores how it executes (scan backend, device, time cap): a run may go on under
+    others.  A checkpoint written by the code before (all settings hashed, with either scan backend then)
+    is resumed and then rewritten with today's fingerprint; a setting that changes results still stops it."""
+    import dataclasses
+    import hashlib
+    import json
+    from pipeline.config import resolve_run
+
+    run = resolve_run({"name": "v", "dataset": "ptb", "model": "vlnhmm", "num_states": 64, "num_clusters": 4})
+    def changed(part, **kw):
+        return dataclasses.replace(run, **{part: dataclasses.replace(getattr(run, part), **kw)})
+    fps = checkpoints.fingerprint_of(run)
+    assert checkpoints.fingerprint_of(changed("settings", backend="matmul"))[0] == fps[0]
+    assert checkpoints.fingerprint_of(changed("train", device="cuda", max_seconds=60))[0] == fps[0]
+    assert checkpoints.fingerprint_of(changed("settings", num_clusters=8))[0] != fps[0]
+    assert checkpoints.fingerprint_of(changed("train", lr=0.5))[0] != fps[0]
+    older = run.result_spec()
+    older["settings"]["backend"] = "tvm"   # written under the TVM backend by the code before
+    older_fp = hashlib.sha256(json.dumps(older, sort_keys=True).encode()).hexdigest()
+    now = checkpoints.fingerprint_of(changed("settings", backend="matmul"))
+    assert older_fp in now and older_fp != now[0]
+    model, opt, sched = parts(0)
+    Checkpoint(tmp_path / "ckpt.pt", older_fp, torch.device("cpu"), "ptb/v").save(model, opt, sched,
+                                                                                 {"step": 3, "best_step": 0})
+    ckpt = Checkpoint(tmp_path / "ckpt.pt", now, torch.device("cpu"), "ptb/v")
+    assert ckpt.load(model, opt, sched)["step"] == 3
+    ckpt.save(model, opt, sched, {"step": 4, "best_step": 0})
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=False)["fingerprint"] == now[0]
+    other = checkpoints.fingerprint_of(changed("train", lr=0.5))
+    assert Checkpoint(tmp_path / "ckpt.pt", other, torch.device("cpu"), "ptb/v").load(model, opt, sched) is None
+
+
 def test_a_changed_byte_sets_it_aside_as_corrupt(tmp_path):
     model, opt, sched = parts(0)
     ckpt = Checkpoint(tmp_path / "ckpt.pt", "fp", torch.device("cpu"), "ptb/x")

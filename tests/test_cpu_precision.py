@@ -253,3 +253,21 @@ def test_the_cpu_benchmark_writes_its_rows_and_plot_for_one_model(tmp_path):
     chosen = precision.choose("auto", "lstm", torch.device("cpu")).name
     assert lstm.target.notna().tolist() == [p == chosen for p in lstm.index]
     assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_the_scan_benchmark_times_both_backends_on_the_same_steps(tmp_path):
+    """bench.cpu_scans at the M = 8 run's size, one timed step: a row per backend, the same training losses
+    (same weights and windows: the backends compute the same numbers), speed-ups against torch."""
+    import pandas as pd
+
+    from bench import cpu_scans
+
+    out = tmp_path / "scans.csv"
+    cpu_scans.main(["--models", "vlnhmm-1024-m8", "--steps", "1", "--warmup", "1", "--eval-repeats", "1",
+                    "--threads", "1", "--out", str(out)])
+    df = pd.read_csv(out).set_index("backend")
+    assert list(df.columns) == cpu_scans.COLUMNS[:1] + cpu_scans.COLUMNS[2:]
+    assert list(df.index) == ["torch", "matmul"] and (df.n_train == 64).all() and (df.n_eval == 128).all()
+    assert (df.ms > 0).all() and (df.eval_ms > 0).all() and df.step_speedup["torch"] == 1.0
+    assert abs(df.loss_last["torch"] - df.loss_last["matmul"]) < 1e-4 * df.loss_last["torch"]
+    assert out.with_suffix(".png").stat().st_size > 10_000

@@ -126,7 +126,7 @@ def test_a_bad_setting_is_named_with_its_run():
         resolve_run({"name": "x", "dataset": "ptb", "model": "vlnhmm", "hidden": "big"})
     with pytest.raises(ConfigError, match=r"run ptb/x: `hiden` is not a setting of model ff"):
         resolve_run({"name": "x", "dataset": "ptb", "model": "ff", "hiden": 3})
-    with pytest.raises(ConfigError, match=r"`backend` must be one of torch, tvm, got 'cuda'"):
+    with pytest.raises(ConfigError, match=r"`backend` must be one of torch, tvm, matmul, got 'cuda'"):
         resolve_run({"name": "x", "dataset": "ptb", "model": "vlnhmm", "backend": "cuda"})
     with pytest.raises(ConfigError, match="num_states 100 is not a multiple of num_clusters 128"):
         resolve_run({"name": "x", "dataset": "ptb", "model": "vlnhmm", "num_states": 100})

@@ -1,4 +1,5 @@
-"""TVM scan kernels (hmm.kernels) against the PyTorch reference (hmm.inference).
+"""Scan backends against the PyTorch reference (hmm.inference): the TVM kernels (hmm.kernels) and the
+matrix-product scans (hmm.matmul_scan); the ``scan`` fixture is each in turn, ``tvm_scan`` the TVM one.
 
 The kernels read block-form potentials: init [B, n], table [U, n, n], index [B, S] (-1 =
 padding), emit [B, S, n].  Scans are compared with the float64 block-form PyTorch scans
@@ -37,6 +38,7 @@ from hmm.kernels import KernelError, TVMScan
 from hmm.kernels import build as kbuild
 from hmm.kernels import check as kcheck
 from hmm.kernels import runtime as krt
+from hmm.matmul_scan import MatmulScan
 
 ROOT = Path(__file__).resolve().parents[1]
 LLVM_STATES = [4, 8, 16, 64, 128, 256]
@@ -53,8 +55,14 @@ def llvm_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def scan(llvm_dir):
+def tvm_scan(llvm_dir):
     return TVMScan.load(llvm_dir)
+
+
+@pytest.fixture(scope="session", params=["tvm", "matmul"])
+def scan(request):
+    """Every backend the reference checks: each test taking ``scan`` runs once per backend."""
+    return request.getfixturevalue("tvm_scan") if request.param == "tvm" else MatmulScan
 
 
 @pytest.fixture(scope="session")
@@ -228,7 +236,8 @@ def test_marginals_with_dead_state_have_no_nan(scan):
         assert not g.isnan().any() and rel_err(g, r) <= 1e-5
 
 
-def test_input_checks(scan):
+def test_input_checks(tvm_scan):
+    scan = tvm_scan
     init, table, index, emit = potentials(2, 3, 8)
     bad = index.clone()
     bad[1, 1] = 5
@@ -246,10 +255,51 @@ def test_input_checks(scan):
     assert_close_scan(scan.forward(init, table, index.long(), emit), reference(init, table, index, emit)[0])
 
 
-def test_missing_n_raises_kernel_error(scan):
+def test_missing_n_raises_kernel_error(tvm_scan):
+    scan = tvm_scan
     with pytest.raises(KernelError, match=r"n=32 .*rebuild: `snakemake build/kernels/llvm/manifest.json --cores 2 "
                                           r"--forcerun kernels_llvm` \(or delete build/kernels/llvm"):
         scan.forward(*potentials(2, 3, 32))
+
+
+def test_matmul_scan_recomputes_a_row_that_underflows_in_log_space():
+    """A message whose every term is below float32's range after the max shifts (the best state's
+    transitions are 120 nats below the others', the others' messages 150 below the best): the
+    product is 0, the row is recomputed in log space and equals the reference (about -120, not -inf)."""
+    n = 4
+    init = torch.tensor([[0.0, -150.0, -150.0, -150.0]])
+    table = torch.zeros(1, n, n)
+    table[0, 0, :] = -120.0
+    index = torch.zeros(1, 1, dtype=torch.int32)
+    emit = torch.zeros(1, 1, n)
+    alpha = reference(init, table, index, emit)[0]
+    assert torch.isfinite(alpha).all() and alpha[0, 1].max() < -119
+    assert_close_scan(MatmulScan.forward(init, table, index, emit), alpha)
+    beta_table = table.transpose(1, 2).contiguous()      # the same case for the backward scan
+    emit_b = init[:, None, :]
+    assert_close_scan(MatmulScan.backward(beta_table, index, emit_b), reference(init, beta_table, index, emit_b)[1])
+
+
+@pytest.mark.parametrize("where", ["table", "emit"])
+def test_matmul_gradient_with_nan_equals_the_reference(where):
+    """A NaN potential: the matmul gradient of the blocks falls back to the reference's, NaN where it is."""
+    init, table, index, emit = potentials(4, 6, 16, seed=4, dead_column=False)
+    NAN_CASES[where](init, table, index, emit)
+    alpha, beta = reference(init, table, index, emit)
+    log_z, w = alpha[:, -1].logsumexp(-1), torch.rand(4, dtype=torch.float64)
+    pots = (alpha, beta, table.double(), index, emit.double(), log_z, w)
+    got, ref = MatmulScan.grad_table(*pots), inference._grad_table(*pots)
+    assert torch.equal(got.isnan(), ref.isnan()) and got.isnan().any()
+    torch.testing.assert_close(got.nan_to_num(), ref.nan_to_num())
+
+
+def test_matmul_scan_with_every_step_padding():
+    """No blocks at all (U = 0): both scans carry their message, the gradient is empty."""
+    init, _, _, emit = potentials(2, 3, 8)
+    table, index = torch.zeros(0, 8, 8), torch.full((2, 3), -1, dtype=torch.int32)
+    alpha, beta = MatmulScan.forward(init, table, index, emit), MatmulScan.backward(table, index, emit)
+    assert torch.equal(alpha, init[:, None].expand(2, 4, 8)) and (beta == 0).all()
+    assert log_partition_blocks(init, table, index, emit, scan=MatmulScan)[0].isfinite().all()
 
 
 def test_missing_directory_raises_kernel_error(tmp_path, llvm_dir):
@@ -528,9 +578,10 @@ def test_cuda_matches_reference(cuda_kernels):
 
 def test_trained_model_potentials_match_reference(llvm_dir, small_ptb, tmp_path):
     """Real potentials: a VLNHMM trained on PTB text (32 states, 4 blocks), scored by the TVM
-    scans and by the float64 reference, at evaluation (n = k = 8: the cached table of every block
-    pair) and under dropout (n = k' = 4: the table of every block pair of the live states, and one
-    start block per block for <eos> resets; the CPU's dense training path)."""
+    and matmul scans and by the float64 reference, at evaluation (n = k = 8: the cached table of every
+    block pair; U = 16 blocks for 16 rows: the matmul scan's every-block product) and under dropout
+    (n = k' = 4: the table of every block pair of the live states, and one start block per block for
+    <eos> resets; the CPU's dense training path; U = 20: its per-row product)."""
     from pipeline.config import resolve_run
     from pipeline.data.corpus import Corpus, Windows
     from pipeline.training.models import build_model
@@ -548,7 +599,6 @@ def test_trained_model_potentials_match_reference(llvm_dir, small_ptb, tmp_path)
     torch.manual_seed(0)
     model = build_model(run, corpus, clusters)
     train(run, corpus, model, tmp_path / "out", tmp_path / "ckpt.pt")
-    scan = TVMScan(llvm_dir)
     x, mask = Windows(corpus.splits["valid"], 16, 32).window(0)
     for training in (False, True):
         model.train(training)
@@ -556,5 +606,6 @@ def test_trained_model_potentials_match_reference(llvm_dir, small_ptb, tmp_path)
             init, table, index, emit = model.potentials(model.params_for(training), x, mask, None, reset=False, reset_between=False)
         assert table.shape[-1] == (4 if training else 8) and table.shape[0] == (4 * 4 + 4 if training else 16)
         alpha, beta = reference(init, table, index, emit)
-        assert_close_scan(scan.forward(init, table, index, emit), alpha)
-        assert_close_scan(scan.backward(table, index, emit), beta)
+        for scan in (TVMScan(llvm_dir), MatmulScan):
+            assert_close_scan(scan.forward(init, table, index, emit), alpha)
+            assert_close_scan(scan.backward(table, index, emit), beta)

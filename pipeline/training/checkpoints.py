@@ -1,7 +1,8 @@
 """A run's checkpoint (``ckpt.pt``: weights, optimizer, lr schedule, RNG states, loop state) and its best
 weights (``best.pt``), each written atomically with a SHA-256 record and checked before it is read.  A
-checkpoint is resumed only when it has the run's fingerprint (settings and input files); one that fails
-its record is set aside as ``*.corrupt``, one made otherwise as ``stale.pt``, and the run starts over."""
+checkpoint is resumed only when it has the run's fingerprint (the settings that change results, and the
+input files); one that fails its record is set aside as ``*.corrupt``, one made otherwise as ``stale.pt``,
+and the run starts over."""
 from __future__ import annotations
 
 import errno
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import Run
+from pipeline.config import EXECUTION_SETTINGS, Run
 from pipeline.integrity import IntegrityError, record, recorded, sha256, sidecar, verify
 from pipeline.training.errors import TrainingError
 from pipeline.training.progress import say
@@ -99,21 +100,35 @@ def set_rng_state(model, device, state: dict) -> None:
         model.generator.set_state(state["model"])
 
 
-def fingerprint_of(run: Run, *files: Path | None) -> str:
-    """What a checkpoint must match to be resumed: the run's settings and its input files."""
-    h = hashlib.sha256(json.dumps(run.result_spec(), sort_keys=True).encode())
+def _digest(spec: dict, files) -> str:
+    h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
     for f in files:
         if f is not None:
             h.update(Path(f).read_bytes())
     return h.hexdigest()
 
 
-class Checkpoint:
-    """``path`` (ckpt.pt) and best.pt beside it, for the run ``name`` with ``fingerprint``."""
+def fingerprint_of(run: Run, *files: Path | None) -> tuple[str, ...]:
+    """What a checkpoint must match to be resumed: the run's settings but those that only say how it
+    executes (``EXECUTION_SETTINGS``: device, scan backend, time cap; a run may go on under others), and its
+    input files.  Returned first; after it, the fingerprints code before 2026-12-06 gave the same run (all
+    settings; with each scan backend), so that a checkpoint written then is resumed, not set aside."""
+    spec = run.result_spec()
+    current = {part: {k: v for k, v in (spec[part] or {}).items() if k not in EXECUTION_SETTINGS}
+               for part in ("settings", "train")}
+    backends = ("torch", "tvm") if run.model == "vlnhmm" else (None,)  # the scan backends of that code
+    earlier = [spec | {"settings": spec["settings"] | ({"backend": b} if b else {})} for b in backends]
+    return tuple(dict.fromkeys(_digest(s, files) for s in [spec | current, *earlier]))
 
-    def __init__(self, path: Path, fingerprint: str, device: torch.device, name: str):
+
+class Checkpoint:
+    """``path`` (ckpt.pt) and best.pt beside it, for the run ``name`` with ``fingerprint``: one string, or
+    several (:func:`fingerprint_of`): a checkpoint is written with the first and resumed with any."""
+
+    def __init__(self, path: Path, fingerprint: str | tuple[str, ...], device: torch.device, name: str):
         self.path, self.best_path = Path(path), Path(path).with_name("best.pt")
-        self.fingerprint, self.device, self.name = fingerprint, device, name
+        self.accepted = (fingerprint,) if isinstance(fingerprint, str) else tuple(fingerprint)
+        self.fingerprint, self.device, self.name = self.accepted[0], device, name
 
     def load(self, model, opt, sched) -> dict | None:
         """Load the checkpoint into model, optimizer and lr schedule if it matches its SHA-256 record and has
@@ -135,7 +150,7 @@ class Checkpoint:
                 verify(self.best_path, "it is set aside")
         except Exception as err:  # IntegrityError, or a file torch cannot read at all
             return self._set_aside_corrupt(bad, err)
-        if ckpt.get("fingerprint") != self.fingerprint:
+        if ckpt.get("fingerprint") not in self.accepted:
             return self._set_aside("was made with other settings or data")
         mine = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         theirs = {k: tuple(v.shape) for k, v in ckpt["model"].items()}

@@ -74,8 +74,10 @@ class Trainer:
     """Train ``model`` as ``run`` says (see the module docstring for the steps)."""
 
     def __init__(self, run: Run, corpus: Corpus, model: torch.nn.Module, out: Path, checkpoint: Path,
-                 fingerprint: str | None = None, inputs: dict | None = None):
-        """``inputs``: the SHA-256 of what the run reads beyond ``corpus`` (clusters, kernels), for metrics.json."""
+                 fingerprint: str | tuple[str, ...] | None = None, inputs: dict | None = None):
+        """``fingerprint``: what a checkpoint must have to be resumed (:class:`Checkpoint`; default: the run's
+        settings); ``inputs``: the SHA-256 of what the run reads beyond ``corpus`` (clusters, kernels), for
+        metrics.json."""
         cfg = self.cfg = run.train
         self.inputs = {"data": dict(corpus.digests)} | (inputs or {})
         self.run, self.corpus, self.model, self.out, self.checkpoint = run, corpus, model, Path(out), Path(checkpoint)
@@ -298,6 +300,8 @@ class Trainer:
         """Where this process trains the run from its current step (a resumed run has several)."""
         record = {"from_step": self.state["step"], "device": self.device.type, "precision": self.precision.name,
                   "commit": commit()[0], "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        if hasattr(self.model, "scan"):  # the VLNHMM's scan backend (an execution setting: it may change on resume)
+            record["scan_backend"] = self.model.scan.name
         return record | (cpu.record() if self.device.type == "cpu" else
                          {"device_name": torch.cuda.get_device_name(self.device)})
 
@@ -316,7 +320,8 @@ class Trainer:
         path = getattr(self.model, "transition_path", None)
         where = cpu.describe() if self.device.type == "cpu" else str(self.device)
         self.say(f"[{self.name}] {self.run.model}: {self.params:,} parameters on {where}"
-            + (f" ({path} transition)" if path else "") + f"; {self.steps_per_epoch:,} steps/epoch, "
+            + (f" ({path} transition" + (f", {self.model.scan.name} scans" if hasattr(self.model, "scan") else "")
+               + ")" if path else "") + f"; {self.steps_per_epoch:,} steps/epoch, "
             f"validation every {self.check_every:,} steps, {self.last_step:,} steps")
         if self.device.type == "cpu":
             self.say(f"[{self.name}] training step in {self.precision.name} ({self.precision.reason}); evaluation in fp32")
@@ -350,7 +355,7 @@ class Trainer:
 
 
 def train(run: Run, corpus: Corpus, model: torch.nn.Module, out: Path, checkpoint: Path,
-          fingerprint: str | None = None, inputs: dict | None = None) -> dict:
+          fingerprint: str | tuple[str, ...] | None = None, inputs: dict | None = None) -> dict:
     """Train ``model`` as ``run`` says; resume from ``checkpoint`` if it has the same fingerprint."""
     return Trainer(run, corpus, model, out, checkpoint, fingerprint, inputs).fit()
 

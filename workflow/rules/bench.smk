@@ -72,3 +72,23 @@ rule bench_cpu_training:
     shell:
         "OMP_NUM_THREADS={threads} python -m bench.cpu --kind {wildcards.kind} --threads {threads} --out {output.csv} "
         "> {log} 2>&1"
+
+
+rule bench_cpu_scans:
+    """The VLNHMM 1,024-state runs' training step and evaluation batch on this CPU by scan backend: the log-space
+    reference against matmul (the file is named by this CPU's kind, as bench_cpu_training's)."""
+    output:
+        csv="results/bench/cpu_scans_{kind}.csv",
+        png=report("results/bench/cpu_scans_{kind}.png", category="Benchmarks", caption="../report/bench.rst"),
+    log:
+        "logs/bench/cpu_scans_{kind}.log",
+    wildcard_constraints:
+        kind="amx|avx512_bf16|none",
+    conda:
+        ENV
+    threads: job_threads("bench_cpu")
+    resources:
+        **job_resources("bench_cpu"),
+    shell:
+        "OMP_NUM_THREADS={threads} python -m bench.cpu_scans --kind {wildcards.kind} --threads {threads} "
+        "--out {output.csv} > {log} 2>&1"

@@ -1,0 +1,136 @@
+"""The scans of :mod:`hmm.inference` as matrix products in probability space: the fast backend on CPU.
+
+Same semantics and shapes as the reference (block form: ``init [B, n]``, ``table [U, n, n]``,
+``index [B, S]`` with -1 = padding, ``emit [B, S, n]``); every log-sum-exp over a block becomes a
+matrix product between max-shifted exponentials:
+
+    alpha[t+1, j] = log sum_u exp(alpha[t, u] - a) exp(table[g, u, j] - c_j) + a + c_j + emit[t, j]
+
+with ``a`` the message's largest entry and ``c_j`` the largest entry of column j of block g (rows
+for the backward scan), so every exponential is at most 1 and the products run as GEMMs (one
+``[U, B, n] = [B, n] @ [U, n, n]`` product per step when there are no more blocks than rows,
+else one batched product over the rows' own blocks).  The exponentiated blocks are computed
+once per window, not once per step.  The gradient of the transition blocks is the same sum of
+pair marginals as :func:`hmm.inference._grad_table`, as one ``[n, edges] @ [edges, n]`` product
+per block.
+
+Where it differs from the log-space reference: float32 exponentials flush terms smaller than
+~e^-87 of the step's largest to zero.  A state whose message is that far below the row's best
+(or a gradient term that far below an edge's posterior mass) becomes -inf (0) where the reference
+keeps a finite, negligible value; a row whose whole message would underflow is recomputed in log
+space, so a log-likelihood is never lost that way.  NaN and -inf potentials behave as in the
+reference.  Tested against it in ``tests/test_kernels.py`` like every backend.
+"""
+from __future__ import annotations
+
+import torch
+
+from hmm import inference
+
+
+def _finite_or_zero(x: torch.Tensor) -> torch.Tensor:
+    """Shifts: a max that is -inf (nothing alive), +inf or NaN shifts by 0 (the product then gives
+    -inf, or carries the NaN, as the reference does)."""
+    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+
+
+def _scan(start, table, probs, shift, index, emit, reverse: bool) -> torch.Tensor:
+    """The forward (``reverse`` False) or backward scan.  ``probs [U, n, n]`` = exp(table - shift)
+    oriented so that the next message is ``log(p @ probs[g]) + shift[g]`` (+ emit, forward) for
+    ``p`` the exponentiated message (forward) or emission-plus-message (backward)."""
+    B, S, n = emit.shape
+    U = probs.shape[0]
+    blocks = index.long().clamp(min=0)
+    live = index >= 0
+    rows = torch.arange(B, device=emit.device)
+    all_blocks = U <= B   # every block's product for every row costs at most B x the rows' own
+    msg, out = start, [start]
+    for t in (range(S - 1, -1, -1) if reverse else range(S)):
+        g = blocks[:, t]
+        src = emit[:, t] + msg if reverse else msg
+        top = _finite_or_zero(src.amax(dim=-1, keepdim=True))
+        p = (src - top).exp()
+        if all_blocks:
+            summed = torch.matmul(p, probs)[g, rows]                   # [U, B, n] -> [B, n]
+        else:
+            summed = torch.bmm(p.unsqueeze(1), probs[g]).squeeze(1)     # [B, n]
+        new = summed.log() + top + shift[g]
+        if not reverse:
+            new = new + emit[:, t]
+        lost = live[:, t] & torch.isneginf(new).all(dim=-1) & (p > 0).any(dim=-1)
+        if lost.any():  # the whole row underflowed (or truly died): its step in log space
+            new[lost] = _log_space_step(msg[lost], table[g[lost]], emit[lost, t], reverse)
+        msg = torch.where(live[:, t, None], new, msg)
+        out.append(msg)
+    return torch.stack(out[::-1] if reverse else out, dim=1)
+
+
+def _log_space_step(msg, blocks, emit_t, reverse: bool) -> torch.Tensor:
+    """One step of the reference scans for a few rows: blocks [r, n, n]."""
+    if reverse:
+        return torch.logsumexp(blocks + (emit_t + msg).unsqueeze(-2), dim=-1)
+    return torch.logsumexp(msg.unsqueeze(-1) + blocks, dim=-2) + emit_t
+
+
+def _usable(table: torch.Tensor) -> torch.Tensor:
+    """A table with at least one block (every step is padding when U = 0)."""
+    return table if table.shape[0] else table.new_zeros(1, table.shape[1], table.shape[2])
+
+
+def scan_forward(init, table, index, emit) -> torch.Tensor:
+    """alpha [B, S+1, n], as :func:`hmm.inference.scan_forward_blocks`."""
+    table = _usable(table)
+    top = _finite_or_zero(table.amax(dim=1))                             # [U, n]: per destination
+    probs = (table - top.unsqueeze(1)).exp()
+    return _scan(init, table, probs, top, index, emit, reverse=False)
+
+
+def scan_backward(table, index, emit) -> torch.Tensor:
+    """beta [B, S+1, n], as :func:`hmm.inference.scan_backward_blocks`."""
+    table = _usable(table)
+    top = _finite_or_zero(table.amax(dim=2))                             # [U, n]: per source
+    probs = (table - top.unsqueeze(2)).exp().transpose(1, 2).contiguous()
+    B, _, n = emit.shape
+    return _scan(emit.new_zeros(B, n), table, probs, top, index, emit, reverse=True)
+
+
+def grad_table(alpha, beta, table, index, emit, log_z, grad_log_z) -> torch.Tensor:
+    """d/d table [U, n, n], as :func:`hmm.inference._grad_table`: per block g, the sum over the edges
+    using it of grad_log_z[b] * exp(before[u] + table[g, u, j] + after[j]) with before = alpha - log Z
+    and after = emit + beta, computed as exp(table[g] - max) * (L_g^T @ R_g), where the rows of L and R
+    are the edges' exponentiated ``before`` and ``after`` (shifted by the largest ``after``).  Falls back
+    to the reference where the result is not finite (a NaN potential, or an overflow)."""
+    B, S, n = emit.shape
+    U = table.shape[0]
+    grad = torch.zeros_like(table)
+    if U == 0 or B * S == 0:
+        return grad
+    flat = index.reshape(-1).long()
+    weight = torch.where(flat >= 0, grad_log_z[:, None].expand(B, S).reshape(-1), 0.0)
+    used = (weight != 0)[:, None]
+    before = torch.where(torch.isneginf(log_z)[:, None, None], -torch.inf,
+                         alpha[:, :-1] - log_z[:, None, None]).reshape(-1, n)
+    after = (emit + beta[:, 1:]).reshape(-1, n)
+    g = flat.clamp(min=0)
+    top = _finite_or_zero(table.amax(dim=(1, 2)))                        # [U]
+    shift = _finite_or_zero(after.amax(dim=-1, keepdim=True))            # [edges, 1]
+    left = torch.where(used, (before + shift + top[g, None]).exp() * weight[:, None], 0.0)
+    right = torch.where(used, (after - shift).exp(), 0.0)
+    order = torch.argsort(g, stable=True)
+    counts = torch.bincount(g, minlength=U).tolist()
+    for block, (lhs, rhs) in enumerate(zip(left[order].split(counts), right[order].split(counts))):
+        if len(lhs):
+            torch.matmul(lhs.T, rhs, out=grad[block])
+    grad.mul_((table - top[:, None, None]).exp())
+    if not torch.isfinite(grad).all():
+        return inference._grad_table(alpha, beta, table, index, emit, log_z, grad_log_z)
+    return grad
+
+
+class MatmulScan:
+    """Backend ``matmul``: the scans and the transition gradient as matrix products (any device)."""
+
+    name = "matmul"
+    forward = staticmethod(scan_forward)
+    backward = staticmethod(scan_backward)
+    grad_table = staticmethod(grad_table)
