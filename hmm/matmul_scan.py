@@ -20,6 +20,9 @@ Where it differs from the log-space reference: float32 exponentials flush terms 
 keeps a finite, negligible value; a row whose whole message would underflow is recomputed in log
 space, so a log-likelihood is never lost that way.  NaN and -inf potentials behave as in the
 reference.  Tested against it in ``tests/test_kernels.py`` like every backend.
+
+Made for the CPU: it reads values back to the host (each step's underflow check, the number of edges per
+block), which costs a synchronisation each on a GPU and rules out CUDA-graph capture (``capturable``).
 """
 from __future__ import annotations
 
@@ -131,6 +134,7 @@ class MatmulScan:
     """Backend ``matmul``: the scans and the transition gradient as matrix products (any device)."""
 
     name = "matmul"
+    capturable = False  # host reads (each step's underflow check, the edges per block): no CUDA graph capture
     forward = staticmethod(scan_forward)
     backward = staticmethod(scan_backward)
     grad_table = staticmethod(grad_table)

@@ -525,7 +525,8 @@ class VLNHMM(nn.Module):
         self.param = param_cls(cfg, vocab_size, self.structure.num_blocks)
         self._generator: torch.Generator | None = None
         self._cache: tuple[tuple, HMMParams] | None = None
-        self.capturable = True  # a training step has no host reads: it can be captured as a CUDA graph
+        # a training step has no host reads, so it can be captured as a CUDA graph, unless its scans read back
+        self.capturable = getattr(scan, "capturable", True)
         self.matmul_dtype: torch.dtype | None = None  # bf16: the training step's MLP and logit products
 
     def low_precision(self):

@@ -63,6 +63,22 @@ def test_training_step_reads_nothing_back(name, lean, tmp_path, monkeypatch):
         assert counter.reads == [], f"window {w}: {counter.reads}"
 
 
+def test_the_matmul_scans_read_back_and_so_are_not_captured(tmp_path):
+    """Backend matmul (made for the CPU) reads values back each step: the model says it cannot be captured,
+    so cuda_graph leaves such a run eager (pipeline.training.graphs)."""
+    from pipeline.training.models import build_model
+    corpus = synthetic_corpus()
+    run = resolve_run({"name": "s", "dataset": "ptb", "model": "vlnhmm", "hidden": 16, "device": "cpu",
+                       "batch_size": 4, "bptt": 8, "backend": "matmul", **SETTINGS["none"]})
+    model = build_model(run, corpus)
+    assert model.capturable is False and model.scan.name == "matmul"
+    trainer = Trainer(run, corpus, model, tmp_path / "out", tmp_path / "ckpt.pt")
+    x, mask = Windows(corpus.splits["train"], 4, 8).window(0)
+    with CountHostReads() as counter:
+        trainer.step(x, mask, int(mask.sum()))
+    assert counter.reads
+
+
 def test_the_counter_sees_host_reads():
     """The counter is not blind: each way of reading device data back is recorded."""
     t = torch.tensor([1.0, 2.0, 2.0])
