@@ -38,7 +38,9 @@ from hmm.kernels import KernelError, TVMScan
 from hmm.kernels import build as kbuild
 from hmm.kernels import check as kcheck
 from hmm.kernels import runtime as krt
-from hmm.matmul_scan import MatmulScan
+from hmm.matmul_scan import MIN_STATES, MatmulScan
+
+PRODUCTS = MatmulScan(min_states=1)  # the matmul backend with products at every n (its default leaves n < 64 to the reference)
 
 ROOT = Path(__file__).resolve().parents[1]
 LLVM_STATES = [4, 8, 16, 64, 128, 256]
@@ -62,7 +64,7 @@ def tvm_scan(llvm_dir):
 @pytest.fixture(scope="session", params=["tvm", "matmul"])
 def scan(request):
     """Every backend the reference checks: each test taking ``scan`` runs once per backend."""
-    return request.getfixturevalue("tvm_scan") if request.param == "tvm" else MatmulScan
+    return request.getfixturevalue("tvm_scan") if request.param == "tvm" else PRODUCTS
 
 
 @pytest.fixture(scope="session")
@@ -274,10 +276,10 @@ def test_matmul_scan_recomputes_a_row_that_underflows_in_log_space():
     emit = torch.zeros(1, 1, n)
     alpha = reference(init, table, index, emit)[0]
     assert torch.isfinite(alpha).all() and alpha[0, 1].max() < -119
-    assert_close_scan(MatmulScan.forward(init, table, index, emit), alpha)
+    assert_close_scan(PRODUCTS.forward(init, table, index, emit), alpha)
     beta_table = table.transpose(1, 2).contiguous()      # the same case for the backward scan
     emit_b = init[:, None, :]
-    assert_close_scan(MatmulScan.backward(beta_table, index, emit_b), reference(init, beta_table, index, emit_b)[1])
+    assert_close_scan(PRODUCTS.backward(beta_table, index, emit_b), reference(init, beta_table, index, emit_b)[1])
 
 
 @pytest.mark.parametrize("where", ["table", "emit"])
@@ -288,18 +290,51 @@ def test_matmul_gradient_with_nan_equals_the_reference(where):
     alpha, beta = reference(init, table, index, emit)
     log_z, w = alpha[:, -1].logsumexp(-1), torch.rand(4, dtype=torch.float64)
     pots = (alpha, beta, table.double(), index, emit.double(), log_z, w)
-    got, ref = MatmulScan.grad_table(*pots), inference._grad_table(*pots)
+    got, ref = PRODUCTS.grad_table(*pots), inference._grad_table(*pots)
     assert torch.equal(got.isnan(), ref.isnan()) and got.isnan().any()
     torch.testing.assert_close(got.nan_to_num(), ref.nan_to_num())
+
+
+def test_matmul_gradient_with_unused_blocks_equals_autograd():
+    """The matmul transition gradient, one product per block in use (here most of 200 blocks unused, or a few
+    shared), equals the float64 autograd reference."""
+    for B, S, n, U in [(4, 9, 8, 3), (3, 7, 4, 200), (2, 5, 64, 6)]:
+        init, table, index, emit = _double(*potentials(B, S, n, U=U, seed=7, dead_column=False))
+        w = torch.rand(B, dtype=torch.float64)
+        ours = _grads(lambda *a: log_partition_blocks(*a, scan=PRODUCTS)[0] * w, init, table, index, emit)
+        ref = _grads(lambda *a: log_partition_blocks_autograd(*a) * w, init, table, index, emit)
+        for g, r in zip(ours, ref):
+            torch.testing.assert_close(g, r)
+
+
+def test_matmul_backend_leaves_small_blocks_to_the_reference(monkeypatch):
+    """Backend matmul as runs get it: blocks under MIN_STATES live states take the log-space reference
+    (bit for bit), larger ones the products (within float32 rounding of it)."""
+    import hmm.matmul_scan
+    used = []
+    for fn in ("scan_forward", "scan_backward", "grad_table"):
+        real = getattr(hmm.matmul_scan, fn)
+        monkeypatch.setattr(hmm.matmul_scan, fn, lambda *a, _f=real, _n=fn: used.append(_n) or _f(*a))
+    scan = MatmulScan()
+    for n in (MIN_STATES // 2, MIN_STATES):
+        used.clear()
+        pots = potentials(3, 5, n, seed=3, dead_column=False)
+        got = _grads(lambda *a: log_partition_blocks(*a, scan=scan)[0], *pots)
+        ref = _grads(lambda *a: log_partition_blocks(*a, scan=TorchScan)[0], *pots)
+        if n < MIN_STATES:
+            assert used == [] and all(torch.equal(g, r) for g, r in zip(got, ref))
+        else:
+            assert used == ["scan_forward", "scan_backward", "grad_table"]
+            assert all(rel_err(g, r.double()) <= 1e-5 for g, r in zip(got, ref))
 
 
 def test_matmul_scan_with_every_step_padding():
     """No blocks at all (U = 0): both scans carry their message, the gradient is empty."""
     init, _, _, emit = potentials(2, 3, 8)
     table, index = torch.zeros(0, 8, 8), torch.full((2, 3), -1, dtype=torch.int32)
-    alpha, beta = MatmulScan.forward(init, table, index, emit), MatmulScan.backward(table, index, emit)
+    alpha, beta = PRODUCTS.forward(init, table, index, emit), PRODUCTS.backward(table, index, emit)
     assert torch.equal(alpha, init[:, None].expand(2, 4, 8)) and (beta == 0).all()
-    assert log_partition_blocks(init, table, index, emit, scan=MatmulScan)[0].isfinite().all()
+    assert log_partition_blocks(init, table, index, emit, scan=PRODUCTS)[0].isfinite().all()
 
 
 def test_missing_directory_raises_kernel_error(tmp_path, llvm_dir):
@@ -606,6 +641,6 @@ def test_trained_model_potentials_match_reference(llvm_dir, small_ptb, tmp_path)
             init, table, index, emit = model.potentials(model.params_for(training), x, mask, None, reset=False, reset_between=False)
         assert table.shape[-1] == (4 if training else 8) and table.shape[0] == (4 * 4 + 4 if training else 16)
         alpha, beta = reference(init, table, index, emit)
-        for scan in (TVMScan(llvm_dir), MatmulScan):
+        for scan in (TVMScan(llvm_dir), PRODUCTS):
             assert_close_scan(scan.forward(init, table, index, emit), alpha)
             assert_close_scan(scan.backward(table, index, emit), beta)

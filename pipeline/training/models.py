@@ -69,7 +69,7 @@ def build_vlnhmm(run: Run, vocab_size: int, cluster_ids, eos_id: int,
         scan = TVMScan(Path(kernel_root) / run.kernel_target)
     elif s.backend == "matmul":
         from hmm.matmul_scan import MatmulScan
-        scan = MatmulScan
+        scan = MatmulScan()
     device_type = "cpu" if run.train.device == "cpu" else "cuda"  # auto: CUDA or a stop (pipeline.training.train)
     lean = transition_path(device_type, s.num_states, s.num_clusters) == "factored"
     return VLNHMM(s, vocab_size, cluster_ids, eos_id, seed=run.train.seed, scan=scan,
