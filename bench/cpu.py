@@ -10,7 +10,9 @@ In one process, on this CPU (``pipeline.cpu``: model name and native bf16 kind o
   Zipf text with PTB's vocabulary (10,000 words), in fp32 and in bf16 (``cpu_precision``), the two
   timed in interleaved repeats (``ms`` the fastest, ``ms_median`` the median); the models and batch shapes of the paper runs:
   ``ff`` (5-gram, 256, B x T = 128 x 64), ``lstm`` (2 x 256, 16 x 32), ``vlnhmm-1024-m8``
-  (1,024 states, M = 8, h = 256, state dropout 0.5, 16 x 32, the CPU's training transition path);
+  (1,024 states, M = 8, h = 256, state dropout 0.5, 16 x 32, the CPU's training transition path; scans: the
+  log-space reference, ``backend: torch``, which at M = 8 is within 2 % of the ``matmul`` scans the CPU profile
+  trains with, ``bench.cpu_scans``);
 * per model and precision, the **floor**: the step's own matrix products (the shapes it multiplies,
   forward and backward, in that precision) each timed alone and summed.  A step cannot beat it;
   ``x_floor`` = step ms / floor ms;
