@@ -21,6 +21,9 @@ keeps a finite, negligible value; a row whose whole message would underflow is r
 space, so a log-likelihood is never lost that way.  NaN and -inf potentials behave as in the
 reference.  Tested against it in ``tests/test_kernels.py`` like every backend.
 
+The backend (:class:`MatmulScan`) uses the products for blocks of at least ``MIN_STATES`` live states and
+the reference's log-space steps for smaller ones, where products do not pay.
+
 Made for the CPU: it reads values back to the host (each step's underflow check, the number of edges per
 block), which costs a synchronisation each on a GPU and rules out CUDA-graph capture (``capturable``).
 """
@@ -128,7 +131,8 @@ def grad_table(alpha, beta, table, index, emit, log_z, grad_log_z) -> torch.Tens
     right = torch.where(used, (after - shift).exp(), 0.0)
     order = torch.argsort(g, stable=True)
     blocks, counts = torch.unique(g, return_counts=True)
-    for block, lhs, rhs in zip(blocks.tolist(), left[order].split(counts.tolist()), right[order].split(counts.tolist())):
+    sizes = counts.tolist()
+    for block, lhs, rhs in zip(blocks.tolist(), left[order].split(sizes), right[order].split(sizes)):
         torch.matmul(lhs.T, rhs, out=grad[block])
     grad.mul_((table - top[:, None, None]).exp())
     if not torch.isfinite(grad).all():

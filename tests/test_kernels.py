@@ -40,7 +40,8 @@ from hmm.kernels import check as kcheck
 from hmm.kernels import runtime as krt
 from hmm.matmul_scan import MIN_STATES, MatmulScan
 
-PRODUCTS = MatmulScan(min_states=1)  # the matmul backend with products at every n (its default leaves n < 64 to the reference)
+# the matmul backend with products at every n (its default leaves n < 64 to the reference)
+PRODUCTS = MatmulScan(min_states=1)
 
 ROOT = Path(__file__).resolve().parents[1]
 LLVM_STATES = [4, 8, 16, 64, 128, 256]
