@@ -27,7 +27,7 @@ import torch
 from pipeline.config import resolve_runs
 from pipeline.data.corpus import Corpus, Windows
 from pipeline.integrity import verify
-from pipeline.node.bundle import load_config
+from pipeline.profiles import load_config
 from pipeline.training.models import build_model
 
 PROTOCOLS = ("carried", "reset", "reset-skip-first")

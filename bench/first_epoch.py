@@ -24,7 +24,7 @@ import torch
 from pipeline import cpu
 from pipeline.config import resolve_runs
 from pipeline.data.corpus import Corpus
-from pipeline.node.bundle import load_config
+from pipeline.profiles import load_config
 from pipeline.training.models import build_model
 from pipeline.training.train import train
 

@@ -8,7 +8,7 @@ line here.  Each runs in its documented form:
 - snakemake and ``./repro run``: a dry run (``-n`` put first, so the words after it stay as written);
   ``--report`` for real on the tiny profile once the tiny pipeline has run (it reads its outputs);
 - ``./repro setup``: for real (idempotent); ``./repro test``: this suite itself, not run from inside it;
-- ``./repro bundle|import`` and ``python -m MODULE``: the module's own argument parser reads the words
+- ``./repro bundle|import|status`` and ``python -m MODULE``: the module's own argument parser reads the words
   (its dry run: an unknown option, a missing required one or a bad value fails); ``python -m pytest``
   collects; ``python -m pipeline.config --doc`` runs and must give config/README.md.
 
@@ -36,7 +36,8 @@ ENV_ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=\S*$")
 PLACEHOLDERS = {"<dataset>": "ptb", "<name>": "kn5", "<target>": "llvm", "$OUT": "/tmp/repro-doc-out",
                 "site.yaml": "tests/slurm/site.yaml",  # a site file, as the README shows one
                 "OUT": "/tmp/repro-doc-out", "DIR": "/tmp/repro-doc-dir", "ARGS": ""}
-MODULE_OF = {"bundle": "pipeline.node.bundle", "import": "pipeline.node.importer"}
+MODULE_OF = {"bundle": "pipeline.node.bundle", "import": "pipeline.node.importer",
+             "status": "pipeline.training.status"}
 # documented commands that are not run here, each with the reason (kept short: every other one runs)
 NOT_RUN = {
     "./repro test": "it is this test suite (CI runs it)",

@@ -160,3 +160,37 @@ def test_checkpoint_of_other_code_is_set_aside(small_ptb, tmp_path, capsys):
     again = train(run, corpus, build_model(run, corpus), tmp_path / "b", ckpt, fingerprint="same")
     assert (tmp_path / "stale.pt").exists() and "does not fit this code's model" in capsys.readouterr().out
     assert again["steps"] == first["steps"]
+
+
+def test_status_reads_where_each_run_stands(small_ptb, tmp_path):
+    """./repro status (pipeline.training.status) from a real run's history and metrics: finished, then
+    stopped part-way (its metrics gone), then training now (a live process holding its checkpoint)."""
+    from pipeline.training import status
+
+    run = resolve_run({"name": "t", "dataset": "ptb", "model": "ff"}, DEFAULTS | {"ff": {"hidden": 8, "epochs": 2}})
+    corpus = Corpus.load(small_ptb)
+    train(run, corpus, build_model(run, corpus), tmp_path / run.out_dir, tmp_path / run.checkpoint)
+    history = (tmp_path / run.checkpoint).with_name("train.log").read_text()
+    checks = [line for line in history.splitlines() if "valid ppl" in line and " step " in line]
+    done = status.standing(run, tmp_path, set())
+    metrics = json.loads((tmp_path / run.out_dir / "metrics.json").read_text())
+    assert done.state == "finished" and f"valid {metrics['valid_ppl']:.2f}" in done.detail
+    assert done.step == done.total == metrics["steps"] and done.epoch == 2.0 and len(checks) == 2
+    assert done.best == min(float(c.split("valid ppl")[1].split("|")[0]) for c in checks)
+    (tmp_path / run.out_dir / "metrics.json").unlink()
+    stopped = status.standing(run, tmp_path, status.running_checkpoints())
+    assert stopped.state == "stopped" and stopped.hours_left == 0
+    other = resolve_run({"name": "u", "dataset": "ptb", "model": "ff"}, DEFAULTS)
+    assert status.standing(other, tmp_path, set()).state == "not started"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "pipeline.training.train",
+                               "--checkpoint", run.checkpoint], cwd=tmp_path)
+    try:
+        for _ in range(50):
+            if status.standing(run, tmp_path, status.running_checkpoints()).state == "training now":
+                break
+            time.sleep(0.1)
+        assert status.standing(run, tmp_path, status.running_checkpoints()).state == "training now"
+    finally:
+        holder.kill()
+    text = status.table([done, stopped])
+    assert "ptb/t" in text and "finished" in text and "stopped" in text

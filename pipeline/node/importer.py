@@ -259,7 +259,7 @@ def file_local(keys: list[str], config: dict, runs_dir: Path, logs_dir: Path, re
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.node.bundle import load_config
+    from pipeline.profiles import load_config
 
     ap = argparse.ArgumentParser(prog="./repro import", description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path, nargs="?", help="the node job's OUT directory")

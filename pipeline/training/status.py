@@ -1,0 +1,131 @@
+"""Where each trained run of the config stands: finished, training now, stopped part-way, or not started.
+
+    ./repro status --profile profiles/cpu                  # the CPU profile's runs
+    ./repro status --profile profiles/cpu --all            # every trained run of the config, started or not
+    ./repro status --config recipe=released-code           # KEY=VALUE, as snakemake --config
+
+Read from what the trainer leaves (nothing is loaded or locked, so it is safe beside running jobs): a run's
+``metrics.json`` (finished), and its history beside the checkpoint (``build/checkpoints/<run>/train.log``,
+every segment's log lines): the last validation check's step, epoch, valid ppl, lr and tokens/s, the best
+valid ppl so far, and an estimate of the training time left at the last check's speed (checks not counted).
+A run is *training now* if a ``pipeline.training.train`` process with its checkpoint is alive on this machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.config import ConfigError, Run, resolve_runs, run_history
+
+CHECK = re.compile(r"step\s+([\d,]+) epoch\s+([\d.]+) \| train ppl\s+([\d.]+) \| valid ppl\s+([\d.]+) \| "
+                   r"lr ([\d.e+-]+) \| ([\d,]+) tok/s")
+PLAN = re.compile(r"([\d,]+) steps/epoch, validation every [\d,]+ steps, ([\d,]+) steps")
+
+
+@dataclass
+class Standing:
+    key: str
+    state: str                     # finished | training now | stopped | not started
+    step: int = 0
+    total: int | None = None
+    epoch: float | None = None
+    valid: float | None = None
+    best: float | None = None
+    lr: float | None = None
+    tokens_per_s: int | None = None
+    hours_left: float | None = None
+    detail: str = ""
+
+
+def _int(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+def running_checkpoints() -> set[str]:
+    """The checkpoint paths (as given, resolved) of every ``pipeline.training.train`` process alive on this
+    machine (Linux /proc): a run's checkpoint names its recipe, dataset and name."""
+    found = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            words = [a.decode(errors="replace") for a in (proc / "cmdline").read_bytes().split(b"\0")]
+            cwd = Path(os.readlink(proc / "cwd"))
+        except OSError:
+            continue
+        if "pipeline.training.train" in words and "--checkpoint" in words[:-1]:
+            found.add(str((cwd / words[words.index("--checkpoint") + 1]).resolve()))
+    return found
+
+
+def standing(run: Run, root: Path, running: set) -> Standing:
+    metrics = root / run.out_dir / "metrics.json"
+    history = root / run_history(run.checkpoint)
+    lines = history.read_text().splitlines() if history.exists() else []
+    checks = [m for m in (CHECK.search(line) for line in lines) if m]
+    plans = [m for m in (PLAN.search(line) for line in lines) if m]
+    now = str((root / run.checkpoint).resolve()) in running
+    s = Standing(run.key, "training now" if now else "stopped" if checks or plans else "not started")
+    if plans:
+        s.total = _int(plans[-1].group(2))
+    if checks:
+        last = checks[-1]
+        s.step, s.epoch, s.valid = _int(last.group(1)), float(last.group(2)), float(last.group(4))
+        s.lr, s.tokens_per_s = float(last.group(5)), _int(last.group(6))
+        s.best = min(float(m.group(4)) for m in checks)
+        if s.total and s.tokens_per_s and run.train:
+            tokens_left = (s.total - s.step) * run.train.batch_size * run.train.bptt
+            s.hours_left = tokens_left / s.tokens_per_s / 3600
+    if metrics.exists() and not now:
+        m = json.loads(metrics.read_text())
+        s.state = "finished"
+        s.detail = f"{m.get('status', '')}: valid {m.get('valid_ppl', float('nan')):.2f}, test {m.get('test_ppl', float('nan')):.2f}"
+        s.hours_left = None
+    return s
+
+
+def table(rows: list[Standing]) -> str:
+    head = ["run", "state", "step", "epoch", "last valid", "best valid", "lr", "tok/s", "left (h)", ""]
+    body = [[r.key, r.state, f"{r.step:,}/{r.total:,}" if r.total else (f"{r.step:,}" if r.step else ""),
+             f"{r.epoch:.2f}" if r.epoch is not None else "", f"{r.valid:.2f}" if r.valid else "",
+             f"{r.best:.2f}" if r.best else "", f"{r.lr:.2e}" if r.lr else "",
+             f"{r.tokens_per_s:,}" if r.tokens_per_s else "", f"{r.hours_left:.1f}" if r.hours_left is not None else "",
+             r.detail] for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in [head, *body])
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.profiles import load_config, workdir_of
+
+    ap = argparse.ArgumentParser(prog="./repro status", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", help="snakemake profile (e.g. profiles/cpu): its config and runs")
+    ap.add_argument("--configfile", nargs="+", help="config overlays, as snakemake --configfile")
+    ap.add_argument("--config", nargs="+", help="KEY=VALUE, as snakemake --config")
+    ap.add_argument("--all", action="store_true", help="every trained run, also those not started")
+    ap.add_argument("--directory", help="snakemake's working directory, as its --directory (default: the "
+                    "profile's `directory:`, else the repository)")
+    a = ap.parse_args(argv)
+    try:
+        config = load_config(a.profile, a.configfile, a.config)
+        runs = [r for r in resolve_runs(config) if r.train is not None]
+    except ConfigError as err:
+        raise SystemExit(f"config: {err}") from None
+    on_cpu = config.get("profile") == "cpu"
+    if on_cpu:  # the CPU profile trains its cpu_runs only
+        runs = [r for r in runs if r.train.device == "cpu"]
+    running = running_checkpoints()
+    root = workdir_of(a.profile, a.directory)
+    rows = [standing(r, root, running) for r in runs]
+    shown = rows if a.all else [r for r in rows if r.state != "not started"]
+    print(table(shown) if shown else "no run has started (--all lists every run)")
+    quiet = len(rows) - len(shown)
+    if quiet:
+        print(f"({quiet} more not started; --all lists them)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
