@@ -81,7 +81,8 @@ def standing(run: Run, root: Path, running: set) -> Standing:
     if metrics.exists() and not now:
         m = json.loads(metrics.read_text())
         s.state = "finished"
-        s.detail = f"{m.get('status', '')}: valid {m.get('valid_ppl', float('nan')):.2f}, test {m.get('test_ppl', float('nan')):.2f}"
+        valid, test = m.get("valid_ppl", float("nan")), m.get("test_ppl", float("nan"))
+        s.detail = f"{m.get('status', '')}: valid {valid:.2f}, test {test:.2f}"
         s.hours_left = None
     return s
 
