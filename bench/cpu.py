@@ -208,13 +208,35 @@ def measure(name: str, args, machine: dict) -> list[dict]:
     return rows
 
 
-def write(rows: list[dict], path: Path) -> None:
+def write(rows: list[dict], path: Path, columns: list[str] = COLUMNS) -> None:
+    """The rows as CSV (floats to 4 decimals, missing cells empty), rewritten whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         for row in rows:
-            w.writerow({c: round(row[c], 4) if isinstance(row.get(c), float) else row.get(c, "") for c in COLUMNS})
+            w.writerow({c: round(row[c], 4) if isinstance(row.get(c), float) else row.get(c, "") for c in columns})
+
+
+def add_machine_args(ap: argparse.ArgumentParser, stem: str) -> None:
+    """--threads, --seed, --out (default results/bench/<stem>_<kind>.csv) and --kind of a CPU benchmark."""
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=Path(f"results/bench/{stem}_{cpu.kind()}.csv"))
+    ap.add_argument("--kind", choices=cpu.KINDS, help="stop unless this CPU is of this kind (the file it writes "
+                    "is named by it)")
+
+
+def machine_of(args, stem: str) -> dict:
+    """Stop unless the CPU is of ``--kind``; set the threads and denormal flushing as training does; the
+    machine's columns of every row."""
+    if args.kind and args.kind != cpu.kind():
+        raise SystemExit(f"this CPU ({cpu.model_name()}) is of kind {cpu.kind()}, not {args.kind}: its benchmark is "
+                         f"results/bench/{stem}_{cpu.kind()}.csv")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # as training does
+    return {"cpu_model": cpu.model_name(), "bf16_kind": cpu.kind(), "threads": torch.get_num_threads()}
 
 
 def plot(csv_path: Path, png: Path) -> None:
@@ -255,19 +277,9 @@ def main(argv=None) -> None:
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--steps", type=int, default=12, help="timed steps of each precision (interleaved)")
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=Path(f"results/bench/cpu_{cpu.kind()}.csv"))
-    ap.add_argument("--kind", choices=cpu.KINDS, help="stop unless this CPU is of this kind (the file it writes "
-                    "is named by it)")
+    add_machine_args(ap, "cpu")
     args = ap.parse_args(argv)
-    if args.kind and args.kind != cpu.kind():
-        raise SystemExit(f"this CPU ({cpu.model_name()}) is of kind {cpu.kind()}, not {args.kind}: its benchmark is "
-                         f"results/bench/cpu_{cpu.kind()}.csv")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)  # as training does
-    machine = {"cpu_model": cpu.model_name(), "bf16_kind": cpu.kind(), "threads": torch.get_num_threads()}
+    machine = machine_of(args, "cpu")
     print(f"[bench.cpu] {cpu.describe()}", flush=True)
     rows = [machine | {"model": "gemm-2048", "precision": p, "gflops": gemm_rate(dt)}
             for p, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))]

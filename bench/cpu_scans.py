@@ -14,16 +14,13 @@ windows, timed in interleaved repeats (``ms`` the fastest, ``ms_median`` the med
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import statistics
 import time
 from pathlib import Path
 
-import torch
-
 from bench import save_plot
-from bench.cpu import MODELS, PTB_VALID_TOKENS, Step
+from bench.cpu import MODELS, PTB_VALID_TOKENS, Step, add_machine_args, machine_of, write
 from bench.scale import PTB_TRAIN_TOKENS
 from pipeline import cpu
 
@@ -74,15 +71,6 @@ def measure(name: str, args, machine: dict) -> list[dict]:
     return rows
 
 
-def write(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        for row in rows:
-            w.writerow({c: round(row[c], 4) if isinstance(row.get(c), float) else row.get(c, "") for c in COLUMNS})
-
-
 def plot(csv_path: Path, png: Path) -> None:
     import matplotlib
 
@@ -118,24 +106,14 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=6, help="timed steps per backend (interleaved)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--eval-repeats", type=int, default=2)
-    ap.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=Path(f"results/bench/cpu_scans_{cpu.kind()}.csv"))
-    ap.add_argument("--kind", choices=cpu.KINDS, help="stop unless this CPU is of this kind (the file it writes "
-                    "is named by it)")
+    add_machine_args(ap, "cpu_scans")
     args = ap.parse_args(argv)
-    if args.kind and args.kind != cpu.kind():
-        raise SystemExit(f"this CPU ({cpu.model_name()}) is of kind {cpu.kind()}, not {args.kind}: its benchmark is "
-                         f"results/bench/cpu_scans_{cpu.kind()}.csv")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)  # as training does
-    machine = {"cpu_model": cpu.model_name(), "bf16_kind": cpu.kind(), "threads": torch.get_num_threads()}
+    machine = machine_of(args, "cpu_scans")
     print(f"[bench.cpu_scans] {cpu.describe()}", flush=True)
     rows: list[dict] = []
     for name in args.models:
         rows += measure(name, args, machine)
-        write(rows, args.out)
+        write(rows, args.out, COLUMNS)
     png = args.out.with_suffix(".png")
     save_plot(lambda: plot(args.out, png), args.out, png)
 

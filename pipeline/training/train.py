@@ -318,10 +318,11 @@ class Trainer:
         self.restore()
         self.state.setdefault("segments", []).append(self.segment())
         path = getattr(self.model, "transition_path", None)
+        how = ([f"{path} transition"] if path else []) + (
+            [f"{self.model.scan.name} scans"] if hasattr(self.model, "scan") else [])
         where = cpu.describe() if self.device.type == "cpu" else str(self.device)
         self.say(f"[{self.name}] {self.run.model}: {self.params:,} parameters on {where}"
-            + (f" ({path} transition" + (f", {self.model.scan.name} scans" if hasattr(self.model, "scan") else "")
-               + ")" if path else "") + f"; {self.steps_per_epoch:,} steps/epoch, "
+            + (f" ({', '.join(how)})" if how else "") + f"; {self.steps_per_epoch:,} steps/epoch, "
             f"validation every {self.check_every:,} steps, {self.last_step:,} steps")
         if self.device.type == "cpu":
             self.say(f"[{self.name}] training step in {self.precision.name} ({self.precision.reason}); evaluation in fp32")
