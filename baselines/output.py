@@ -22,12 +22,15 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-CHUNK = 64  # rows per fp32 pass: 64 x 10,000 x 4 bytes = 2.5 MB, in a CPU's cache
+CHUNK = 64  # rows per fp32 pass on a CPU: 64 x 10,000 x 4 bytes = 2.5 MB, in its cache
 
 
-def _chunks(n: int):
-    for start in range(0, n, CHUNK):
-        yield slice(start, min(start + CHUNK, n))
+def _chunks(n: int, device: torch.device):
+    """Row slices of the fp32 passes: ``CHUNK`` rows on a CPU; all rows at once on a GPU, where each chunk
+    would cost a handful of kernel launches (the FF's 8,192 rows: ~1,000) and memory is not the limit."""
+    size = CHUNK if device.type == "cpu" else max(n, 1)
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
 
 
 class _TokenLogp(torch.autograd.Function):
@@ -42,7 +45,7 @@ class _TokenLogp(torch.autograd.Function):
             picked += bias[target]
         lse = torch.empty(len(h), dtype=acc, device=h.device)
         keep = any(ctx.needs_input_grad[:3])
-        for rows in _chunks(len(h)):   # log-normalizer and softmax of each row, in fp32
+        for rows in _chunks(len(h), h.device):   # log-normalizer and softmax of each row, in fp32
             chunk = logits[rows].to(acc)
             if bias is not None:
                 chunk = chunk + bias

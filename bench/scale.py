@@ -111,7 +111,9 @@ def profile_parts(fn, device: torch.device) -> dict:
     with torch.profiler.profile(activities=activities) as prof:
         fn()
         synchronize(device)
-    events = prof.events()
+    # on a GPU, Kineto adds a device-side copy ("user annotation") of every record_function range, timed as
+    # the span: counted with the host-side range (whose device time sums its kernels) it would count twice
+    events = [e for e in prof.events() if not getattr(e, "is_user_annotation", False)]
     cuda = device.type == "cuda"
 
     def ms(e) -> float:

@@ -92,12 +92,15 @@ def scan_backward(edges: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- block form
 
 
-def _with_pad_block(table: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(table + one block of zeros [U+1, n, n], index with -1 -> U [B, S] int64).  Padding rows
-    then compute a finite, discarded step: no NaN and no gradient leaks from it into autograd."""
-    U, n, _ = table.shape
-    padded = torch.cat([table, table.new_zeros(1, n, n)])
-    return padded, torch.where(index < 0, U, index).long()
+def _step_blocks(table: torch.Tensor, index_t: torch.Tensor) -> torch.Tensor:
+    """[B, n, n]: each row's block of this step, a block of zeros at padding (index -1), so a padding row
+    computes a finite, discarded step: no NaN and no gradient leaks from it into autograd.  Gathers only
+    the B blocks in use (never a padded copy of the whole table: 16 GiB at 2^16 states' evaluation)."""
+    n = table.shape[-1]
+    if table.shape[0] == 0:  # every step is padding
+        return table.new_zeros(len(index_t), n, n)
+    blocks = table[index_t.clamp(min=0).long()]
+    return torch.where((index_t < 0)[:, None, None], 0.0, blocks)
 
 
 def scan_forward_blocks(init: torch.Tensor, table: torch.Tensor, index: torch.Tensor,
@@ -107,10 +110,9 @@ def scan_forward_blocks(init: torch.Tensor, table: torch.Tensor, index: torch.Te
     init [B, n], table [U, n, n], index [B, S], emit [B, S, n] -> alpha [B, S+1, n];
     alpha[:, t+1, j] = logsumexp_u(alpha[:, t, u] + table[index[:, t], u, j]) + emit[:, t, j].
     """
-    table, rows = _with_pad_block(table, index)
     alphas = [init]
     for t in range(index.shape[1]):
-        step = torch.logsumexp(alphas[-1].unsqueeze(-1) + table[rows[:, t]], dim=-2) + emit[:, t]
+        step = torch.logsumexp(alphas[-1].unsqueeze(-1) + _step_blocks(table, index[:, t]), dim=-2) + emit[:, t]
         alphas.append(torch.where((index[:, t] >= 0)[:, None], step, alphas[-1]))
     return torch.stack(alphas, dim=1)
 
@@ -120,11 +122,10 @@ def scan_backward_blocks(table: torch.Tensor, index: torch.Tensor, emit: torch.T
     emit [B, S, n] -> beta [B, S+1, n];
     beta[:, t, u] = logsumexp_j(table[index[:, t], u, j] + emit[:, t, j] + beta[:, t+1, j])."""
     B, S, n = emit.shape
-    table, rows = _with_pad_block(table, index)
     beta = emit.new_zeros(B, n)
     betas = [beta]
     for t in range(S - 1, -1, -1):
-        step = torch.logsumexp(table[rows[:, t]] + (emit[:, t] + beta).unsqueeze(-2), dim=-1)
+        step = torch.logsumexp(_step_blocks(table, index[:, t]) + (emit[:, t] + beta).unsqueeze(-2), dim=-1)
         beta = torch.where((index[:, t] >= 0)[:, None], step, beta)
         betas.append(beta)
     return torch.stack(betas[::-1], dim=1)

@@ -252,10 +252,33 @@ def test_input_checks(tvm_scan):
         scan.backward(table, index, emit.double())
     with pytest.raises(ValueError, match=r"init must be float32 \[2, 8\]"):
         scan.forward(init[:1], table, index, emit)
-    huge = torch.zeros(1, 8, 8).expand(2**31 // 64, 8, 8)  # a view: no memory
-    with pytest.raises(ValueError, match="reaches 2\\^31"):
-        scan.backward(huge, index, emit)
     assert_close_scan(scan.forward(init, table, index.long(), emit), reference(init, table, index, emit)[0])
+
+
+def test_a_table_past_int32_indexing_is_cut_to_the_blocks_in_use(tvm_scan, monkeypatch):
+    """Evaluation at 2^16 states hands the scans M^2 = 16,384 blocks of 512 x 512 (2^32 floats): the kernels
+    (int32 indexing) get the blocks the batch reads, renumbered, and compute the same scan."""
+    from hmm.kernels import runtime
+
+    init, table, index, emit = potentials(4, 6, 8, U=7)
+    # a [U, n, n] view with U n n >= 2^31 floats and no memory (every block is table[0]), read at block 0
+    view = table[:1].expand(2**31 // 64 + 3, 8, 8)
+    first = torch.where(index < 0, -1, 0).to(index.dtype)
+    alpha, beta = reference(init, table[:1], first, emit)
+    assert_close_scan(tvm_scan.forward(init, view, first, emit), alpha)
+    assert_close_scan(tvm_scan.backward(view, first, emit), beta)
+    # the renumbering itself: 7 distinct blocks in use of 12 (the limit lowered so that 7 pass it, 12 do not)
+    table = torch.cat([table, torch.randn(5, 8, 8)])
+    monkeypatch.setattr(runtime, "INT32_LIMIT", 8 * 64)
+    alpha, beta = reference(init, table, index, emit)
+    assert_close_scan(tvm_scan.forward(init, table, index, emit), alpha)
+    assert_close_scan(tvm_scan.backward(table, index, emit), beta)
+    kept, renumbered = runtime.used_blocks(table, index)
+    assert len(kept) == len(index[index >= 0].unique()) and torch.equal(renumbered < 0, index < 0)
+    assert torch.equal(kept[renumbered[index >= 0].long()], table[index[index >= 0].long()])
+    monkeypatch.setattr(runtime, "INT32_LIMIT", 6 * 64)  # even the 7 blocks in use reach it
+    with pytest.raises(ValueError, match=r"blocks this batch uses hold U\*n\*n = \d+ floats, reaching 2\^31"):
+        tvm_scan.backward(table, index, emit)
 
 
 def test_missing_n_raises_kernel_error(tvm_scan):

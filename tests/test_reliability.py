@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,31 @@ def test_repro_clears_a_stale_lock(tmp_path):
     assert "stale snakemake lock" in out and "killed" in out
     assert proc.returncode == 0, out[-2000:]
     assert not list(locks.glob("*.lock"))
+
+
+def test_children_are_stopped_together_in_one_grace_period(tmp_path):
+    """At the node's deadline every run gets SIGINT at once and SIGKILL one grace period later, so stopping
+    three runs that ignore SIGINT leaves them all signalled before the first grace period ends."""
+    from pipeline.node.children import Children
+
+    kids = Children(tmp_path, "test", tmp_path)
+    code = ("import signal, sys, time\n"
+            "def got(*_):\n    open(sys.argv[1], 'w').write(repr(time.monotonic()))\n"
+            "signal.signal(signal.SIGINT, got)\nopen(sys.argv[1] + '.up', 'w').close()\n"
+            "while True: time.sleep(0.05)\n")
+    procs = []
+    for i in range(3):
+        proc, log = kids.spawn(["-c", code, str(tmp_path / f"int{i}")], tmp_path / f"kid{i}.log")
+        log.close()
+        procs.append(proc)
+    for i in range(3):
+        for _ in range(200):
+            if (tmp_path / f"int{i}.up").exists():
+                break
+            time.sleep(0.05)
+    grace = 2.0
+    kids.stop_together(procs, grace)
+    assert all(p.returncode == -9 for p in procs)  # they ignored SIGINT: killed
+    got = [float((tmp_path / f"int{i}").read_text()) for i in range(3)]
+    assert max(got) - min(got) < grace, got  # one after another would be a grace period apart
+    assert kids.procs == {}

@@ -319,8 +319,10 @@ def check_blocks(table: torch.Tensor, index: torch.Tensor, emit: torch.Tensor):
     """Check the block-form potentials for the kernels; returns contiguous (table, index int32, emit).
 
     table [U, n, n] float32, index [B, S] int32 or int64 with values in [-1, U), emit [B, S, n]
-    float32, all on one device, and U * n * n, B * (S+1) * n < 2^31 (the kernels index with int32).
-    An empty table (U = 0, every step padding) is replaced by one unused block.
+    float32, all on one device, and B * (S+1) * n < 2^31 (the kernels index with int32).  A table of
+    U * n * n >= 2^31 floats (evaluation at 2^16 states: M^2 = 16,384 blocks of 512 x 512) is replaced by
+    the blocks the index uses (at most B * S), the index renumbered: the same scan.  An empty table (U = 0,
+    every step padding) is replaced by one unused block.
     """
     if table.dim() != 3 or table.shape[1] != table.shape[2]:
         raise ValueError(f"table must be [U, n, n], got {list(table.shape)}")
@@ -332,13 +334,26 @@ def check_blocks(table: torch.Tensor, index: torch.Tensor, emit: torch.Tensor):
     _check_tensor("emit", emit, (B, S, n), table.device)
     if index.device != table.device:
         raise ValueError(f"index is on {index.device}, table on {table.device}")
-    if U * n * n >= INT32_LIMIT or B * (S + 1) * n >= INT32_LIMIT:
-        raise ValueError(f"U*n*n = {U * n * n} or B*(S+1)*n = {B * (S + 1) * n} reaches 2^31; "
-                         "the kernels index with int32 (split the batch or the table)")
+    if B * (S + 1) * n >= INT32_LIMIT:
+        raise ValueError(f"B*(S+1)*n = {B * (S + 1) * n} reaches 2^31; the kernels index with int32 "
+                         "(split the batch)")
     _check_index_range(index, U)
+    if U * n * n >= INT32_LIMIT:
+        table, index = used_blocks(table, index)
+        U = len(table)
+        if U * n * n >= INT32_LIMIT:
+            raise ValueError(f"the {U} blocks this batch uses hold U*n*n = {U * n * n} floats, reaching 2^31; "
+                             "the kernels index with int32 (split the batch)")
     if U == 0:
         table = table.new_zeros(1, n, n)
     return table.contiguous(), index.to(torch.int32).contiguous(), emit.contiguous()
+
+
+def used_blocks(table: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the blocks of ``table`` that ``index`` reads, in increasing order; ``index`` renumbered into them,
+    -1 kept).  Reads the distinct indices back to the host (a sync on a GPU)."""
+    used, renumbered = torch.unique(index.clamp(min=0), return_inverse=True)
+    return table.index_select(0, used), torch.where(index < 0, -1, renumbered).to(index.dtype)
 
 
 def _check_index_range(index: torch.Tensor, U: int) -> None:

@@ -95,7 +95,11 @@ def env_record(bundle: Path, device: str) -> dict:
         rec["gpu"] = rec["gpus"][0]["name"]
     rec.update(_nvidia_smi())
     try:
-        import tvm
+        from hmm.kernels.runtime import _import_tvm
+
+        # through the runtime's import: its environment first (with a torch lacking the C DLPack exchange API,
+        # tvm_ffi would otherwise compile a C++ addon at import, for minutes)
+        tvm = _import_tvm("cpu")
         import tvm_ffi
         import ml_dtypes
 
@@ -107,8 +111,6 @@ def env_record(bundle: Path, device: str) -> dict:
                                      for m in (tvm, tvm_ffi, ml_dtypes))
         rec["tvm_files"] = {m.__name__: m.__file__ for m in (tvm, tvm_ffi, ml_dtypes)}
         if device == "cuda":
-            from hmm.kernels.runtime import _import_tvm
-
             _import_tvm("cuda")
             rec["tvm_cuda_runtime"] = "loaded"
     except Exception as err:  # noqa: BLE001 - recorded; the check will fail on it too

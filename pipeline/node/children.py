@@ -73,22 +73,29 @@ class Children:
 
     def stop(self, proc: subprocess.Popen, grace: float = 10.0) -> None:
         """SIGINT to the child's process group, SIGKILL after ``grace`` seconds."""
-        if proc.poll() is None:
-            for sig, wait in ((signal.SIGINT, grace), (signal.SIGKILL, 5.0)):
+        self.stop_together([proc], grace)
+
+    def stop_together(self, procs: list[subprocess.Popen], grace: float) -> None:
+        """SIGINT to every child's process group at once, SIGKILL to those still alive ``grace`` seconds
+        later (then up to 5 s for them to go): stopping N children takes one grace period, not N."""
+        for sig, wait in ((signal.SIGINT, grace), (signal.SIGKILL, 5.0)):
+            alive = [p for p in procs if p.poll() is None]
+            for p in alive:
                 try:
-                    os.killpg(proc.pid, sig)
+                    os.killpg(p.pid, sig)
                 except ProcessLookupError:
-                    break
+                    pass
+            deadline = time.monotonic() + wait
+            for p in alive:
                 try:
-                    proc.wait(timeout=wait)
-                    break
+                    p.wait(timeout=max(deadline - time.monotonic(), 0.01))
                 except subprocess.TimeoutExpired:
-                    continue
-        self.forget(proc)
+                    pass
+        for p in procs:
+            self.forget(p)
 
     def stop_all(self, grace: float) -> None:
-        for proc in list(self.procs.values()):
-            self.stop(proc, grace=grace)
+        self.stop_together(list(self.procs.values()), grace)
 
     def call(self, name: str, args: list[str], limit: float, grace: float, threads: int | None = None) -> dict:
         """Run ``python ARGS`` for at most ``limit`` seconds (then ``grace`` seconds to stop), output in

@@ -143,9 +143,9 @@ class Runs:
                     if free is not None and rp.free_before is not None:
                         footprints.append(max(rp.free_before - free, 0.0))
                         self.node.summary["runs"][rp.key]["memory_mib"] = round(footprints[-1])
-            if self.node.left() <= self.node.cfg.margin:
+            if self.node.left() <= self.node.cfg.margin:  # all at once: one grace period, not one per run
+                self.node.kids.stop_together([rp.proc for rp in active.values()], schedule.stop_grace(self.node.cfg))
                 for key, rp in list(active.items()):
-                    self.node.kids.stop(rp.proc, grace=schedule.stop_grace(self.node.cfg))
                     del active[key]
                     self.finish_run(rp, rp.proc.returncode, "stopped at the node deadline (SIGINT/SIGKILL)")
                 break
@@ -182,8 +182,8 @@ class Runs:
         return {"status": f"{len(started)} of {len(self.node.run_keys)} run(s) started", "order": self.node.run_keys}
 
     def stop_all(self, why: str) -> None:
-        """Stop every run going (SIGINT, SIGKILL 3 s later) and record it with ``why``."""
+        """Stop every run going (SIGINT to all, SIGKILL 3 s later) and record it with ``why``."""
+        self.node.kids.stop_together([rp.proc for rp in self.active.values()], grace=3.0)
         for key, rp in list(self.active.items()):
-            self.node.kids.stop(rp.proc, grace=3.0)
             del self.active[key]
             self.finish_run(rp, rp.proc.returncode, why)

@@ -84,6 +84,8 @@ class Trainer:
         self.fingerprint = fingerprint or fingerprint_of(run)
         self.device = resolve_device(cfg.device)
         torch.set_float32_matmul_precision(cfg.matmul_precision)
+        # cuDNN's convolutions and LSTMs take TF32 by default on a GPU: only where the products may
+        torch.backends.cudnn.allow_tf32 = cfg.matmul_precision != "highest"
         self.precision = precision.choose(cfg.cpu_precision, run.model, self.device)
         if self.device.type == "cpu":  # each step's large tensors reuse freed memory: no page faults
             cpu.keep_freed_memory()
