@@ -21,7 +21,7 @@ In one process, on this CPU (``pipeline.cpu``: model name and native bf16 kind o
 * ``loss_first`` / ``loss_last``: the mean training loss over the first and last of ``--steps``
   identical-seed steps (fp32 and bf16 start from the same weights and see the same windows).
 
-``ratio`` = fp32 step ms / this row's step ms (same run).  ``target`` is the issue's target for this
+``ratio`` = fp32 step ms / this row's step ms (same run).  ``target`` is the project's speed target for this
 CPU kind (s per PTB epoch for FF and LSTM, ms per step for the VLNHMM on AMX and AVX512-BF16
 machines; a multiple of the floor on other CPUs), ``meets`` whether the row of the precision
 ``cpu_precision: auto`` trains in on this CPU meets it.  Timings move 10-20 % between runs on shared machines: compare rows of

@@ -11,7 +11,7 @@ scored on the valid split in the run's evaluation windows (``eval_batch_size`` s
 * ``reset``: the state / context dropped at every window start (zero state / pad context), every token
   scored;
 * ``reset-skip-first``: dropped at every window start, and each window's first token neither scored nor
-  counted (how the authors' development code scored its baselines: ``../shared/notes/method.md`` §8).
+  counted (how the authors' development code, justinchiu/hmm-lm, scored its baselines).
 
 Rows: run, protocol, valid_ppl, tokens (those counted), the weights' SHA-256.  Evaluation in fp32.
 """

@@ -60,7 +60,8 @@ class TrainConfig(Settings):
     max_seconds: float | None = setting(None, "stop at the last check that fits this wall time (cut short)",
                                         above=0)
     matmul_precision: Literal["highest", "high", "medium"] = setting(
-        "highest", "float32 matmuls: highest = fp32, high = TF32, medium = bf16 (torch's names)")
+        "highest", "float32 matmuls: highest = fp32, high = TF32, medium = bf16 (torch's names); cuDNN's "
+        "convolutions and LSTMs take TF32 unless highest")
     cpu_precision: Literal["auto", "fp32", "bf16"] = setting(
         "auto", "products of a CPU training step: bf16 (fp32 accumulation; scans, normalizers, loss and "
         "weights stay fp32), fp32, or auto = bf16 on a CPU with native bf16 where it measured faster "
@@ -188,9 +189,19 @@ class Run:
         return f"{self.results}/runs/{self.key}"
 
     @property
+    def filed_as(self) -> str:
+        """The run's place in the trees shared by the recipes (the committed reference runs, checkpoints, job
+        logs): ``<dataset>/<name>``, under ``<recipe>/`` for a recipe other than the default."""
+        return filed_as(self.key, self.recipe)
+
+    @property
     def checkpoint(self) -> str:
-        sub = "" if self.recipe == DEFAULT_RECIPE else f"{self.recipe}/"
-        return f"build/checkpoints/{sub}{self.key}/ckpt.pt"
+        return f"build/checkpoints/{self.filed_as}/ckpt.pt"
+
+    @property
+    def job_log(self) -> str:
+        """The log of the run's snakemake job (its last training segment; workflow/rules/runs.smk)."""
+        return f"logs/runs/{self.filed_as}.log"
 
     def inputs(self, cuda_arch: str = "sm_90") -> dict[str, Any]:
         """The files the run reads, relative to the working directory (the rule's inputs).
@@ -247,6 +258,11 @@ def _seeds(value: Any, where: str) -> tuple[int, ...]:
 
 def results_dir(recipe: str) -> str:
     return "results" if recipe == DEFAULT_RECIPE else f"results/{recipe}"
+
+
+def filed_as(key: str, recipe: str | None) -> str:
+    """``key`` (dataset/name), under ``<recipe>/`` for a recipe other than the default (Run.filed_as)."""
+    return key if recipe in (None, DEFAULT_RECIPE) else f"{recipe}/{key}"
 
 
 def recipe_settings(config: dict, recipe: str | None = None) -> dict:

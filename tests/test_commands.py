@@ -165,7 +165,7 @@ def test_documented_command_works_as_written(doc, command, request, monkeypatch)
         pytest.skip(f"{command}: {NOT_RUN[command]}")
     env, words = _words(command)
     exe = words[0]
-    if exe == "./repro" and words[1:2] == ["setup"]:
+    if exe == "./repro" and words[1:2] in (["setup"], ["--help"]):
         run(words, env)
     elif exe == "./repro" and len(words) > 1 and words[1] in MODULE_OF:
         parse_only(MODULE_OF[words[1]], words[2:], monkeypatch)
@@ -319,3 +319,80 @@ def test_setup_puts_the_entry_point_back_after_a_reinstall_of_snakemake():
     finally:
         if script.read_text() != ours:
             script.write_text(ours)
+
+
+# -- ./repro set-up: which torch build it installs -------------------------------------------------
+
+
+@pytest.fixture
+def repro_copy(tmp_path):
+    """``./repro`` in a scratch clone whose .venv/bin/python only records its calls (and KenLM in place)."""
+    for name in ("repro", "requirements.lock", "pyproject.toml"):
+        (tmp_path / name).write_bytes((ROOT / name).read_bytes())
+    (tmp_path / "repro").chmod(0o755)
+    calls = tmp_path / "calls.log"
+    fake = tmp_path / ".venv/bin/python"
+    fake.parent.mkdir(parents=True)
+    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\n')
+    for tool in ("lmplz", "build_binary"):
+        exe = tmp_path / ".tools/kenlm/bin" / tool
+        exe.parent.mkdir(parents=True, exist_ok=True)
+        exe.write_text("#!/bin/sh\n")
+        exe.chmod(0o755)
+    fake.chmod(0o755)
+    old = 1_000_000_000
+    for name in ("requirements.lock", "pyproject.toml"):
+        os.utime(tmp_path / name, (old, old))
+
+    def setup(stamp: str | None, torch_env: str | None):
+        """Run ``./repro setup`` with this stamp content (None: none) -> (process, pip calls, new stamp)."""
+        stamp_file = tmp_path / ".venv/.installed"
+        stamp_file.unlink(missing_ok=True)
+        if stamp is not None:
+            stamp_file.write_text(stamp)
+        calls.write_text("")
+        env = {k: v for k, v in os.environ.items() if k != "REPRO_TORCH"}
+        if torch_env is not None:
+            env["REPRO_TORCH"] = torch_env
+        proc = subprocess.run(["./repro", "setup"], cwd=tmp_path, capture_output=True, text=True, env=env,
+                              timeout=60)
+        pip = [line for line in calls.read_text().splitlines() if line.startswith("-m pip install")]
+        return proc, pip, stamp_file.read_text().strip() if stamp_file.exists() else None
+
+    return setup
+
+
+@pytest.mark.parametrize("stamp, torch_env, installs, build", [
+    (None, None, True, "cpu"),        # a fresh clone: the pinned CPU build
+    ("cpu\n", None, False, "cpu"),    # in place
+    ("", None, False, ""),            # a stamp from before builds were recorded: taken as the CPU build, kept
+    ("cpu\n", "cuda", True, "cuda"),  # asked for the CUDA build: installed, though the stamp is newer
+    ("cuda\n", None, False, "cuda"),  # unset keeps the CUDA build a GPU machine installed
+    ("cuda\n", "cpu", True, "cpu"),   # and REPRO_TORCH=cpu goes back
+])
+def test_setup_installs_the_torch_build_asked_for_or_keeps_the_one_installed(repro_copy, stamp, torch_env,
+                                                                              installs, build):
+    proc, pip, recorded = repro_copy(stamp, torch_env)
+    assert proc.returncode == 0, proc.stderr
+    assert bool(pip) == installs, pip
+    assert recorded == build
+    if installs:
+        cuda_torch = any(re.search(r"--isolated torch==\S+$", line) for line in pip)
+        assert cuda_torch == (build == "cuda"), pip
+        assert any("-r requirements.lock" in line for line in pip) == (build == "cpu"), pip
+        assert f"torch's {build} build" in proc.stdout
+
+
+def test_setup_refuses_an_unknown_torch_build(repro_copy):
+    proc, pip, recorded = repro_copy("cpu\n", "rocm")
+    assert proc.returncode == 2 and "REPRO_TORCH must be cpu or cuda, not 'rocm'" in proc.stderr
+    assert pip == [] and recorded == "cpu"
+
+
+def test_repro_without_a_command_prints_its_usage_and_runs_nothing():
+    for words in (["./repro"], ["./repro", "--help"]):
+        proc = subprocess.run(words, cwd=ROOT, capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0 and "./repro run [snakemake args]" in proc.stdout, proc.stderr
+        assert "[setup]" not in proc.stdout  # nothing installed, nothing run
+    proc = subprocess.run(["./repro", "runn"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "unknown command 'runn'" in proc.stderr

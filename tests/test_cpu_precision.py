@@ -20,9 +20,13 @@ def reference_logp(h, w, b, t):
     return F.log_softmax(logits, dim=-1).gather(1, t[:, None])[:, 0]
 
 
+@pytest.mark.parametrize("chunk", [64, 10**6])  # a CPU's chunks; all rows at once, as on a GPU
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_token_logp_equals_log_softmax_values_and_gradients(bias, dtype):
+def test_token_logp_equals_log_softmax_values_and_gradients(bias, dtype, chunk, monkeypatch):
+    import baselines.output
+
+    monkeypatch.setattr(baselines.output, "CHUNK", chunk)
     g = torch.Generator().manual_seed(0)
     N, d, V = 150, 12, 300  # N not a multiple of the chunk: the last chunk is short
     h = torch.randn(N, d, generator=g, dtype=dtype, requires_grad=True)
@@ -92,6 +96,23 @@ def test_auto_takes_bf16_only_with_native_bf16_and_a_measured_gain(monkeypatch, 
         assert precision.choose("auto", "ff", dev).reason.endswith("drifted")
 
 
+def test_the_measured_speedups_are_the_committed_benchmarks():
+    """Each MEASURED entry from bench.cpu equals the bf16 row's ratio in its committed CSV (2 decimals)."""
+    import csv
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parent.parent / "results/bench"
+    checked = 0
+    for (model, kind), (ratio, source) in precision.MEASURED.items():
+        if not source.startswith("bench.cpu"):
+            continue  # measured elsewhere (the source says where)
+        rows = list(csv.DictReader((bench / f"cpu_{kind}.csv").open()))
+        row = next(r for r in rows if r["precision"] == "bf16" and r["model"].split("-")[0] == model)
+        assert ratio == round(float(row["ratio"]), 2), (model, kind, ratio, row["ratio"])
+        checked += 1
+    assert checked >= 3
+
+
 def test_cpu_runs_put_the_named_runs_and_their_seeds_on_the_cpu():
     config = {"datasets": {"ptb": {}}, "defaults": {},
               "runs": [{"name": "ff", "dataset": "ptb", "model": "ff", "seeds": [1, 2]},
@@ -140,7 +161,7 @@ def test_a_finished_cpu_run_is_filed_as_a_reference_with_its_records(tmp_path, c
     config = {"datasets": {"ptb": {}}, "defaults": {}, "cpu_runs": ["ptb/ff"],
               "runs": [{"name": "ff", "dataset": "ptb", "model": "ff"}, {"name": "lstm", "dataset": "ptb", "model": "lstm"}]}
     runs = {r.key: r for r in resolve_runs(config)}
-    runs_dir, logs, ref = tmp_path / "runs", tmp_path / "logs", tmp_path / "reference"
+    runs_dir, logs, ref = tmp_path / "results/runs", tmp_path / "logs/runs", tmp_path / "reference"
 
     def trained(key, status, **spec_change):
         spec = runs[key].result_spec()
@@ -159,7 +180,7 @@ def test_a_finished_cpu_run_is_filed_as_a_reference_with_its_records(tmp_path, c
 
     trained("ptb/ff", "incomplete: last check at step 5")
     trained("ptb/lstm", "measured", hidden=128)
-    result = file_local(["ptb/ff", "ptb/lstm"], config, runs_dir, logs, ref)
+    result = file_local(["ptb/ff", "ptb/lstm"], config, ref, work=tmp_path)
     assert not result["written"] and not ref.exists()
     why = dict(result["refused"])
     assert "only a run that ended is filed" in why["ptb/ff"] and "`hidden`" in why["ptb/lstm"]
@@ -168,7 +189,7 @@ def test_a_finished_cpu_run_is_filed_as_a_reference_with_its_records(tmp_path, c
     shutil.rmtree(runs_dir)
     trained("ptb/ff", "measured")
     (runs_dir / "ptb/ff/curve.csv").write_text("step,valid_ppl\n1,99\n")  # edited after the run ended
-    assert "does not match" in dict(file_local(["ptb/ff"], config, runs_dir, logs, ref)["refused"])["ptb/ff"]
+    assert "does not match" in dict(file_local(["ptb/ff"], config, ref, work=tmp_path)["refused"])["ptb/ff"]
 
     shutil.rmtree(runs_dir)
     trained("ptb/ff", "measured")
@@ -177,7 +198,7 @@ def test_a_finished_cpu_run_is_filed_as_a_reference_with_its_records(tmp_path, c
     history = history.with_name("train.log")
     history.parent.mkdir(parents=True)
     history.write_text("[ptb/ff] step 5\n[ptb/ff] resumed from ckpt.pt at step 5/9\n[ptb/ff] done\n")
-    assert file_local(["ptb/ff"], config, runs_dir, logs, ref, work=tmp_path)["imported"] == ["ptb/ff"]
+    assert file_local(["ptb/ff"], config, ref, work=tmp_path)["imported"] == ["ptb/ff"]
     dest = ref / "ptb/ff"
     assert {"metrics.json", "provenance.json", "curve.csv", "train.log", SUMS} <= {p.name for p in dest.iterdir()}
     assert (dest / "train.log").read_text() == history.read_text()
@@ -185,6 +206,34 @@ def test_a_finished_cpu_run_is_filed_as_a_reference_with_its_records(tmp_path, c
     prov = __import__("json").loads((dest / "provenance.json").read_text())
     assert prov["cpu_precision"]["used"] == "bf16" and prov["segments"][0]["bf16_kind"] == "avx512_bf16"
     assert "bf16 training" in capsys.readouterr().out
+
+
+def test_a_kn5_model_is_filed_with_its_log(tmp_path, capsys):
+    """KN5 has no training settings, checkpoint or curve: filed with its metrics, scores and the job's log."""
+    import json
+
+    from pipeline.integrity import SUMS, read_sums, record_dir, verify_dir
+    from pipeline.node.importer import file_local
+
+    config = {"datasets": {"ptb": {}}, "defaults": {}, "runs": [{"name": "kn5", "dataset": "ptb", "model": "kn5"}]}
+    run = {r.key: r for r in resolve_runs(config)}["ptb/kn5"]
+    src, logs, ref = tmp_path / "results/runs/ptb/kn5", tmp_path / "logs/runs", tmp_path / "reference"
+    src.mkdir(parents=True)
+    metrics = {"status": "measured", "spec": run.result_spec(), "test_ppl": 141.19,
+               "device_name": "AMD EPYC (2 cores)", "provenance": {"commit": "abc", "date": "2026-12-06"}}
+    assert metrics["spec"]["train"] is None
+    (src / "metrics.json").write_text(json.dumps(metrics))
+    (src / "docs.npz").write_bytes(b"scores")
+    record_dir(src, ["metrics.json", "docs.npz"])
+    (logs / "ptb").mkdir(parents=True)
+    (logs / "ptb/kn5.log").write_text("[ptb/kn5] valid ppl 148.01  test ppl 141.19\n")
+    assert file_local(["ptb/kn5"], config, ref, work=tmp_path)["imported"] == ["ptb/kn5"]
+    dest = ref / "ptb/kn5"
+    verify_dir(dest, sorted(read_sums(dest / SUMS)), "test")
+    assert (dest / "train.log").read_text().startswith("[ptb/kn5] valid ppl 148.01")
+    assert json.loads((dest / "provenance.json").read_text())["epochs_planned"] is None
+    out = capsys.readouterr().out
+    assert "filed ptb/kn5" in out and "training" not in out
 
 
 def test_a_cpu_run_row_names_its_cpu_and_training_precision():

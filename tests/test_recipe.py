@@ -254,3 +254,34 @@ def test_fetch_authors_keeps_only_a_file_with_the_pinned_hash(tmp_path, monkeypa
     assert out.read_bytes() == source.read_bytes()
     with pytest.raises(clusters.ClusterFileError, match="no paths file for wt2 with 8 clusters"):
         clusters.fetch_authors("wt2", 8, out)
+
+
+def test_each_recipes_run_is_filed_and_shown_apart(tmp_path):
+    """`./repro import --local` under `recipe=released-code` files the run of that recipe (results/released-code/
+    runs/...) under reference/released-code/, beside the paper-text run of the same name, and each recipe's
+    tables read their own."""
+    import json
+
+    from pipeline.integrity import record_dir
+    from pipeline.node.importer import file_local
+    from pipeline.reporting.runs import load_runs
+
+    config = merged_config("config/config.yaml")
+    released_config = config | {"recipe": "released-code"}
+    runs = {"paper": {r.key: r for r in resolve_runs(config)}["ptb/lstm"],
+            "released": {r.key: r for r in resolve_runs(released_config)}["ptb/lstm"]}
+    assert runs["paper"].result_spec() != runs["released"].result_spec()  # patience, check points, test weights
+    for which, valid in (("paper", 100.0), ("released", 120.0)):
+        d = tmp_path / runs[which].out_dir
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({"status": "measured", "spec": runs[which].result_spec(),
+                                                    "valid_ppl": valid, "device_name": "test CPU"}))
+        record_dir(d, ["metrics.json"])
+    ref = tmp_path / "reference"
+    assert file_local(["ptb/lstm"], config, ref, work=tmp_path)["imported"] == ["ptb/lstm"]
+    assert file_local(["ptb/lstm"], released_config, ref, work=tmp_path)["imported"] == ["ptb/lstm"]
+    filed = {p.relative_to(ref).parent.as_posix() for p in ref.rglob("metrics.json")}
+    assert filed == {"ptb/lstm", "released-code/ptb/lstm"}
+    for which, valid in (("paper", 100.0), ("released", 120.0)):
+        [row] = load_runs([runs[which].to_dict()], tmp_path / "no-local-runs", ref)
+        assert row["metrics"]["valid_ppl"] == valid and row["status"].startswith("reference: measured"), row["status"]

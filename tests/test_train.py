@@ -134,6 +134,24 @@ def test_a_finished_run_writes_the_record_of_its_files(small_ptb, tmp_path):
     verify_dir(tmp_path / "out", ["curve.csv", "docs.npz", "metrics.json"], "rerun it")
 
 
+@pytest.mark.parametrize("matmul_precision, tf32", [("highest", False), ("high", True)])
+def test_matmul_precision_also_governs_cudnn(small_ptb, tmp_path, matmul_precision, tf32):
+    """cuDNN takes TF32 for convolutions and LSTMs by default: a run in fp32 ("highest") must turn it off."""
+    from pipeline.training.train import Trainer
+
+    run = resolve_run({"name": "t", "dataset": "ptb", "model": "ff", "matmul_precision": matmul_precision},
+                      DEFAULTS | {"ff": {"hidden": 8}})
+    corpus = Corpus.load(small_ptb)
+    before = torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()
+    try:
+        Trainer(run, corpus, build_model(run, corpus), tmp_path / "out", tmp_path / "ckpt.pt")
+        assert torch.backends.cudnn.allow_tf32 is tf32
+        assert torch.get_float32_matmul_precision() == matmul_precision
+    finally:
+        torch.backends.cudnn.allow_tf32 = before[0]
+        torch.set_float32_matmul_precision(before[1])
+
+
 def test_evaluation_follows_the_weights(small_ptb, tmp_path):
     """Fused AdamW updates weights in place without bumping their version counters: the VLNHMM's
     cached evaluation parameters must still follow the weights (valid ppl moves between checks)."""
@@ -181,7 +199,16 @@ def test_status_reads_where_each_run_stands(small_ptb, tmp_path):
     stopped = status.standing(run, tmp_path, status.running_checkpoints())
     assert stopped.state == "stopped" and stopped.hours_left == 0
     other = resolve_run({"name": "u", "dataset": "ptb", "model": "ff"}, DEFAULTS)
-    assert status.standing(other, tmp_path, set()).state == "not started"
+    reference = tmp_path / "reference"
+    assert status.standing(other, tmp_path, set(), reference).state == "not started"
+    # never trained here, but committed as a reference run: filed, with that run's numbers
+    (reference / other.filed_as).mkdir(parents=True)
+    (reference / other.filed_as / "metrics.json").write_text(json.dumps(
+        {"status": "measured", "valid_ppl": 140.45, "test_ppl": 129.12, "device_name": "AMD EPYC",
+         "provenance": {"date": "2026-12-06T01:02:03+00:00"}}))
+    filed = status.standing(other, tmp_path, set(), reference)
+    assert filed.state == "filed" and "valid 140.45, test 129.12 (AMD EPYC, 2026-12-06" in filed.detail
+    assert status.standing(run, tmp_path, set(), reference).state == "stopped"  # a local run comes first
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "pipeline.training.train",
                                "--checkpoint", run.checkpoint], cwd=tmp_path)
     try:

@@ -4,7 +4,8 @@
     ./repro import OUT --profile profiles/tiny        # the config a rehearsal bundle was made from
 
 OUT is what :mod:`pipeline.node` left (summary.json, check.json, runs.tgz, bench CSVs).  Each run
-of runs.tgz goes to ``results/reference/<dataset>/<run>/``:
+of runs.tgz goes to ``results/reference/<dataset>/<run>/`` (``results/reference/<recipe>/<dataset>/<run>/``
+under a recipe other than the default, e.g. ``--config recipe=released-code``):
 
     metrics.json     the run's own metrics (spec, status, perplexities, epochs, wall time, ...) with
                      ``provenance`` extended: GPU, driver, CUDA, torch, TVM, commit (and the bundle's
@@ -133,7 +134,7 @@ def import_out(out_dir: Path, config: dict, reference: Path, bench_dir: Path, fo
                 result["refused"].append((key, why))
                 print(f"REFUSED {why}", file=sys.stderr)
                 continue
-            old = read_json(reference / key / "metrics.json")
+            old = read_json(reference / current[key].filed_as / "metrics.json")
             if old and old.get("status") == "measured" and metrics.get("status") != "measured" and not force:
                 msg = (f"{key}: kept the measured reference of {(old.get('provenance') or {}).get('date')}; this one is "
                        f"'{metrics.get('status')}' (--force replaces it)")
@@ -147,7 +148,7 @@ def import_out(out_dir: Path, config: dict, reference: Path, bench_dir: Path, fo
                   file=sys.stderr)
             return result
         for key, src, metrics, trained in accepted:
-            _file_run(key, src, metrics, trained, current[key], summary, out_dir, reference / key)
+            _file_run(key, src, metrics, trained, current[key], summary, out_dir, reference / current[key].filed_as)
             result["imported"].append(key)
     stamp = re.sub(r"[^0-9A-Za-z]", "", (summary.get("started") or "unknown")[:19])
     device = re.sub(r"[^0-9A-Za-z]+", "-", str((summary.get("env") or {}).get("gpu") or summary.get("device"))).strip("-")
@@ -210,18 +211,23 @@ def _local_record_problem(key: str, src: Path) -> str | None:
     return None
 
 
-def file_local(keys: list[str], config: dict, runs_dir: Path, logs_dir: Path, reference: Path,
-               force: bool = False, work: Path = ROOT) -> dict:
-    """File runs trained on this machine (``runs_dir/<key>/``, e.g. the CPU profile's) as reference runs, as a
-    node job's runs are filed: metrics.json with its provenance (CPU model and bf16 kind, precision, each
-    training segment), provenance.json, curve.csv, train.log (every segment's, from beside the run's checkpoint;
-    else ``logs_dir/<key>.log``; checkpoints under ``work``), spec.json, docs.npz and SHA256SUMS.  Only a
-    run that ended (``measured`` or ``cut short``) is filed; one in progress is refused.  A measured
-    reference is not replaced by a cut-short run without ``force``."""
+def file_local(keys: list[str], config: dict, reference: Path, force: bool = False, work: Path = ROOT) -> dict:
+    """File runs trained on this machine (each run's own results folder under the working directory ``work``,
+    e.g. the CPU profile's runs, or a KN5 model) as reference runs, as a node job's runs are filed: metrics.json
+    with its provenance (CPU model and bf16 kind, precision, each training segment), provenance.json,
+    curve.csv, train.log (every segment's, from beside the run's checkpoint; else the job's log), spec.json,
+    docs.npz and SHA256SUMS, into ``reference/`` + the run's ``filed_as``.  Only a run that ended
+    (``measured`` or ``cut short``) is filed; one in progress is refused.  A measured reference is not
+    replaced by a cut-short run without ``force``."""
     current = {r.key: r for r in resolve_runs(config)}
     result = {"imported": [], "refused": [], "kept": [], "written": False}
     for key in keys:
-        src = runs_dir / key
+        if key not in current:
+            why = f"{key} is not a run of today's config"
+            result["refused"].append((key, why))
+            print(f"REFUSED {why}", file=sys.stderr)
+            continue
+        src = work / current[key].out_dir
         metrics = read_json(src / "metrics.json")
         status = str((metrics or {}).get("status") or "")
         why = (f"{key}: no {src / 'metrics.json'} (train it first)" if metrics is None else
@@ -234,27 +240,28 @@ def file_local(keys: list[str], config: dict, runs_dir: Path, logs_dir: Path, re
             result["refused"].append((key, why))
             print(f"REFUSED {why}", file=sys.stderr)
             continue
-        old = read_json(reference / key / "metrics.json")
+        old = read_json(reference / current[key].filed_as / "metrics.json")
         if old and old.get("status") == "measured" and status != "measured" and not force:
             result["kept"].append((key, f"kept the measured reference; this run is '{status}' (--force replaces it)"))
             print(f"kept {key}: the measured reference stays; this run is '{status}' (--force replaces it)")
             continue
-        dest = reference / key
+        dest = reference / current[key].filed_as
         prov = (metrics.get("provenance") or {}) | {
             "device_name": metrics.get("device_name"), "cpu_precision": metrics.get("cpu_precision"),
             "segments": metrics.get("segments"), "spans": metrics.get("spans"),
             "wall_seconds": metrics.get("wall_seconds"), "epochs": metrics.get("epochs"),
-            "epochs_planned": (metrics.get("spec") or {}).get("train", {}).get("epochs"), "status": status,
+            "epochs_planned": ((metrics.get("spec") or {}).get("train") or {}).get("epochs"), "status": status,
             "imported": datetime.now(timezone.utc).isoformat(timespec="seconds"), "imported_from": f"local {key}"}
         files = {name: src / name for name in ("curve.csv", "spec.json", "docs.npz", "curve.png")}
         # the log of every segment (kept beside the checkpoint by the trainer); the job's log has the last one only
         history = work / run_history(current[key].checkpoint)
-        log = history if history.is_file() else logs_dir / f"{key}.log"
+        log = history if history.is_file() else work / current[key].job_log
         write_reference(dest, metrics, prov, f"trained here ({metrics.get('device_name')})", files | {"train.log": log})
         result["imported"].append(key)
         result["written"] = True
+        precision = (metrics.get("cpu_precision") or {}).get("used")  # none for KN5: nothing trained in a precision
         print(f"filed {key} -> {dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest} ({status}; "
-              f"{metrics.get('device_name')}, {(metrics.get('cpu_precision') or {}).get('used', 'fp32')} training)")
+              f"{metrics.get('device_name')}{f', {precision} training' if precision else ''})")
     return result
 
 
@@ -275,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(a.profile, a.configfile, a.config)
         if a.local:
-            result = file_local(a.local, config, ROOT / "results/runs", ROOT / "logs/runs", a.reference, a.force)
+            result = file_local(a.local, config, a.reference, a.force)
         elif a.out is None:
             ap.error("give the node job's OUT directory, or --local DATASET/RUN ...")
         else:

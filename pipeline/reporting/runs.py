@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import ConfigError, base_name, resolve_runs, stale_reason
+from pipeline.config import ConfigError, base_name, filed_as, resolve_runs, stale_reason
 from pipeline.integrity import SUMS, IntegrityError, read_sums, verify_dir
 
 # Status kinds, in the order the front page counts them; a status is "<kind>: detail" or "<kind>".
@@ -40,7 +40,8 @@ def load_runs(specs: list[dict], runs_dir: str | Path, reference: str | Path | N
               not_run: dict[str, str] | None = None) -> list[dict]:
     """One dict per run spec (the config's, as :meth:`Run.to_dict`): key, spec, metrics, status.
 
-    Metrics come from ``runs_dir/<key>/metrics.json``, else from ``reference/<key>/``; a result
+    Metrics come from ``runs_dir/<key>/metrics.json``, else from ``reference/<key>/`` (``reference/<recipe>/<key>/``
+    for a spec of a recipe other than the default: :func:`pipeline.config.filed_as`); a result
     trained from other settings than the spec's is not used (status ``stale: ...``), nor one whose files
     fail their record (``modified after the run: ...`` / ``modified after import: ...``).
     """
@@ -53,8 +54,9 @@ def load_runs(specs: list[dict], runs_dir: str | Path, reference: str | Path | N
             runs.append(run | {"status": f"modified after the run: {problem}"})
             continue
         found = [(m, None) for m in [load_json(local / "metrics.json")] if m is not None]
-        modified = reference and record_problem(Path(reference) / key, REIMPORT)
-        if reference and not modified and (ref := load_json(Path(reference) / key / "metrics.json")) is not None:
+        filed = reference and Path(reference) / filed_as(key, spec.get("recipe"))
+        modified = filed and record_problem(filed, REIMPORT)
+        if filed and not modified and (ref := load_json(filed / "metrics.json")) is not None:
             prov = ref.get("provenance") or {}
             where = ", ".join(str(v) for v in (ref.get("device_name"), cpu_training(ref), prov.get("date"),
                                                prov.get("commit") and f"commit {str(prov['commit'])[:10]}") if v)

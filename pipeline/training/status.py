@@ -1,4 +1,4 @@
-"""Where each trained run of the config stands: finished, training now, stopped part-way, or not started.
+"""Where each trained run of the config stands: finished, training now, stopped part-way, filed, or not started.
 
     ./repro status --profile profiles/cpu                  # the CPU profile's runs
     ./repro status --profile profiles/cpu --all            # every trained run of the config, started or not
@@ -9,6 +9,8 @@ Read from what the trainer leaves (nothing is loaded or locked, so it is safe be
 every segment's log lines): the last validation check's step, epoch, valid ppl, lr and tokens/s, the best
 valid ppl so far, and an estimate of the training time left at the last check's speed (checks not counted).
 A run is *training now* if a ``pipeline.training.train`` process with its checkpoint is alive on this machine.
+One never started here that has a committed reference run (``results/reference/``, as ``./repro import`` filed
+it; the default config's tables show it) is *filed*, with that run's numbers and where it was trained.
 """
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import ConfigError, Run, resolve_runs, run_history
+from pipeline.config import DEFAULT_RECIPE, ConfigError, Run, resolve_runs, run_history
+
+REFERENCE = Path(__file__).resolve().parents[2] / "results/reference"  # the committed reference runs
 
 CHECK = re.compile(r"step\s+([\d,]+) epoch\s+([\d.]+) \| train ppl\s+([\d.]+) \| valid ppl\s+([\d.]+) \| "
                    r"lr ([\d.e+-]+) \| ([\d,]+) tok/s")
@@ -29,7 +33,7 @@ PLAN = re.compile(r"([\d,]+) steps/epoch, validation every [\d,]+ steps, ([\d,]+
 @dataclass
 class Standing:
     key: str
-    state: str                     # finished | training now | stopped | not started
+    state: str                     # finished | training now | stopped | filed | not started
     step: int = 0
     total: int | None = None
     epoch: float | None = None
@@ -60,7 +64,7 @@ def running_checkpoints() -> set[str]:
     return found
 
 
-def standing(run: Run, root: Path, running: set) -> Standing:
+def standing(run: Run, root: Path, running: set, reference: Path = REFERENCE) -> Standing:
     metrics = root / run.out_dir / "metrics.json"
     history = root / run_history(run.checkpoint)
     lines = history.read_text().splitlines() if history.exists() else []
@@ -84,6 +88,13 @@ def standing(run: Run, root: Path, running: set) -> Standing:
         valid, test = m.get("valid_ppl", float("nan")), m.get("test_ppl", float("nan"))
         s.detail = f"{m.get('status', '')}: valid {valid:.2f}, test {test:.2f}"
         s.hours_left = None
+    elif s.state == "not started" and (filed := reference / run.filed_as / "metrics.json").exists():
+        m = json.loads(filed.read_text())
+        s.state = "filed"
+        valid, test = m.get("valid_ppl", float("nan")), m.get("test_ppl", float("nan"))
+        date = str((m.get("provenance") or {}).get("date") or "")[:10]
+        s.detail = (f"reference, {m.get('status', '')}: valid {valid:.2f}, test {test:.2f} "
+                    f"({', '.join(x for x in (m.get('device_name'), date) if x)}; results/reference/{run.filed_as})")
     return s
 
 
@@ -125,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     quiet = len(rows) - len(shown)
     if quiet:
         print(f"({quiet} more not started; --all lists them)")
+    recipe = config.get("recipe") or DEFAULT_RECIPE
+    others = [r for r in (config.get("recipes") or {}) if r != recipe]
+    if others:
+        print(f"(runs of recipe {recipe}; the others': --config recipe={' / '.join(others)})")
     return 0
 
 

@@ -42,9 +42,11 @@ rule table:
         scale=SCALE,
         title=lambda wc: PAPER_TITLES[wc.name],
         reference=repo_path("results/reference"),
+        runs_dir=f"{RESULTS}/runs",  # the recipe in use's runs (results/<recipe>/runs for another than the default)
     shell:
         "python -m pipeline.reporting.report {params.kind} --name {wildcards.name} --paper {input.paper} "
-        "--paper-config {input.paper_config} --runs {params.runs:q} --reference {params.reference} "
+        "--paper-config {input.paper_config} --runs {params.runs:q} --runs-dir {params.runs_dir} "
+        "--reference {params.reference} "
         "--not-run {params.not_run:q} --profile {params.profile} --label={params.label:q} --scale {params.scale:q} "
         "--data-stats {input.stats} --csv {output.csv} --png {output.png} --html {output.html} > {log} 2>&1"
 
