@@ -246,6 +246,25 @@ def test_a_cpu_run_row_names_its_cpu_and_training_precision():
     assert _provenance({"device": "cuda", "device_name": "NVIDIA H100"})["device"] == "NVIDIA H100"
 
 
+def test_a_run_names_the_commit_of_the_code_that_trained_it(small_ptb, tmp_path, monkeypatch):
+    """A run's commit is that of the code its (last) training process started with, not the checkout's when it
+    ended (commits land while a long run trains): in metrics.json and in the tables, also for records written
+    before the trainer knew it (their last segment has it)."""
+    from pipeline import provenance
+    from pipeline.reporting.frames import _provenance
+    from pipeline.training import train as train_module
+    from pipeline.training.models import build_model
+
+    monkeypatch.setattr(train_module, "commit", lambda: ("started-at", "git"))  # the process's start
+    monkeypatch.setattr(provenance, "commit", lambda: ("checkout-at-end", "git"))  # HEAD when it ends
+    run = resolve_run({"name": "t", "dataset": "ptb", "model": "ff", "device": "cpu", "epochs": 1, "hidden": 8})
+    corpus = Corpus.load(small_ptb)
+    metrics = train(run, corpus, build_model(run, corpus), tmp_path / "out", tmp_path / "ckpt.pt")
+    assert metrics["segments"][-1]["commit"] == metrics["provenance"]["commit"] == "started-at"
+    older = {"provenance": {"commit": "checkout-at-end"}, "segments": [{"commit": "a"}, {"commit": "b"}]}
+    assert _provenance(older)["commit"] == "b" and _provenance({"provenance": {"commit": "c"}})["commit"] == "c"
+
+
 FAULTS_PER_STEP = """
 import resource, sys, torch
 from pipeline import cpu

@@ -8,7 +8,7 @@ import pandas as pd
 
 from pipeline import intervals
 from pipeline.config import base_name
-from pipeline.reporting.runs import as_run, cpu_training, repeats, untrusted
+from pipeline.reporting.runs import as_run, cpu_training, repeats, trained_commit, untrusted
 from pipeline.training.curves import run_label
 
 FULL_PROFILE = "full"  # the profile column where no profile overlay is in use (config/config.yaml as is)
@@ -66,7 +66,7 @@ def _provenance(metrics: dict) -> dict:
     prov = metrics.get("provenance") or {}
     device = metrics.get("device_name") or prov.get("device_name")
     trained = cpu_training(metrics)  # a CPU run says in what precision it trained
-    return {"commit": prov.get("commit"), "date": prov.get("date"),
+    return {"commit": trained_commit(metrics), "date": prov.get("date"),
             "device": f"{device}; {trained}" if device and trained else device}
 
 

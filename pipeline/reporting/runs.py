@@ -58,8 +58,9 @@ def load_runs(specs: list[dict], runs_dir: str | Path, reference: str | Path | N
         modified = filed and record_problem(filed, REIMPORT)
         if filed and not modified and (ref := load_json(filed / "metrics.json")) is not None:
             prov = ref.get("provenance") or {}
+            commit = trained_commit(ref)
             where = ", ".join(str(v) for v in (ref.get("device_name"), cpu_training(ref), prov.get("date"),
-                                               prov.get("commit") and f"commit {str(prov['commit'])[:10]}") if v)
+                                               commit and f"commit {str(commit)[:10]}") if v)
             found.append((ref, f"reference: {ref.get('status') or 'status missing'} ({where})"))
         stale = []
         for metrics, status in found:
@@ -96,6 +97,14 @@ def record_problem(directory: Path, what_to_do: str) -> str | None:
     except ValueError as err:
         return f"{directory / 'metrics.json'} cannot be read as JSON ({err}); {what_to_do}"
     return None
+
+
+def trained_commit(metrics: dict) -> str | None:
+    """The commit of the code that trained the run to its end: its last training segment's (the code that
+    process started with).  A trainer of older code wrote the checkout's commit at its end into
+    ``provenance.commit``, which is later than that code where commits landed while it trained."""
+    segments = metrics.get("segments") or []
+    return (segments[-1].get("commit") if segments else None) or (metrics.get("provenance") or {}).get("commit")
 
 
 def cpu_training(metrics: dict) -> str | None:

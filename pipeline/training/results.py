@@ -20,9 +20,14 @@ JOB_PARENT: int | None = None  # the pid of the job's shell when run as `python 
 RECORDED = ("metrics.json", "docs.npz", "curve.csv")  # a run's files that feed the tables: in its SHA256SUMS
 
 
-def run_provenance(device: torch.device) -> dict:
+def run_provenance(device: torch.device, segments: list[dict] | None = None) -> dict:
+    """provenance() with torch and the device; ``commit`` that of the code this process started with (its
+    segment's, the last one), not the checkout's at the time of writing, which may have moved on since."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else CPU_NAME
-    return provenance() | {"torch": torch.__version__, "device_name": name}
+    record = provenance() | {"torch": torch.__version__, "device_name": name}
+    if segments and segments[-1].get("commit"):
+        record["commit"] = segments[-1]["commit"]
+    return record
 
 
 def write_curve(curve: list[dict], path: Path) -> None:
@@ -56,7 +61,7 @@ def run_metrics(run: Run, model, device: torch.device, params: int, state: dict,
         "cpu_precision": precision,
         "segments": state.get("segments", []),
         "tested_weights": f"{cfg.test_weights} (test_weights)",
-        "spec": run.result_spec(), "provenance": run_provenance(device),
+        "spec": run.result_spec(), "provenance": run_provenance(device, state.get("segments")),
         "inputs": inputs | {"resumed_from": st.get("resumed_from", [])},
     }
     metrics["device_name"] = metrics["provenance"]["device_name"]
