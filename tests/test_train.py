@@ -203,11 +203,14 @@ def test_status_reads_where_each_run_stands(small_ptb, tmp_path):
     assert status.standing(other, tmp_path, set(), reference).state == "not started"
     # never trained here, but committed as a reference run: filed, with that run's numbers
     (reference / other.filed_as).mkdir(parents=True)
-    (reference / other.filed_as / "metrics.json").write_text(json.dumps(
-        {"status": "measured", "valid_ppl": 140.45, "test_ppl": 129.12, "device_name": "AMD EPYC",
-         "provenance": {"date": "2026-12-06T01:02:03+00:00"}}))
+    filed_metrics = {"status": "measured", "valid_ppl": 140.45, "test_ppl": 129.12, "device_name": "AMD EPYC",
+                     "provenance": {"date": "2026-12-06T01:02:03+00:00"}, "spec": other.result_spec()}
+    (reference / other.filed_as / "metrics.json").write_text(json.dumps(filed_metrics))
     filed = status.standing(other, tmp_path, set(), reference)
     assert filed.state == "filed" and "valid 140.45, test 129.12 (AMD EPYC, 2026-12-06" in filed.detail
+    # a reference of other settings (e.g. the full-size run beside a tiny profile's of the same name) is not it
+    smaller = resolve_run({"name": "u", "dataset": "ptb", "model": "ff", "hidden": 4}, DEFAULTS)
+    assert status.standing(smaller, tmp_path, set(), reference).state == "not started"
     assert status.standing(run, tmp_path, set(), reference).state == "stopped"  # a local run comes first
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "pipeline.training.train",
                                "--checkpoint", run.checkpoint], cwd=tmp_path)

@@ -9,8 +9,9 @@ Read from what the trainer leaves (nothing is loaded or locked, so it is safe be
 every segment's log lines): the last validation check's step, epoch, valid ppl, lr and tokens/s, the best
 valid ppl so far, and an estimate of the training time left at the last check's speed (checks not counted).
 A run is *training now* if a ``pipeline.training.train`` process with its checkpoint is alive on this machine.
-One never started here that has a committed reference run (``results/reference/``, as ``./repro import`` filed
-it; the default config's tables show it) is *filed*, with that run's numbers and where it was trained.
+One never started here that has a committed reference run of the same settings (``results/reference/``, as
+``./repro import`` filed it; the default config's tables show it) is *filed*, with that run's numbers and where
+it was trained.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import DEFAULT_RECIPE, ConfigError, Run, resolve_runs, run_history
+from pipeline.config import DEFAULT_RECIPE, ConfigError, Run, resolve_runs, run_history, stale_reason
 
 REFERENCE = Path(__file__).resolve().parents[2] / "results/reference"  # the committed reference runs
 
@@ -88,8 +89,8 @@ def standing(run: Run, root: Path, running: set, reference: Path = REFERENCE) ->
         valid, test = m.get("valid_ppl", float("nan")), m.get("test_ppl", float("nan"))
         s.detail = f"{m.get('status', '')}: valid {valid:.2f}, test {test:.2f}"
         s.hours_left = None
-    elif s.state == "not started" and (filed := reference / run.filed_as / "metrics.json").exists():
-        m = json.loads(filed.read_text())
+    elif s.state == "not started" and (filed := reference / run.filed_as / "metrics.json").exists() \
+            and stale_reason((m := json.loads(filed.read_text())).get("spec"), run.result_spec()) is None:
         s.state = "filed"
         valid, test = m.get("valid_ppl", float("nan")), m.get("test_ppl", float("nan"))
         date = str((m.get("provenance") or {}).get("date") or "")[:10]
