@@ -226,11 +226,13 @@ def test_a_kn5_model_is_filed_with_its_log(tmp_path, capsys):
     (src / "docs.npz").write_bytes(b"scores")
     record_dir(src, ["metrics.json", "docs.npz"])
     (logs / "ptb").mkdir(parents=True)
-    (logs / "ptb/kn5.log").write_text("[ptb/kn5] valid ppl 148.01  test ppl 141.19\n")
+    (logs / "ptb/kn5.log").write_text(f"[ptb/kn5] valid ppl 148.01  test ppl 141.19\n"
+                                      f"Reading {tmp_path.resolve()}/build/kenlm/ptb/kn5/train.txt\n")  # lmplz's
     assert file_local(["ptb/kn5"], config, ref, work=tmp_path)["imported"] == ["ptb/kn5"]
     dest = ref / "ptb/kn5"
     verify_dir(dest, sorted(read_sums(dest / SUMS)), "test")
-    assert (dest / "train.log").read_text().startswith("[ptb/kn5] valid ppl 148.01")
+    assert (dest / "train.log").read_text() == ("[ptb/kn5] valid ppl 148.01  test ppl 141.19\n"
+                                                "Reading build/kenlm/ptb/kn5/train.txt\n")  # no local path
     assert json.loads((dest / "provenance.json").read_text())["epochs_planned"] is None
     out = capsys.readouterr().out
     assert "filed ptb/kn5" in out and "training" not in out
@@ -276,7 +278,7 @@ g = torch.Generator().manual_seed(0)
 h = torch.randn(4096, 64, generator=g, requires_grad=True)
 w = torch.randn(10000, 64, generator=g, requires_grad=True)
 t = torch.randint(10000, (4096,), generator=g)
-for _ in range(7):
+for _ in range(12):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     token_logp(h, w, None, t, torch.bfloat16).sum().backward()
     h.grad = w.grad = None
@@ -299,8 +301,11 @@ def test_a_training_steps_large_tensors_reuse_freed_memory():
         return [int(n) for n in out.split()]
 
     kept, default = faults("keep"), faults("default")
-    warm = sorted(kept[4:])  # 3 warm steps: one may fault a burst when the heap grows for something else
-    assert warm[len(warm) // 2] < 1000, kept  # (seen once in CI: [..., 0, 0, 14231])
+    # 8 warm steps judged on their median: a few may fault a burst when the heap grows for something else
+    # (seen in fresh CIs: [..., 0, 0, 14231] and [22689, 2500, 0, 1, 1562, 16875, ...]); glibc's defaults fault
+    # every step (below), so a keep_freed_memory that stopped working still fails here
+    warm = sorted(kept[4:])
+    assert warm[len(warm) // 2] < 1000, kept
     assert min(default[4:]) > 10_000, default  # the case it mends is there
 
 

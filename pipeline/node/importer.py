@@ -168,9 +168,12 @@ def import_out(out_dir: Path, config: dict, reference: Path, bench_dir: Path, fo
     return result
 
 
-def write_reference(dest: Path, metrics: dict, prov: dict, source: str, files: dict[str, Path]) -> None:
+def write_reference(dest: Path, metrics: dict, prov: dict, source: str, files: dict[str, Path],
+                    local_root: Path | None = None) -> None:
     """``dest`` (results/reference/<dataset>/<run>/) anew: metrics.json with ``prov``, provenance.json, the
-    ``files`` that exist (name there -> file here) and SHA256SUMS over all of them (the tables check these)."""
+    ``files`` that exist (name there -> file here) and SHA256SUMS over all of them (the tables check these).
+    ``local_root``: the working directory a local run was made in; logs name its files relative to it (a tool
+    such as lmplz prints absolute paths, which say nothing on another machine)."""
     metrics["provenance"] = prov
     metrics["reference"] = {"imported": prov["imported"], "from": source}
     if dest.exists():
@@ -179,7 +182,9 @@ def write_reference(dest: Path, metrics: dict, prov: dict, source: str, files: d
     (dest / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (dest / "provenance.json").write_text(json.dumps(prov, indent=2) + "\n")
     for name, path in files.items():
-        if path.is_file():
+        if path.is_file() and local_root is not None and name.endswith(".log"):
+            (dest / name).write_text(path.read_text(errors="replace").replace(f"{local_root.resolve()}/", ""))
+        elif path.is_file():
             shutil.copyfile(path, dest / name)
     record_dir(dest, [p.name for p in dest.iterdir() if p.name != SUMS])
 
@@ -256,7 +261,8 @@ def file_local(keys: list[str], config: dict, reference: Path, force: bool = Fal
         # the log of every segment (kept beside the checkpoint by the trainer); the job's log has the last one only
         history = work / run_history(current[key].checkpoint)
         log = history if history.is_file() else work / current[key].job_log
-        write_reference(dest, metrics, prov, f"trained here ({metrics.get('device_name')})", files | {"train.log": log})
+        write_reference(dest, metrics, prov, f"trained here ({metrics.get('device_name')})", files | {"train.log": log},
+                        local_root=work)
         result["imported"].append(key)
         result["written"] = True
         precision = (metrics.get("cpu_precision") or {}).get("used")  # none for KN5: nothing trained in a precision
