@@ -227,8 +227,8 @@ def file_local(keys: list[str], config: dict, reference: Path, force: bool = Fal
     current = {r.key: r for r in resolve_runs(config)}
     result = {"imported": [], "refused": [], "kept": [], "written": False}
     for key in keys:
-        if key not in current:
-            why = f"{key} is not a run of today's config"
+        if key not in current:  # refusal() says so
+            why = refusal(key, None, None)
             result["refused"].append((key, why))
             print(f"REFUSED {why}", file=sys.stderr)
             continue
