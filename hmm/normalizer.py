@@ -6,7 +6,10 @@
 Two implementations of the same numbers:
 
 * ``impl="triton"``: fused kernels (:mod:`hmm.fused_normalizer`), logits tiles kept on chip,
-  online logsumexp; the default for CUDA tensors (not float64) when triton is installed.
+  online logsumexp; the default for CUDA tensors (not float64) when triton is installed and the
+  kernels pass ``triton_problem``'s probe on that GPU (once per process and device: a small
+  problem against the float64 torch path; a launch error or a mismatch sends that device to the
+  torch tiles, with a warning, instead of stopping a run).
 * ``impl="torch"``: column tiles of width ``tile`` (default: ``TILE``, read at call time) folded
   into a running logsumexp in PyTorch; the reference, and the default elsewhere (CPU).
 
@@ -35,6 +38,7 @@ the tensor-core operand format is chosen by ``precision`` alone.
 from __future__ import annotations
 
 import importlib.util
+import warnings
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -94,10 +98,71 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+PROBE_TOLERANCE = 1e-4          # relative: log Z and both gradients of the probe, fused fp32 vs float64
+_PROBED: dict[str, str | None] = {}   # device -> why the fused kernels cannot serve it (None: they can)
+_WARNED: set[str] = set()             # devices whose failed probe was warned about
+
+
+def triton_problem(device: torch.device | str) -> str | None:
+    """Why the fused kernels cannot serve ``device`` (None: they can).  Probed once per process and
+    device: log Z and both gradients of a small ragged problem, fused (fp32) against the float64
+    torch path.  A launch failure (e.g. no C compiler for Triton's launcher, no libcuda) or a
+    result off by more than ``PROBE_TOLERANCE`` is the reason returned."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    key = str(device)
+    if key not in _PROBED:
+        _PROBED[key] = "triton is not installed" if not triton_available() else _probe(device)
+    return _PROBED[key]
+
+
+def _probe(device: torch.device) -> str | None:
+    try:
+        from hmm import fused_normalizer
+        gen = torch.Generator().manual_seed(0)
+        p64, q64, w64 = torch.randn(37, 24, generator=gen, dtype=torch.float64), \
+            torch.randn(150, 24, generator=gen, dtype=torch.float64), torch.rand(37, generator=gen, dtype=torch.float64)
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+            results = []
+            for fn, dtype in ((lambda a, b: fused_normalizer.row_logsumexp(a, b, "fp32", (16, 32)), torch.float32),
+                              (lambda a, b: row_logsumexp(a, b, "fp32", impl="torch"), torch.float64)):
+                p, q = (x.to(device, dtype).requires_grad_() for x in (p64, q64))
+                log_z = fn(p, q)
+                grads = torch.autograd.grad((log_z * w64.to(device, log_z.dtype)).sum(), (p, q))
+                results.append([t.detach().double().cpu() for t in (log_z, *grads)])
+        err = max(((g - r).abs().max() / r.abs().max().clamp_min(1e-30)).item() for g, r in zip(*results))
+    except Exception as exc:  # noqa: BLE001 - any failure to run is the reason: the torch tiles serve instead
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        return f"the fused Triton kernels failed on {device}: {type(exc).__name__}: {first}"
+    if not err <= PROBE_TOLERANCE:
+        return (f"the fused Triton kernels differ from the float64 torch path on {device} "
+                f"(max relative error {err:.2e} > {PROBE_TOLERANCE:g})")
+    return None
+
+
+def impl_for(device: torch.device | str, dtype: torch.dtype = torch.float32) -> str:
+    """The default path for tensors of ``dtype`` on ``device``: "triton" on a CUDA device whose probe
+    passed (``triton_problem``; not float64), else "torch".  Warns once per device where triton is
+    installed but its probe failed."""
+    device = torch.device(device)
+    if device.type != "cuda" or dtype == torch.float64 or not triton_available():
+        return "torch"
+    problem = triton_problem(device)
+    if problem is None:
+        return "triton"
+    if str(device) not in _WARNED:
+        _WARNED.add(str(device))
+        warnings.warn(f"{problem}; the transition normalizer uses the torch tiles instead (same numbers, slower)",
+                      RuntimeWarning, stacklevel=3)
+    return "torch"
+
+
 def default_impl(p: torch.Tensor, q: torch.Tensor) -> str:
-    """"triton" for CUDA tensors other than float64 when triton is installed, else "torch"."""
-    on_cuda = p.is_cuda and q.is_cuda and torch.float64 not in (p.dtype, q.dtype)
-    return "triton" if on_cuda and triton_available() else "torch"
+    """``impl_for`` p's device: "triton" for CUDA tensors (not float64) whose device passed the probe."""
+    if p.device != q.device:
+        return "torch"
+    return impl_for(p.device, torch.float64 if torch.float64 in (p.dtype, q.dtype) else torch.float32)
 
 
 def row_logsumexp(p: torch.Tensor, q: torch.Tensor, precision: str = "fp32", impl: str | None = None,

@@ -151,6 +151,44 @@ def test_cpu_tensors_default_to_the_torch_path():
     assert normalizer.default_impl(p, q) == "torch"
 
 
+def _fake_fused(monkeypatch, row_logsumexp):
+    """hmm.fused_normalizer replaced by a module whose row_logsumexp is ``row_logsumexp``."""
+    import types
+    import hmm
+    fake = types.SimpleNamespace(row_logsumexp=row_logsumexp)
+    monkeypatch.setitem(sys.modules, "hmm.fused_normalizer", fake)
+    monkeypatch.setattr(hmm, "fused_normalizer", fake, raising=False)
+
+
+def test_the_probe_passes_kernels_that_match_and_names_what_failed(monkeypatch):
+    """The probe behind the CUDA default: kernels that compute log Z pass it; a launch error or
+    values off by 1e-3 are the reason it returns (on a GPU, that device then uses the torch tiles)."""
+    exact = lambda p, q, precision, block: row_logsumexp(p, q, precision, impl="torch")  # noqa: E731
+    _fake_fused(monkeypatch, exact)
+    assert normalizer._probe(torch.device("cpu")) is None
+
+    def no_launch(p, q, precision, block):
+        raise RuntimeError("Failed to find C compiler.\nPlease specify via CC environment variable.")
+    _fake_fused(monkeypatch, no_launch)
+    assert normalizer._probe(torch.device("cpu")) == ("the fused Triton kernels failed on cpu: RuntimeError: "
+                                                      "Failed to find C compiler.")
+    _fake_fused(monkeypatch, lambda p, q, precision, block: exact(p, q, precision, block) * (1 + 1e-3))
+    assert "differ from the float64 torch path on cpu" in normalizer._probe(torch.device("cpu"))
+
+
+def test_a_cuda_device_whose_probe_failed_gets_the_torch_tiles_with_a_warning(monkeypatch):
+    monkeypatch.setattr(normalizer, "triton_available", lambda: True)
+    monkeypatch.setattr(normalizer, "_PROBED", {"cuda:0": None, "cuda:1": "the fused Triton kernels failed"})
+    monkeypatch.setattr(normalizer, "_WARNED", set())
+    assert normalizer.impl_for("cuda:0") == "triton"
+    assert normalizer.impl_for("cuda:0", torch.float64) == "torch"
+    assert normalizer.impl_for("cpu") == "torch"
+    with pytest.warns(RuntimeWarning, match="failed; the transition normalizer uses the torch tiles"):
+        assert normalizer.impl_for("cuda:1") == "torch"
+    monkeypatch.setattr(normalizer, "triton_available", lambda: False)
+    assert normalizer.impl_for("cuda:0") == "torch"
+
+
 @pytest.mark.skipif(not HAS_TRITON or INTERPRET, reason="needs triton, outside the interpreter")
 def test_triton_on_cpu_without_the_interpreter_is_a_clear_error():
     p, q, _ = inputs(3, 4, 2, 1.0, dtype=torch.float32)
@@ -217,6 +255,11 @@ def test_fused_backward_is_deterministic_and_default_tiles_work():
     assert all(torch.equal(a, b) for a, b in zip(*runs))
     ref = dense64(p, q, w, "tf32")
     assert rel_err(runs[0][0], ref[0]) < 1e-5
+
+
+@fused
+def test_fused_kernels_pass_the_probe():
+    assert normalizer._probe(torch.device(FUSED_DEVICE)) is None
 
 
 @fused

@@ -21,6 +21,8 @@ CPU rehearsal) against the float64 PyTorch reference:
                       (n = k); TVM forward/backward (poisoned outputs) vs float64 PyTorch scans
     training step     the loss and every parameter gradient of one training step with the TVM
                       scan vs the PyTorch scan (same weights, same dropout draws)
+    normalizer        (CUDA) which transition normalizer the runs will use: the fused Triton
+                      kernels, or the torch tiles where their probe failed (hmm.normalizer)
 
 Rows are written to ``--out`` as soon as each is measured.  The verdict (``verdict.backend``:
 ``tvm`` only if every row passed) picks the scan backend of the node's benchmarks and runs.
@@ -231,6 +233,12 @@ def check(bundle: Path, device_name: str, out: Path, runs: list[str]) -> dict:
     except (Exception, SystemExit) as err:  # noqa: BLE001 - recorded: the verdict is then torch
         report["errors"].append(f"kernel check: {type(err).__name__}: {err}")
         report["traceback"] = traceback.format_exc()
+    if device.type == "cuda":  # the runs' transition normalizer (hmm.normalizer's probe; not part of the verdict)
+        from hmm import normalizer
+        report["normalizer"] = {"impl": normalizer.impl_for(device), "triton": normalizer.triton_problem(device)
+                                or "passed its probe"}
+        print(f"transition normalizer: {report['normalizer']['impl']} (triton: {report['normalizer']['triton']})",
+              flush=True)
     _write(out, report)
     specs = {f"{s['dataset']}/{s['name']}": s for s in json.loads((bundle / "runs.json").read_text())}
 

@@ -187,6 +187,9 @@ class Node:
         res = self.call("check", args, limit, threads=2)
         report = read_json(self.work / "check.json") or {}
         verdict = report.get("verdict") or {}
+        if report.get("normalizer"):
+            self.summary["normalizer"] = report["normalizer"]
+            self.say(f"transition normalizer: {report['normalizer']['impl']} (triton: {report['normalizer']['triton']})")
         ok = res["rc"] == 0 and verdict.get("backend") == "tvm"
         why = verdict.get("reason") or ("timed out" if res["timed_out"] else f"exit {res['rc']}")
         self.set_backend("tvm" if ok else "torch", why)

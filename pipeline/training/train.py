@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hmm import normalizer
 from pipeline import intervals
 from pipeline.config import Run, run_history
 from pipeline.data.corpus import Corpus, Windows
@@ -304,6 +305,7 @@ class Trainer:
                   "commit": commit()[0], "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         if hasattr(self.model, "scan"):  # the VLNHMM's scan backend (an execution setting: it may change on resume)
             record["scan_backend"] = self.model.scan.name
+            record["normalizer"] = normalizer.impl_for(self.device)  # CUDA: triton unless its probe failed
         return record | (cpu.record() if self.device.type == "cpu" else
                          {"device_name": torch.cuda.get_device_name(self.device)})
 
@@ -322,6 +324,12 @@ class Trainer:
         path = getattr(self.model, "transition_path", None)
         how = ([f"{path} transition"] if path else []) + (
             [f"{self.model.scan.name} scans"] if hasattr(self.model, "scan") else [])
+        if hasattr(self.model, "scan") and self.device.type == "cuda":
+            impl = self.state["segments"][-1]["normalizer"]
+            how.append(f"{impl} normalizer")
+            if impl == "torch" and normalizer.triton_available():
+                self.say(f"[{self.name}] {normalizer.triton_problem(self.device)}: the transition normalizer "
+                         "runs as torch tiles (same numbers, slower)")
         where = cpu.describe() if self.device.type == "cpu" else str(self.device)
         self.say(f"[{self.name}] {self.run.model}: {self.params:,} parameters on {where}"
             + (f" ({', '.join(how)})" if how else "") + f"; {self.steps_per_epoch:,} steps/epoch, "
