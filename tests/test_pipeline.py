@@ -6,6 +6,7 @@ what changed.  Other checks use dry runs (-n) or throw-away directories.
 import json
 import lzma
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -166,8 +167,13 @@ def test_full_dag_lists_the_expected_jobs(tmp_path):
 def test_gpu_runs_left_out_without_gpu_are_marked(tmp_path):
     if shutil.which("nvidia-smi"):
         pytest.skip("this machine has a GPU")
-    out = snakemake("-n", "--cores", "2", "--directory", str(tmp_path), "results/table1.csv", profile=None).stdout
-    assert "train" not in job_counts(out)  # FF/LSTM/VLNHMM need a GPU by default
+    proc = snakemake("-n", "-p", "--cores", "2", "--directory", str(tmp_path), "results/table1.csv", profile=None)
+    assert "train" not in job_counts(proc.stdout)  # FF/LSTM/VLNHMM need a GPU by default
+    not_run = json.loads(shlex.split(proc.stdout.split("--not-run ")[1])[0])
+    # a row the CPU profile trains says so; the rest need a GPU
+    assert not_run["wt2/lstm"].startswith("not run: needs a GPU here") and "--profile profiles/cpu" in not_run["wt2/lstm"]
+    assert "profiles/cpu" not in not_run["ptb/vlnhmm-32768"] and not_run["ptb/vlnhmm-32768"].endswith("docs/gpu.md")
+    assert "ptb/vlnhmm-32768" in proc.stderr and "left out of the DAG" in proc.stderr
 
 
 def test_slurm_profile_dry_run(tmp_path):

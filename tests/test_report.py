@@ -206,7 +206,8 @@ def test_figures(rendered):
     assert ours.paper_valid_ppl.iloc[0] == 134 and ours.valid_diff.iloc[0] == pytest.approx(6.5)
     assert ours.status.iloc[1] == NOT_RUN["ptb/vlnhmm-32768"] and ours.epochs.iloc[0] == 0.4
     paper = f3[f3.series == "paper (table values)"]
-    assert list(zip(paper.x, paper.paper_valid_ppl)) == [(16384, 134), (32768, 125.0)]
+    # 2^14 states, M = 128: both values the tables give (134; Table 3's second listing 136); ours against the first
+    assert list(zip(paper.x, paper.paper_valid_ppl)) == [(16384, 134), (16384, 136), (32768, 125.0)]
     assert paper.valid_ppl.isna().all()  # the paper's values are never in our column
     f4 = rendered["fig4"][0]
     assert set(f4.series) == {"ours independent", "ours factored", "paper independent (table values)",
@@ -214,7 +215,7 @@ def test_figures(rendered):
     fac = f4[f4.series == "ours factored"].iloc[0]
     assert fac.x == 128 and fac.valid_ppl == 137.5 and fac.status.startswith("reference: measured")
     assert fac.paper_valid_ppl == 136 and fac.valid_diff == pytest.approx(1.5)
-    assert len(f4[f4.series == "paper independent (table values)"]) == 4
+    assert len(f4[f4.series == "paper independent (table values)"]) == 5
 
 
 def test_scaled_figure_plots_ours_at_the_paper_equivalent_x(tmp_path):
@@ -342,3 +343,9 @@ def test_curve_shows_settings_profile_and_the_papers_number(tmp_path, monkeypatc
     curves.plot(run / "curve.csv", tmp_path / "bare.png", "ptb/vlnhmm-512")  # no context: still a curve
     assert (tmp_path / "bare.png").stat().st_size > 10_000
     assert curves.nice_log_ticks(230, 950) == [300, 400, 500, 700]
+
+
+def test_a_reference_rows_commit_keeps_its_dirty_mark():
+    from pipeline.reporting.runs import short_commit
+    assert short_commit("1777e94d50e9041bd1a4ffff0000aaaa11112222-dirty") == "1777e94d50-dirty"
+    assert short_commit("1777e94d50e9041bd1a4ffff0000aaaa11112222") == "1777e94d50"

@@ -187,7 +187,9 @@ def build_figure(name: str, paper: dict, runs: list, scale: dict | None = None,
     fig = paper[name]
     xkey, skey = fig["x"], fig.get("series")
     factor = (scale or {}).get(xkey) or 1
-    paper_at = {(str(p.get(skey)) if skey else "", p[xkey]): p for p in fig["points"]}
+    paper_at: dict = {}  # (series, x) -> the paper's point there; the first where a table gives two
+    for p in fig["points"]:
+        paper_at.setdefault((str(p.get(skey)) if skey else "", p[xkey]), p)
     out = []
     mine = [r for r in map(as_run, runs) if name in r["spec"].get("rows", [])]
     for run in (r for r in mine if base_name(r["spec"]["name"]) == r["spec"]["name"]):

@@ -208,9 +208,10 @@ def render_figure(df: pd.DataFrame, name: str, paper: dict, title: list[str], sc
             subset=["paper_valid_ppl"])
         ax.plot(pts.x * dodge[kind], pts.paper_valid_ppl, "s", ms=10, mfc="none", mew=1.8, color=color, zorder=4,
                 label="paper" + (f" {kind}" if kind else "") + " (its tables)")
-        for x, y in zip(pts.x * dodge[kind], pts.paper_valid_ppl):
-            ax.annotate(f"{y:g}", (x, y), textcoords="offset points", xytext=(10 * side, 0), va="center",
-                        ha="right" if side < 0 else "left", fontsize=8.5, color=color)
+        for x, ys_at in pts.groupby(pts.x * dodge[kind], sort=True).paper_valid_ppl:  # two values at one x: "134 / 136"
+            ax.annotate(" / ".join(f"{y:g}" for y in ys_at), (x, ys_at.mean()), textcoords="offset points",
+                        xytext=(10 * side, 0), va="center", ha="right" if side < 0 else "left", fontsize=8.5,
+                        color=color)
     xs = sorted(set(df.x.dropna()))
     what = {"num_states": "number of states |Z|", "num_clusters": "number of blocks M"}.get(xkey, xkey)
     if xs:

@@ -60,7 +60,7 @@ def load_runs(specs: list[dict], runs_dir: str | Path, reference: str | Path | N
             prov = ref.get("provenance") or {}
             commit = trained_commit(ref)
             where = ", ".join(str(v) for v in (ref.get("device_name"), cpu_training(ref), prov.get("date"),
-                                               commit and f"commit {str(commit)[:10]}") if v)
+                                               commit and f"commit {short_commit(commit)}") if v)
             found.append((ref, f"reference: {ref.get('status') or 'status missing'} ({where})"))
         stale = []
         for metrics, status in found:
@@ -105,6 +105,12 @@ def trained_commit(metrics: dict) -> str | None:
     ``provenance.commit``, which is later than that code where commits landed while it trained."""
     segments = metrics.get("segments") or []
     return (segments[-1].get("commit") if segments else None) or (metrics.get("provenance") or {}).get("commit")
+
+
+def short_commit(commit: str) -> str:
+    """A commit's first 10 hex digits, keeping a ``-dirty`` mark (uncommitted changes when it ran)."""
+    commit = str(commit)
+    return commit[:10] + ("-dirty" if commit.endswith("-dirty") and len(commit) > 16 else "")
 
 
 def cpu_training(metrics: dict) -> str | None:

@@ -13,7 +13,8 @@ from pipeline.reporting.runs import load_json
 
 WITHIN_PCT = 3.0  # "within +-3 % of the paper", the front page's verdict
 FIGURE_NOTE = ("Paper: only the points its tables also report (hollow squares; the paper's curves are not in its "
-               "text and none is read off its plots).")
+               "text and none is read off its plots; that the tables' runs are the figure's is assumed).  Where "
+               "the tables give one setting two values, both are shown; our difference is to the first.")
 
 
 # ---------------------------------------------------------------------------------- text
