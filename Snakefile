@@ -37,6 +37,14 @@ if config.get("profile") and (ROOT / f"config/{config['profile']}.yaml").resolve
 
 validate(config, str(ROOT / "config/schema.yaml"))
 
+# The tiny config's data and runs in the repository root would sit where the full-size ones live (data/,
+# results/runs/, build/checkpoints/: a full-size run's checkpoint would be set aside by a tiny run of it).
+if config.get("profile") == "tiny" and Path.cwd().resolve() == ROOT:
+    raise WorkflowError(
+        "the tiny config (profile: tiny) would write its data and runs into the repository root, over the "
+        "full-size ones: use --profile profiles/tiny (its outputs go to tiny/), or --directory DIR"
+    )
+
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/cluster.smk"

@@ -3,6 +3,8 @@ fingerprint; anything else is set aside and the run starts over."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -36,12 +38,28 @@ def test_save_then_load_restores_weights_optimizer_schedule_and_state(tmp_path):
     assert other_sched.state_dict() == sched.state_dict()
 
 
-def test_other_fingerprint_is_set_aside_as_stale(tmp_path):
+def test_other_fingerprint_is_set_aside_as_stale_and_never_overwritten(tmp_path):
+    """Each checkpoint of other settings moves, with its best weights, records and history, into a folder of its
+    own: a second change of settings keeps the first one's; moved back, it resumes."""
     model, opt, sched = parts(0)
-    Checkpoint(tmp_path / "ckpt.pt", "old", torch.device("cpu"), "ptb/x").save(model, opt, sched,
-                                                                                {"step": 1, "best_step": 0})
-    assert Checkpoint(tmp_path / "ckpt.pt", "new", torch.device("cpu"), "ptb/x").load(model, opt, sched) is None
-    assert (tmp_path / "stale.pt").exists() and not (tmp_path / "ckpt.pt").exists()
+    cpu = torch.device("cpu")
+    for step, fingerprint in ((7, "a"), (9, "b")):
+        ckpt = Checkpoint(tmp_path / "ckpt.pt", fingerprint, cpu, "ptb/x")
+        ckpt.save(model, opt, sched, {"step": step, "best_step": step})
+        ckpt.save_best(model)
+        (tmp_path / "train.log").write_text(f"run {fingerprint}\n")
+    assert Checkpoint(tmp_path / "ckpt.pt", "c", cpu, "ptb/x").load(model, opt, sched) is None  # b set aside
+    Checkpoint(tmp_path / "ckpt.pt", "c", cpu, "ptb/x").save(model, opt, sched, {"step": 1, "best_step": 0})
+    assert Checkpoint(tmp_path / "ckpt.pt", "a", cpu, "ptb/x").load(model, opt, sched) is None  # c set aside
+    folders = sorted(tmp_path.glob("stale-*"))
+    assert len(folders) == 2 and not (tmp_path / "ckpt.pt").exists() and not (tmp_path / "best.pt").exists()
+    assert sorted(p.name for p in folders[0].iterdir()) == ["best.pt", "best.pt.sha256", "ckpt.pt", "ckpt.pt.sha256",
+                                                            "train.log"]
+    assert (folders[0] / "train.log").read_text() == "run b\n"
+    for f in folders[0].iterdir():  # b, moved back, resumes where it was
+        f.rename(tmp_path / f.name)
+    state = Checkpoint(tmp_path / "ckpt.pt", "b", cpu, "ptb/x").load(model, opt, sched)
+    assert state is not None and state["step"] == 9
 
 
 def test_execution_settings_keep_the_fingerprint_and_older_fingerprints_resume(tmp_path):
@@ -142,3 +160,22 @@ def test_a_kill_during_a_save_loses_no_complete_checkpoint(tmp_path, monkeypatch
     state = Checkpoint(tmp_path / "ckpt.pt", "fp", torch.device("cpu"), "ptb/x").load(*parts(1))
     assert state is not None and state["step"] == (1 if instant == "before the record" else 2)
     assert not list(tmp_path.glob("*.corrupt"))
+
+
+def test_a_second_trainer_of_a_run_stops_with_the_first_ones_pid(tmp_path):
+    """run_lock: while one trainer holds the run's folder, another (here a second open of the lock, as a
+    second process makes) is refused naming the holder; once the first ends, the run may be trained again."""
+    from pipeline.training.checkpoints import run_lock
+    from pipeline.training.errors import TrainingError
+    ckpt = tmp_path / "run" / "ckpt.pt"
+    with run_lock(ckpt, "ptb/x"):
+        assert (tmp_path / "run" / "train.lock").read_text() == f"{os.getpid()}\n"
+        with pytest.raises(TrainingError, match=f"another process \\(pid {os.getpid()}\\) is training ptb/x"):
+            with run_lock(ckpt, "ptb/x"):
+                pass
+        probe = subprocess.run([sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); "
+                                "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)", str(tmp_path / "run" / "train.lock")],
+                               capture_output=True, text=True)
+        assert probe.returncode != 0 and "BlockingIOError" in probe.stderr  # another process is kept out too
+    with run_lock(ckpt, "ptb/x"):  # released
+        pass

@@ -176,6 +176,14 @@ def test_gpu_runs_left_out_without_gpu_are_marked(tmp_path):
     assert "ptb/vlnhmm-32768" in proc.stderr and "left out of the DAG" in proc.stderr
 
 
+def test_the_tiny_config_in_the_repository_root_is_refused():
+    """Without its profile's directory, the tiny config's data and runs would land on the full-size ones."""
+    proc = snakemake("all", "-n", "--cores", "1", "--configfile", "config/tiny.yaml", profile=None, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Job stats" not in out
+    assert "would write its data and runs into the repository root" in out and "--profile profiles/tiny" in out
+
+
 def test_slurm_profile_dry_run(tmp_path):
     out = snakemake("-n", "--config", "gpu_runs=always", "--directory", str(tmp_path), "results/table2.csv",
                     profile="profiles/slurm")

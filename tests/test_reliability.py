@@ -25,7 +25,7 @@ from hmm.model import VLNHMM
 from pipeline.training.models import build_model
 from pipeline.training.errors import TrainingError
 from pipeline.training.evaluate import evaluate
-from pipeline.training.train import train
+from pipeline.training.train import Trainer, train
 
 from conftest import dataset_spec
 
@@ -114,9 +114,29 @@ class _Scored(torch.nn.Module):
 def test_validation_overflow_or_nan_stops_with_the_step(small_ptb, tmp_path, eval_logp, what):
     run = resolve_run({"name": "t", "dataset": "ptb", "model": "ff"}, DEFAULTS)
     corpus = Corpus.load(small_ptb)
-    with pytest.raises(TrainingError, match=rf"validation perplexity {what} at step \d+ \(epoch 1"):
+    with pytest.raises(TrainingError, match=rf"validation perplexity {what} at step \d+ \(epoch 1.*no checkpoint of "
+                       "this run was written yet"):
         train(run, corpus, _Scored(len(corpus.vocab), eval_logp), tmp_path / "out", tmp_path / "ckpt.pt")
     assert not (tmp_path / "ckpt.pt").exists() and not (tmp_path / "best.pt").exists()
+
+
+def test_a_run_stopped_after_a_check_names_the_checkpoint_it_keeps(small_ptb, tmp_path):
+    """NaN after the first check: the error names the checkpoint on disk and its step."""
+    run = resolve_run({"name": "t", "dataset": "ptb", "model": "ff"}, DEFAULTS)
+    corpus = Corpus.load(small_ptb)
+    model = build_model(run, corpus)
+    trainer = Trainer(run, corpus, model, tmp_path / "out", tmp_path / "ckpt.pt")
+    first_check = trainer.check_every
+
+    def poisoned_step(x, mask, ntok, step=trainer.step):
+        if trainer.state["step"] == first_check:
+            with torch.no_grad():
+                model.emb.weight.fill_(float("nan"))
+        return step(x, mask, ntok)
+    trainer.step = poisoned_step
+    with pytest.raises(TrainingError, match=rf"non-finite loss at step {first_check + 1} .*the last checkpoint "
+                       rf"\({tmp_path / 'ckpt.pt'}, step {first_check:,}\) is kept"):
+        trainer.fit()
 
 
 # 7. a full disk while writing a checkpoint: a plain message with the path

@@ -101,7 +101,8 @@ def test_nan_loss_stops_with_step_and_batch(small_ptb, tmp_path):
     model = build_model(run, corpus)
     with torch.no_grad():
         model.emb.weight.fill_(float("nan"))
-    with pytest.raises(TrainingError, match=r"non-finite loss at step 1 \(epoch 1, batch 1/\d+\)"):
+    with pytest.raises(TrainingError, match=r"non-finite loss at step 1 \(epoch 1, batch 1/\d+\); lr 1.00e-03 may be "
+                       r"too high; no checkpoint of this run was written yet"):
         train(run, corpus, model, tmp_path / "out", tmp_path / "ckpt.pt")
     assert not (tmp_path / "out" / "metrics.json").exists()
 
@@ -119,7 +120,7 @@ def test_checkpoint_of_other_data_is_set_aside(small_ptb, tmp_path, capsys):
     train(run, corpus, build_model(run, corpus), tmp_path / "a", ckpt, fingerprint="data-1")
     first = json.loads((tmp_path / "a/metrics.json").read_text())
     again = train(run, corpus, build_model(run, corpus), tmp_path / "b", ckpt, fingerprint="data-2")
-    assert (tmp_path / "stale.pt").exists()
+    assert (next(tmp_path.glob("stale-*")) / "ckpt.pt").exists()
     out = capsys.readouterr().out
     assert "made with other settings or data" in out and "resumed" not in out
     assert again["steps"] == first["steps"]
@@ -176,7 +177,7 @@ def test_checkpoint_of_other_code_is_set_aside(small_ptb, tmp_path, capsys):
     torch.save(state, ckpt)
     record(ckpt)  # intact, only of other code
     again = train(run, corpus, build_model(run, corpus), tmp_path / "b", ckpt, fingerprint="same")
-    assert (tmp_path / "stale.pt").exists() and "does not fit this code's model" in capsys.readouterr().out
+    assert (next(tmp_path.glob("stale-*")) / "ckpt.pt").exists() and "does not fit this code's model" in capsys.readouterr().out
     assert again["steps"] == first["steps"]
 
 

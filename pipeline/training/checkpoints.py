@@ -1,15 +1,18 @@
 """A run's checkpoint (``ckpt.pt``: weights, optimizer, lr schedule, RNG states, loop state) and its best
 weights (``best.pt``), each written atomically with a SHA-256 record and checked before it is read.  A
 checkpoint is resumed only when it has the run's fingerprint (the settings that change results, and the
-input files); one that fails its record is set aside as ``*.corrupt``, one made otherwise as ``stale.pt``,
-and the run starts over."""
+input files); one that fails its record is set aside as ``*.corrupt``, one made otherwise (with its best
+weights and the run's history) into ``stale-<UTC time>/``, and the run starts over."""
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import hashlib
 import io
 import json
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -52,6 +55,30 @@ def save_atomic(obj, path: Path) -> str:
             raise TrainingError(f"no space left on device while writing {path}{kept}") from None
         raise TrainingError(f"cannot write {path}: {err.strerror or err}") from None
     return digest
+
+
+@contextlib.contextmanager
+def run_lock(checkpoint: Path, name: str):
+    """Hold an exclusive lock on the run's checkpoint folder (``train.lock``, holding this process's pid) while
+    training: a second trainer of the same run (a job started again while an orphaned one still trains, two
+    snakemakes in two shells) stops at once with the first one's pid, instead of both writing one checkpoint.
+    The kernel drops the lock when the process ends, however it ends."""
+    path = Path(checkpoint).with_name("train.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise TrainingError(f"another process (pid {holder}) is training {name} from {checkpoint} now "
+                                f"(it holds {path}): wait for it to end, or stop it (kill {holder}) and run this again; "
+                                "two trainers of one run would overwrite each other's checkpoint") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def pending(path: Path) -> Path:
@@ -196,6 +223,21 @@ class Checkpoint:
             f"in {self.path.parent}; starting over from scratch")
 
     def _set_aside(self, why: str) -> None:
-        stale = self.path.with_name("stale.pt")
-        os.replace(self.path, stale)
-        say(f"[{self.name}] {self.path} {why}: kept as {stale}, starting over")
+        """A sound checkpoint of other settings: it, its best weights, their records and the run's history
+        move into a folder of their own (``stale-<UTC time>/``, never overwritten by a later one), from
+        which they can be moved back as they are; the run starts over."""
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        folder = self.path.with_name(f"stale-{stamp}")
+        n = 1
+        while folder.exists():
+            n += 1
+            folder = self.path.with_name(f"stale-{stamp}-{n}")
+        folder.mkdir()
+        moved = []
+        for f in (self.path, sidecar(self.path), self.best_path, sidecar(self.best_path),
+                  self.path.with_name("train.log")):
+            if f.exists():
+                os.replace(f, folder / f.name)
+                moved.append(f.name)
+        say(f"[{self.name}] {self.path} {why}: kept in {folder} ({', '.join(moved)}), starting over.  To go on "
+            f"with it instead: stop this run, restore the settings it was made with, and move those files back")

@@ -49,7 +49,7 @@ from pipeline.lifetime import die_with_parent
 from pipeline.provenance import commit
 from pipeline import cpu
 from pipeline.training import precision, results
-from pipeline.training.checkpoints import Checkpoint, fingerprint_of
+from pipeline.training.checkpoints import Checkpoint, fingerprint_of, run_lock
 from pipeline.training.errors import TrainingError
 from pipeline.training.evaluate import evaluate, perplexity
 from pipeline.training.models import build_model, count_parameters
@@ -112,6 +112,7 @@ class Trainer:
         self.ckpt = Checkpoint(self.checkpoint, self.fingerprint, self.device, run.key)
         self.history = run_history(self.checkpoint)  # every segment's log lines (module docstring)
         self.valid_batches = len(Windows(corpus.splits["valid"], cfg.eval_batch_size, cfg.bptt))
+        self.saved_step: int | None = None  # the step of the checkpoint on disk (written or resumed here)
         self.state = {"step": 0, "carry": None, "best": math.inf, "best_step": 0, "curve": [], "wall": 0.0,
                       "train_logp": 0.0, "train_tokens": 0}
         self.cut_by_time = False
@@ -141,7 +142,7 @@ class Trainer:
         if state is None:
             self.history.unlink(missing_ok=True)  # a fresh start: a new history
             return
-        self.state = state
+        self.state, self.saved_step = state, state["step"]
         self._reset_device_sums()
         self.say(f"[{self.name}] resumed from {self.checkpoint} at step {self.state['step']:,}/{self.last_step:,}")
 
@@ -201,8 +202,15 @@ class Trainer:
         bad = int(self.bad_step)
         if bad:
             epoch, batch = divmod(bad - 1, self.steps_per_epoch)
+            lr = float(self.opt.param_groups[0]["lr"])
             raise TrainingError(f"[{self.name}] non-finite loss at step {bad} (epoch {epoch + 1}, batch {batch + 1}/"
-                                f"{self.steps_per_epoch}); the last checkpoint ({self.checkpoint}) is kept")
+                                f"{self.steps_per_epoch}); lr {lr:.2e} may be too high; {self.kept()}")
+
+    def kept(self) -> str:
+        """What a stopped run leaves to resume from (said in its error)."""
+        if self.saved_step is not None and self.checkpoint.exists():
+            return f"the last checkpoint ({self.checkpoint}, step {self.saved_step:,}) is kept"
+        return f"no checkpoint of this run was written yet ({self.checkpoint}): run again, it starts over"
 
     # -- check ------------------------------------------------------------------------------
 
@@ -219,7 +227,7 @@ class Trainer:
             what = "overflows" if valid_ppl == math.inf else "not finite"
             raise TrainingError(f"[{self.name}] validation perplexity {what} at step {st['step']} (epoch "
                                 f"{math.ceil(epoch)}, {epoch:.2f} epochs done); lr {float(self.opt.param_groups[0]['lr']):.2e} "
-                                f"may be too high; the last checkpoint ({self.checkpoint}) is kept")
+                                f"may be too high; {self.kept()}")
         train_ppl = perplexity(-st["train_logp"] / st["train_tokens"])
         lr = float(self.opt.param_groups[0]["lr"])
         nll = math.log(valid_ppl)
@@ -237,6 +245,7 @@ class Trainer:
             f"valid ppl {valid_ppl:8.2f} | lr {lr:.2e} | {row['tokens_per_s']:,} tok/s | eval {ms:.1f} ms/batch")
         st["train_logp"], st["train_tokens"] = 0.0, 0
         self.ckpt.save(self.model, self.opt, self.sched, st)
+        self.saved_step = st["step"]
         self.out.mkdir(parents=True, exist_ok=True)
         write_curve(st["curve"], self.out / "curve.csv")
         write_metrics(self.out, self.metrics(status=f"incomplete: last check at step {st['step']:,} of {self.last_step:,} "
@@ -318,6 +327,10 @@ class Trainer:
         return elapsed + upcoming + 3.5 * self.check_seconds > self.cfg.max_seconds
 
     def fit(self) -> dict:
+        with run_lock(self.checkpoint, self.name):  # one trainer per run at a time
+            return self._fit()
+
+    def _fit(self) -> dict:
         self.started, self.check_seconds = time.perf_counter(), 0.0
         self.restore()
         self.state.setdefault("segments", []).append(self.segment())
