@@ -6,12 +6,15 @@ import os
 import sys
 from pathlib import Path
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
 ROOT = Path(workflow.basedir).resolve()
 sys.path.insert(0, str(ROOT))
+
+from hmm.config import ConfigError
+from pipeline.profiles import check_schema
 
 
 envvars:
@@ -35,7 +38,10 @@ if config.get("profile") and (ROOT / f"config/{config['profile']}.yaml").resolve
     configfile: ROOT / f"config/{config['profile']}.yaml"
 
 
-validate(config, str(ROOT / "config/schema.yaml"))
+try:  # one line per problem (snakemake's validate prints the whole schema and config)
+    check_schema(config, ROOT / "config/schema.yaml")
+except ConfigError as err:
+    raise WorkflowError(f"config: {err}") from None
 
 # The tiny config's data and runs in the repository root would sit where the full-size ones live (data/,
 # results/runs/, build/checkpoints/: a full-size run's checkpoint would be set aside by a tiny run of it).

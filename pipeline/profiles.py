@@ -4,13 +4,53 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hmm.config import ConfigError
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _yaml(path: Path) -> dict:
+    """A config file's mapping; a missing or malformed file is a ConfigError naming it (and the line)."""
     import yaml
 
-    return yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror or err})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{path} is not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys, not a {type(data).__name__}")
+    return data
+
+
+def check_schema(config: dict, schema_path: Path | str = None) -> None:
+    """Raise ConfigError with one line per problem (the key's path, what is wrong, a near key for a typo),
+    not jsonschema's dump of the whole schema and config."""
+    import difflib
+
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(Path(schema_path or ROOT / "config/schema.yaml").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    lines = []
+    for err in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
+        where = "/".join(map(str, err.absolute_path)) or "(top level)"
+        if err.validator == "additionalProperties":
+            allowed = list((err.schema.get("properties") or {}))
+            for key in sorted(set(err.instance) - set(allowed)):
+                near = difflib.get_close_matches(key, allowed, n=1)
+                lines.append(f"{'/'.join([*map(str, err.absolute_path), key])}: unknown key"
+                             + (f" (did you mean `{near[0]}`?)" if near else f" (keys here: {', '.join(allowed)})"))
+        else:
+            lines.append(f"{where}: {err.message}")
+    if lines:
+        more = f"\n  ... and {len(lines) - 8} more" if len(lines) > 8 else ""
+        raise ConfigError("the config does not fit config/schema.yaml (every key: config/config.yaml):\n  "
+                          + "\n  ".join(lines[:8]) + more)
 
 
 def _profile_file(profile_dir: Path, value: str) -> Path:
@@ -49,9 +89,7 @@ def load_config(profile: str | None = None, configfiles: list[str] | None = None
         if overlay not in files:
             update_config(config, _yaml(overlay))
             update_config(config, overwrite)
-    from snakemake.utils import validate
-
-    validate(config, str(ROOT / "config/schema.yaml"))
+    check_schema(config)
     return config
 
 

@@ -148,7 +148,34 @@ def snakemake(argv=None):
     if bad:
         get_argument_parser().error(f"argument {bad[0]}: {bad[1]!r} is not NAME=VALUE (a target goes "
                                     f"first, or after --)")
+    problem = unreadable_configfile(args)
+    if problem:
+        sys.exit(f"snakemake: error: argument --configfile: {problem}")
     return main(args)
+
+
+def unreadable_configfile(args):
+    """Why a ``--configfile`` of ``args`` cannot be used (missing, not YAML, not a mapping), else None: said in
+    one line before snakemake starts (snakemake's own report is a traceback)."""
+    from hmm.config import ConfigError
+    from pipeline.profiles import _yaml
+
+    files, inside = [], False
+    for word in args:
+        if word in CONFIG_FILES or word == "--configfiles":
+            inside = True
+        elif word.startswith("--configfile=") or word.startswith("--configfiles="):
+            files.append(word.split("=", 1)[1])
+        elif word.startswith("-"):
+            inside = False
+        elif inside:
+            files.append(word)
+    for name in files:
+        try:
+            _yaml(Path(name))
+        except ConfigError as err:
+            return str(err)
+    return None
 
 
 ENTRY_POINT = """#!{python}

@@ -116,13 +116,26 @@ def test_report(tiny_all):
 
 
 def test_schema_rejects_unknown_key_and_wrong_type(tmp_path):
-    for bad, expect in (({"brown": {"alpah": 1e-4}}, "alpah"), ({"max_lines": {"train": "many"}}, "many")):
+    """One line per problem, naming the key (a near one for a typo), not the whole schema and config."""
+    for bad, expect in (({"brown": {"alpah": 1e-4}}, "brown/alpah: unknown key (did you mean `alpha`?)"),
+                        ({"max_lines": {"train": "many"}}, "max_lines/train: 'many' is not of type 'integer', 'null'")):
         path = tmp_path / "bad.yaml"
         path.write_text(yaml.safe_dump(bad))
         proc = snakemake("-n", "all", "--configfile", str(path), "--directory", str(tmp_path / "w"), check=False)
-        assert proc.returncode != 0
-        assert "ValidationError" in proc.stderr + proc.stdout and expect in proc.stderr + proc.stdout
-        assert "Job stats" not in proc.stdout
+        out = proc.stderr + proc.stdout
+        assert proc.returncode != 0 and "does not fit config/schema.yaml" in out and expect in out, out[-2000:]
+        assert "Job stats" not in proc.stdout and len(out.splitlines()) < 25, out
+
+
+def test_a_missing_or_malformed_configfile_is_one_line(tmp_path):
+    """The project's snakemake command (./repro run) names the file and the YAML line before snakemake starts."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("runs: [1, 2\nbrown: 3\n")
+    for path, expect in ((tmp_path / "none.yaml", "none.yaml: cannot be read (No such file or directory)"),
+                         (bad, "bad.yaml is not valid YAML (line 2, column 6)")):
+        proc = subprocess.run([str(ROOT / ".venv/bin/snakemake"), "-n", "all", "--configfile", str(path)],
+                              cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode != 0 and expect in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
 
 
 def test_corrupt_mirror_fails_the_download_rule(tmp_path):
@@ -233,3 +246,13 @@ def test_tiny_fidelity_target():
     spec = json.loads((TINY / "results/runs/ptb/fidelity-released-code-s1112/metrics.json").read_text())["spec"]
     assert (spec["settings"]["init"], spec["train"]["test_weights"], spec["train"]["seed"]) == \
         ("torch-default", "last", 1112)
+
+
+@pytest.mark.parametrize("command", [["pipeline.training.status"], ["pipeline.node.importer", "--local", "ptb/ff"],
+                                     ["pipeline.node.bundle", "--out", "never-made"]])
+def test_commands_outside_snakemake_say_a_bad_config_in_a_few_lines(command):
+    proc = subprocess.run([sys.executable, "-m", *command, "--config", "mirorr=x"], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "mirorr: unknown key (did you mean `mirror`?)" in proc.stderr and len(proc.stderr.splitlines()) <= 3
+    assert not (ROOT / "never-made").exists()
