@@ -185,6 +185,23 @@ def test_gpu_run_without_gpu_stops_before_any_job(tmp_path, profile):
     assert not (tmp_path / "w/data").exists()
     message = next(line for line in out.splitlines() if "need a GPU" in line)
     assert ("--profile profiles/tiny" in message) == (profile == "profiles/gpu"), message  # not the one in use
+    assert ("ptb/vlnhmm-32768" if profile == "profiles/gpu" else "ptb/ff") in message  # the run named with its dataset
+
+
+def test_the_gpu_profile_without_a_gpu_stops_before_any_job(tmp_path):
+    """--profile profiles/gpu on a machine without one: its GPU runs are not left out silently."""
+    import shutil
+    import sys
+    if shutil.which("nvidia-smi") or torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "results/table1.csv", "--profile", "profiles/gpu",
+                           "--directory", str(tmp_path / "w")], cwd=Path(__file__).resolve().parent.parent,
+                          capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "no job was started" in out and "train them on this CPU" not in out, out[-3000:]
+    message = next(line for line in out.splitlines() if "need a GPU" in line)
+    assert "ptb/ff" in message and "--profile profiles/tiny" in message
+    assert not (tmp_path / "w/data").exists()
 
 
 # 12. a bundle built for sm_80 on an sm_90 GPU (simulated): the fallback is named, or refused naming both

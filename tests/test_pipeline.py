@@ -187,6 +187,9 @@ def test_gpu_runs_left_out_without_gpu_are_marked(tmp_path):
     assert not_run["wt2/lstm"].startswith("not run: needs a GPU here") and "--profile profiles/cpu" in not_run["wt2/lstm"]
     assert "profiles/cpu" not in not_run["ptb/vlnhmm-32768"] and not_run["ptb/vlnhmm-32768"].endswith("docs/gpu.md")
     assert "ptb/vlnhmm-32768" in proc.stderr and "left out of the DAG" in proc.stderr
+    # the warning's ways forward work on this machine (not `gpu_runs: always`, which stops here)
+    assert "--profile profiles/tiny" in proc.stderr and "--profile profiles/cpu" in proc.stderr
+    assert "gpu_runs: always" not in proc.stderr
 
 
 def test_the_tiny_config_in_the_repository_root_is_refused():

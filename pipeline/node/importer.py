@@ -114,6 +114,9 @@ def import_out(out_dir: Path, config: dict, reference: Path, bench_dir: Path, fo
     out_dir = Path(out_dir)
     summary = read_json(out_dir / "summary.json")
     if summary is None:
+        if (out_dir / "summary.json").is_file():
+            raise SystemExit(f"{out_dir}/summary.json cannot be read as JSON (a truncated copy?): fetch the node "
+                             "job's OUT again; nothing was written")
         raise SystemExit(f"{out_dir}/summary.json is missing: is {out_dir} the OUT of a pipeline.node job?")
     current = {r.key: r for r in resolve_runs(config)}
     result = {"imported": [], "refused": [], "kept": [], "written": False, "session": None}
@@ -121,6 +124,9 @@ def import_out(out_dir: Path, config: dict, reference: Path, bench_dir: Path, fo
         tmp = Path(tmp)
         if (out_dir / "runs.tgz").is_file():
             _extract(out_dir / "runs.tgz", tmp)
+        else:
+            print(f"{out_dir} holds no runs.tgz: the node job packed no run (its phases: summary.json); filing its "
+                  "benchmark CSVs and session record only", file=sys.stderr)
         archived = summary.get("archive_sha256")
         found = sorted((tmp / "runs").glob("*/*/metrics.json"))
         accepted = []

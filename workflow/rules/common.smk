@@ -101,10 +101,17 @@ NOT_RUN = {key: not_run_reason(key) for key in RUNS if key not in IN_DAG}
 def announce_left_out():
     """Every run left out of the DAG, said on stderr by the snakemake a person started (not by each job)."""
     if NOT_RUN and not (workflow.remote_exec or workflow.subprocess_exec):
+        if config["gpu_runs"] == "never":
+            how = "gpu_runs: auto (or always) takes them in where there is a GPU"
+        else:
+            how = (
+                "on this machine, --profile profiles/tiny runs every table small and --profile profiles/cpu "
+                "trains the rows a CPU can at full size (docs/cpu.md); the others need a GPU machine "
+                "(--profile profiles/gpu) or a cluster (--profile profiles/slurm)"
+            )
         print(
-            f"WARNING: {len(NOT_RUN)} GPU run(s) left out of the DAG ({_WHY}); their table rows say 'not run'. "
-            f"Run them on a GPU machine (profiles/gpu) or a cluster (profiles/slurm), or set gpu_runs: always. "
-            f"Left out: {', '.join(NOT_RUN)}",
+            f"WARNING: {len(NOT_RUN)} GPU run(s) left out of the DAG ({_WHY}); their table rows say 'not run' "
+            f"(or show a filed reference run). {how[0].upper() + how[1:]}. Left out: {', '.join(NOT_RUN)}",
             file=sys.stderr,
         )
 
@@ -131,7 +138,7 @@ def check_gpu_before_jobs(workflow):
     # from the runs themselves: a profile's `resources: gpu=0` scales a job's request down to 0
     need = sorted(
         {
-            job.wildcards["name"]
+            f"{job.wildcards['dataset']}/{job.wildcards['name']}"
             for job in workflow.dag.needrun_jobs()
             if job.rule.name == "train" and RUNS[f"{job.wildcards['dataset']}/{job.wildcards['name']}"].needs_gpu
         }
@@ -140,6 +147,8 @@ def check_gpu_before_jobs(workflow):
         ways = ["run them on a GPU machine or cluster (profiles/gpu, profiles/slurm)"]
         if config.get("profile") != "tiny":
             ways.append("use the tiny profile (--profile profiles/tiny)")
+        if set(need) <= set(yaml.safe_load((ROOT / "config/cpu.yaml").read_text()).get("cpu_runs") or ()):
+            ways.append("train them on this CPU at full size (--profile profiles/cpu; docs/cpu.md)")
         ways += ["set `device: cpu` for a run in the config"]
         if config["gpu_runs"] == "always":
             ways.append("set gpu_runs: auto to leave them out")
