@@ -110,7 +110,7 @@ def test_changed_token_in_prepared_data_is_refused(small_ptb, tmp_path):
     ids[10] = (ids[10] + 1) % ids.max()
     np.save(data / "test.npy", ids)
     with pytest.raises(IntegrityError, match=r"test.npy does not match its recorded SHA-256 .* expected \w+, "
-                                             r"actual \w+; remake it: `snakemake .*stats.json --cores 2 --forcerun prepare`"):
+                                             rf"actual \w+; delete {data} and run the same command again \(with the same profile"):
         Corpus.load(data)
 
 

@@ -150,6 +150,9 @@ def test_corrupt_mirror_fails_the_download_rule(tmp_path):
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "checksum mismatch" in text and "ptb.train.txt" in text
     assert "expected sha256 01f81fd6" in text  # the tiny profile pins the prefix's hash
+    # the last words say what to mend in the mirror given, not to give a mirror
+    tail = proc.stderr.split("from the mirror")[-1]
+    assert "Replace that file in the mirror" in tail and "checksum mismatch" in tail and "add --config mirror" not in tail
     assert not (work / "data/raw/ptb/ptb.train.txt").exists()
     assert not (work / "data/ptb/stats.json").exists()
 

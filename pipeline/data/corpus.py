@@ -109,8 +109,8 @@ class Corpus:
     def load(cls, directory: str | Path) -> "Corpus":
         """The prepared dataset in ``directory``, each file checked against its SHA256SUMS first."""
         d = Path(directory)
-        digests = verify_dir(d, list(FILES), f"remake it: `snakemake {d}/stats.json --cores 2 --forcerun prepare` "
-                                   f"(or delete {d} and rerun)")
+        digests = verify_dir(d, list(FILES), f"delete {d.resolve()} and run the same command again (with the same "
+                                   "profile: snakemake remakes it)")
         splits = {s: torch.from_numpy(np.load(d / f"{s}.npy").astype(np.int64)) for s in SPLITS}
         docs = {s: torch.from_numpy(np.load(d / f"{s}.docs.npy")) for s in SPLITS}
         return cls(Vocab.load(d / "vocab.tsv"), splits, docs, digests)

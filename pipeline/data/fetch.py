@@ -60,7 +60,7 @@ def _from_mirror(mirror: Path, rel: str, part: Path) -> str:
             part.unlink(missing_ok=True)
             raise DataError(f"{packed} is not a complete xz file ({e}); it may be truncated") from e
         return str(packed)
-    raise DataError(f"mirror {mirror} has neither {rel} nor {rel}.xz")
+    raise DataError(f"mirror {mirror.resolve()} has neither {rel} nor {rel}.xz")
 
 
 def _download(url: str, dest: Path) -> None:

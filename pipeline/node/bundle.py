@@ -148,8 +148,8 @@ def make_data(plan: dict, args, logs: Path) -> Path:
 def copy_data(plan: dict, workdir: Path, stage: Path) -> dict:
     files = {}
     for ds in plan["datasets"]:
-        verify_dir(workdir / "data" / ds, list(FILES), f"remake it: `snakemake data/{ds}/stats.json --cores 2 "
-                                                       "--forcerun prepare`")
+        verify_dir(workdir / "data" / ds, list(FILES), f"delete {workdir / 'data' / ds} and make the bundle again "
+                                                       "(it remakes the data)")
         names = [f"data/{ds}/{f}" for f in DATA_FILES]
         names += [f"data/{ds}/clusters/brown-{m}.tsv" for d, m in plan["clusters"] if d == ds]
         for rel in names:

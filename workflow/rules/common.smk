@@ -235,6 +235,16 @@ def explain_failed_download(logs):
         return
     fetch_logs = [f"logs/download/{name}.log" for name in failed]
     said = "".join(Path(f).read_text() for f in fetch_logs if Path(f).is_file())
+    if MIRROR:  # the files came from the user's mirror: what failed there, and how to mend it
+        errors = [line.removeprefix("[fetch] ERROR: ") for line in said.splitlines() if line.startswith("[fetch] ERROR")]
+        print(
+            f"\nCopying {' and '.join(failed)} from the mirror {Path(MIRROR).resolve()} failed:\n  "
+            + "\n  ".join(errors or [f"see {', '.join(fetch_logs)}"])
+            + "\nReplace that file in the mirror by a good copy (its sha256: `datasets:` in config/config.yaml), "
+            "or leave `mirror` out to download from the canonical sources.",
+            file=sys.stderr,
+        )
+        return
     why = "no source could be reached (no network?)" if "no source could be reached" in said else "every source failed"
     print(
         f"\nDownloading {' and '.join(failed)} failed: {why}; each source's error: {', '.join(fetch_logs)}.\n"
