@@ -310,6 +310,37 @@ def recipe_overrides(config: dict) -> list[str]:
     return notes
 
 
+_PAPER_ROWS: dict[str, set[str]] = {}
+
+
+def paper_rows() -> dict[str, set[str]]:
+    """The rows a run may fill: each table's row keys (config/paper.yaml), each figure, ``fidelity``."""
+    if not _PAPER_ROWS:
+        import yaml
+        paper = yaml.safe_load((Path(__file__).resolve().parents[1] / "config/paper.yaml").read_text())
+        for item, body in paper.items():
+            if item.startswith("table"):
+                rows = body["rows"]
+                entries = [r for part in rows.values() for r in part] if isinstance(rows, dict) else rows
+                _PAPER_ROWS[item] = {r["key"] for r in entries if not r.get("cited")}
+            elif item.startswith("fig"):
+                _PAPER_ROWS[item] = set()
+        _PAPER_ROWS["fidelity"] = set()
+    return _PAPER_ROWS
+
+
+def check_rows(rows: tuple[str, ...], where: str) -> None:
+    """Raise ConfigError for a row that names no table row or figure of the paper (it would fill nothing)."""
+    known = paper_rows()
+    for row in rows:
+        item, _, key = str(row).partition("/")
+        if item not in known or bool(key) != bool(known[item]) or (key and key not in known[item]):
+            choices = (f"{item}/KEY with KEY one of {', '.join(sorted(known[item]))}" if known.get(item)
+                       else f"one of {', '.join(f'{i}/KEY' if k else i for i, k in known.items())}")
+            raise ConfigError(f"{where}: rows: {row!r} is no row of the paper's tables or figures ({choices}; "
+                              "config/paper.yaml)")
+
+
 def resolve_run(entry: dict, defaults: dict | None = None, recipe: str = DEFAULT_RECIPE,
                 recipe_values: dict | None = None) -> Run:
     """One ``runs:`` entry with its defaults applied, as a typed Run (``seeds``: see :func:`resolve_seeded`)."""
@@ -329,6 +360,7 @@ def resolve_seeded(entry: dict, defaults: dict | None = None, recipe: str = DEFA
     name, dataset, model = entry.pop("name"), entry.pop("dataset"), entry.pop("model")
     rows = tuple(entry.pop("rows", ()))
     where = f"run {dataset}/{name}"
+    check_rows(rows, where)
     if model not in MODELS:
         raise ConfigError(f"{where}: unknown model {model!r} (models: {', '.join(MODELS)})")
     if SEED_MARK in name:

@@ -262,3 +262,13 @@ def test_commands_outside_snakemake_say_a_bad_config_in_a_few_lines(command):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "mirorr: unknown key (did you mean `mirror`?)" in proc.stderr and len(proc.stderr.splitlines()) <= 3
     assert not (ROOT / "never-made").exists()
+
+
+def test_a_run_filling_no_paper_row_is_refused():
+    from hmm.config import ConfigError
+    from pipeline.config import resolve_run
+    for row, hint in (("table1/fff", "KEY one of ff, kn5, lstm, vlnhmm"), ("tabel1/ff", "fig3, fig4, fidelity"),
+                      ("table3/awd-lstm", "table3/KEY")):
+        with pytest.raises(ConfigError, match=f"run ptb/x: rows: '{row}' is no row .*{hint}"):
+            resolve_run({"name": "x", "dataset": "ptb", "model": "ff", "rows": [row]}, {})
+    assert resolve_run({"name": "x", "dataset": "ptb", "model": "ff", "rows": ["table1/ff", "fig3"]}, {})
