@@ -6,6 +6,7 @@ import torch
 
 from hmm import inference
 from hmm.config import HMMConfig
+from hmm.matmul_scan import MatmulScan
 from hmm.model import VLNHMM
 
 V, EOS = 7, 6
@@ -31,10 +32,10 @@ def resets(model) -> bool:
     return mode == "always" or (mode.startswith("train") and model.training)
 
 
-def make(name, seed=0):
+def make(name, seed=0, scan=inference.TorchScan):
     cfg = HMMConfig(hidden=8, **VARIANTS[name])
     torch.manual_seed(seed)
-    model = VLNHMM(cfg, V, CLUSTERS.get(cfg.num_clusters), eos_id=EOS, seed=seed).double()
+    model = VLNHMM(cfg, V, CLUSTERS.get(cfg.num_clusters), eos_id=EOS, seed=seed, scan=scan).double()
     return model
 
 
@@ -140,7 +141,9 @@ def test_carried_state_under_state_dropout_uses_the_new_draw():
     model.generator.set_state(state)
     p = model.params_for(True)
     _, log_a, log_o = dense(p)
-    rows = p.trans_rows(carry.states[0])  # [n_prev, C'] rows of the old states over the new live set
+    with torch.no_grad():  # [n_prev, C'] rows of the old states over the new live set, from the logits directly
+        rows = model.param.transition_logits(carry.states[0], p.live.states).log_softmax(dim=-1)
+    assert torch.allclose(rows, p.trans_rows(carry.states[0]), atol=1e-12)
     prior = torch.logsumexp(carry.log_q[0][:, None] + rows, dim=0)
     expected = brute_force(prior, log_a, log_o, p.log_start, x2[0].tolist(), resets(model))
     assert torch.allclose(lp2[0], expected, atol=1e-9)
@@ -161,9 +164,88 @@ def test_gradients_equal_autograd_of_brute_force(name):
     total = sum(brute_force(log_start, log_a, log_o, log_start, x[b, : int(mask[b].sum())].tolist(), resets(model))
                 for b in range(len(x)))
     total.backward()
+    reached = {n for n, param in model.named_parameters() if param.grad is not None}
+    assert ours.keys() == reached, ours.keys() ^ reached  # no parameter the model misses, none it reaches alone
     for n, param in model.named_parameters():
         if n in ours:
             assert torch.allclose(ours[n], param.grad, atol=1e-8), n
+
+
+SCANS = {"matmul": MatmulScan(min_states=1)}   # the CPU runs' backend, on blocks of every size
+
+
+@pytest.mark.parametrize("backend", SCANS)
+@pytest.mark.parametrize("name", ["brown", "brown-dropout", "none", "brown-eos-reset"])
+def test_scan_backends_equal_brute_force_values_gradients_and_carry(name, backend):
+    """The model with another scan backend: log p of a window (training, with its gradients) and of two windows
+    with the state carried (evaluation), each against brute force."""
+    model = make(name, scan=SCANS[backend]).train()
+    x, mask = window(6, [4, 2], 4)
+    state = model.generator.get_state()
+    logp, _ = model(x, mask, None)
+    logp.sum().backward()
+    ours = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.generator.set_state(state)
+    log_start, log_a, log_o = dense(model.params_for(True))
+    expected = [brute_force(log_start, log_a, log_o, log_start, x[b, : int(mask[b].sum())].tolist(), resets(model))
+                for b in range(len(x))]
+    assert torch.allclose(logp.detach(), torch.stack(expected).detach(), atol=1e-9)
+    sum(expected).backward()
+    assert ours.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
+    for n, param in model.named_parameters():
+        if n in ours:
+            assert torch.allclose(ours[n], param.grad, atol=1e-8), n
+    model.eval()
+    x2, mask2 = window(3, [2, 2], 2)
+    with torch.no_grad():
+        lp1, carry = model(x, mask, None)
+        lp2, _ = model(x2, mask2, carry)
+        log_start, log_a, log_o = dense(model.params_for(False))
+    for b in range(2):
+        xs = x[b, : int(mask[b].sum())].tolist() + x2[b, : int(mask2[b].sum())].tolist()
+        assert torch.allclose(lp1[b] + lp2[b], brute_force(log_start, log_a, log_o, log_start, xs, resets(model)),
+                              atol=1e-9)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_emissions_normalized_over_several_chunks_equal_a_masked_softmax(monkeypatch, training):
+    """Blocks whose words span several chunks (EMIT_CHUNK = 2: block 0 has 3 words): each live state's emission
+    row is the softmax of its logits over its block's words, computed here from the dense logits directly."""
+    import hmm.model
+    monkeypatch.setattr(hmm.model, "EMIT_CHUNK", 2)
+    model = make("brown-dropout").train(training)
+    p = model.params_for(training)
+    assert model.structure.chunk_words.shape[1] == 2 and len(model.structure.chunk_words) > 3  # several chunks
+    with torch.no_grad():
+        logits = model.param.emission_dense(p.live.states)                              # [C', V]
+        blocks = p.live.states // model.cfg.states_per_block
+        allowed = blocks[:, None] == torch.as_tensor(CLUSTERS[3])[None, :]
+        expected = logits.masked_fill(~allowed, -torch.inf).log_softmax(dim=-1)
+        assert torch.allclose(dense(p)[2], expected, atol=1e-12)
+    x, mask = window(1, [5, 3], 5)
+    state = model.generator.get_state()
+    logp, _ = model(x, mask, None)
+    model.generator.set_state(state)
+    log_start, log_a, log_o = dense(model.params_for(training))
+    for b in range(len(x)):
+        xs = x[b, : int(mask[b].sum())].tolist()
+        assert torch.allclose(logp[b], brute_force(log_start, log_a, log_o, log_start, xs, resets(model)), atol=1e-9)
+
+
+def test_transition_dropout_drops_its_share_of_the_transitions():
+    """transition_dropout = 0.5 removes about half of the transition entries of a training batch (each row still
+    normalized over what is left); 0 removes none, and evaluation never drops."""
+    def trans(p_drop, training):
+        cfg = HMMConfig(hidden=8, num_states=30, num_clusters=1, constraint="uniform", states_per_word=15,
+                        state_dropout=0.0, transition_dropout=p_drop)
+        torch.manual_seed(0)
+        model = VLNHMM(cfg, V, None, eos_id=EOS, seed=0).double().train(training)
+        return dense(model.params_for(training))[1]
+    dropped = torch.isinf(trans(0.5, True)).double().mean().item()
+    assert 0.45 < dropped < 0.55, dropped
+    assert not torch.isinf(trans(0.0, True)).any() and not torch.isinf(trans(0.5, False)).any()
+    assert torch.allclose(trans(0.5, True).exp().sum(-1), torch.ones(30, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("mode", ["train-in-window", "train-in-and-between-windows", "none"])
