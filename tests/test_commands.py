@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import tiny_retrain_args
 
 ROOT = Path(__file__).resolve().parent.parent
 # the front page, the READMEs of folders, and every page under docs/ (a new page is read without a line here)
@@ -113,7 +114,7 @@ def run(words: list[str], env: dict, timeout: int = 300) -> subprocess.Completed
 @pytest.fixture(scope="module")
 def tiny_outputs():
     """The tiny pipeline's outputs (what the documented --report commands read); a no-op once built."""
-    run([sys.executable, "-m", "snakemake", "--profile", "profiles/tiny", "all"], {}, timeout=1800)
+    run([sys.executable, "-m", "snakemake", "--profile", "profiles/tiny", "all", *tiny_retrain_args()], {}, timeout=1800)
 
 
 COMMANDS = documented_commands()

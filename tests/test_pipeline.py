@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import merged_config
+from conftest import merged_config, tiny_retrain_args
 from pipeline.config import resolve_runs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +41,7 @@ def job_counts(output: str) -> dict:
 
 @pytest.fixture(scope="module")
 def tiny_all():
-    proc = snakemake("all")
+    proc = snakemake("all", *tiny_retrain_args())
     return proc.stdout + proc.stderr
 
 
