@@ -1,0 +1,82 @@
+"""The committed results: every filed reference run matches its record and fills its table row under today's
+config, and the README's hand-kept numbers (status table, fidelity table) are the committed records' own."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import resolve_runs
+from pipeline.profiles import load_config
+from pipeline.reporting.runs import load_runs, record_problem
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = ROOT / "results/reference"
+FILED = sorted(p.parent for p in REFERENCE.glob("**/metrics.json") if "_sessions" not in p.parts)
+README = (ROOT / "README.md").read_text()
+
+
+def _key(path: Path) -> tuple[str | None, str]:
+    """(recipe or None for the default, dataset/run) of a reference directory."""
+    parts = path.relative_to(REFERENCE).parts
+    return (parts[0] if len(parts) == 3 else None), "/".join(parts[-2:])
+
+
+@pytest.mark.parametrize("path", FILED, ids=lambda p: str(p.relative_to(REFERENCE)))
+def test_a_filed_run_matches_its_record_and_fills_its_row(path):
+    assert record_problem(path, "re-import it") is None
+    recipe, key = _key(path)
+    config = load_config(None, None, [f"recipe={recipe}"] if recipe else None)
+    specs = [r.to_dict() for r in resolve_runs(config) if r.key == key]
+    assert specs, f"{key} is no run of the {recipe or 'default'} recipe's config"
+    (run,) = load_runs(specs, ROOT / "no-local-runs", REFERENCE)
+    assert run["status"].startswith("reference: measured"), run["status"]
+
+
+def _status_rows() -> list[tuple[str, str]]:
+    """(reference path, 'ours vs the paper' cell) of each README status row that cites a filed run."""
+    rows = []
+    for line in README.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        cited = re.search(r"`(results/reference/[^`]+)`", line)
+        if len(cells) == 3 and cited and "measured" in cells[1]:
+            rows.append((cited.group(1), cells[2]))
+    return rows
+
+
+def test_the_readme_status_rows_cite_every_filed_run():
+    cited = {ROOT / p for p, _ in _status_rows()}
+    assert cited == set(FILED), {str(p.relative_to(ROOT)) for p in cited ^ set(FILED)}
+
+
+@pytest.mark.parametrize("path,cell", _status_rows(), ids=[p for p, _ in _status_rows()])
+def test_the_readme_numbers_are_the_records(path, cell):
+    m = json.loads((ROOT / path / "metrics.json").read_text())
+    seen = 0
+    for split in ("valid", "test"):
+        said = re.search(rf"\b{split} (\d+\.\d\d)(?: \[(\d+\.\d\d), (\d+\.\d\d)\])?", cell)
+        if not said:
+            continue
+        seen += 1
+        assert said.group(1) == f"{m[f'{split}_ppl']:.2f}", (split, cell)
+        if said.group(2):
+            lo, hi = m[f"{split}_ppl_interval"]
+            assert (said.group(2), said.group(3)) == (f"{lo:.2f}", f"{hi:.2f}"), (split, cell)
+    assert seen, f"no number of {path} in its row: {cell}"
+
+
+def test_the_readme_fidelity_table_is_the_csv():
+    rows = list(csv.DictReader((ROOT / "results/fidelity.csv").open()))
+    table = README.split("| switched | valid ppl |")[1].split("\n\n")[0]
+    lines = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table.splitlines()[2:]]
+    assert len(lines) == len(rows)
+    default = {f"{float(r['default_ppl_mean']):.2f}" for r in rows}
+    assert len(default) == 1 and f"default {default.pop()}" in README
+    for cells, row in zip(lines, rows):
+        diff = float(row["difference"])
+        assert cells[1] == f"{float(row['switched_ppl_mean']):.2f}", cells
+        assert cells[2].replace("\u2212", "-") == (f"{diff:+.2f}" if diff else "0.00"), cells
+        assert cells[3].split()[0] == row["exceeds_seed_spread"], cells
