@@ -131,3 +131,9 @@ def test_tiny_report_front_page_matches_the_csvs():
         for ext, form in (("png", "image"), ("html", "sortable table"), ("csv", "CSV")):
             assert results[f"results/{name}.{ext}"]["labels"]["form"] == form
         assert "Profile:" in results[f"results/{name}.png"]["caption"]
+
+
+def test_the_hardware_line_names_each_machine_once_with_its_precisions():
+    from pipeline.reporting.frontpage import devices_text
+    assert devices_text(["AMD EPYC (2 cores); bf16 training", "AMD EPYC (2 cores); fp32 training",
+                         "AMD EPYC (2 cores)", "NVIDIA H100"]) == "AMD EPYC (2 cores) (bf16, fp32 training), NVIDIA H100"

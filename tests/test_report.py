@@ -349,3 +349,10 @@ def test_a_reference_rows_commit_keeps_its_dirty_mark():
     from pipeline.reporting.runs import short_commit
     assert short_commit("1777e94d50e9041bd1a4ffff0000aaaa11112222-dirty") == "1777e94d50-dirty"
     assert short_commit("1777e94d50e9041bd1a4ffff0000aaaa11112222") == "1777e94d50"
+
+
+def test_the_ablation_pictures_name_the_papers_timing_gpu(rendered):
+    from pipeline.reporting.render import table_cells
+    heads, _, _ = table_cells("table2", rendered["table2"][0])
+    assert "ms/batch (paper: RTX 2080)" in heads
+    assert any("KN 5-gram params: ours count the n-gram entries" in n for n in PAPER["table1"]["notes"].values())

@@ -216,6 +216,16 @@ STYLE = """.. raw:: html
 """
 
 
+def devices_text(devices) -> str:
+    """Each machine once, with the training precisions its runs used: "AMD EPYC (...) (bf16, fp32 training)"
+    (a device is "<machine>" or "<machine>; <precision> training")."""
+    machines: dict[str, set[str]] = {}
+    for device in devices:
+        machine, _, trained = str(device).partition("; ")
+        machines.setdefault(machine, set()).update([trained.removesuffix(" training")] if trained else [])
+    return ", ".join(m + (f" ({', '.join(sorted(p))} training)" if p else "") for m, p in sorted(machines.items()))
+
+
 def render(frames: dict[str, pd.DataFrame], paper: dict, profile: str | None, label: str | None,
            commit: str | None = None, machine: str | None = None, now: str | None = None, curves: int = 1,
            fidelity: pd.DataFrame | None = None) -> str:
@@ -229,7 +239,7 @@ def render(frames: dict[str, pd.DataFrame], paper: dict, profile: str | None, la
     got = allrows.dropna(subset=["commit"]) if "commit" in allrows else allrows.iloc[0:0]
     trained = ", ".join(sorted(set(got["commit"].astype(str)))) or "none yet"
     dates = sorted(str(d)[:10] for d in got["date"].dropna()) if len(got) else []
-    devices = ", ".join(sorted(set(got["device"].dropna().astype(str)))) if len(got) else ""
+    devices = devices_text(got["device"].dropna().astype(str)) if len(got) else ""
     devices = devices or "none yet"
     by_run: dict[str, list[float]] = {}
     beyond_by_run: dict[str, list[float]] = {}

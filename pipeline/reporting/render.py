@@ -97,6 +97,9 @@ def table_cells(name: str, df: pd.DataFrame) -> tuple[list[str], list[list[list[
         if r["status"].startswith("cited"):
             cells["our run"] = [("(no run: cited)", PAPER_INK)]
         rows.append([cells[h] for h in heads])
+    devices = sorted({str(d) for d in df.get("paper_device", pd.Series(dtype=object)).dropna()})
+    if devices:  # whose timings the paper's grey numbers are
+        heads = [f"ms/batch (paper: {', '.join(devices)})" if h == "ms/batch" else h for h in heads]
     return heads, rows, notes
 
 
