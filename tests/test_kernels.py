@@ -71,7 +71,10 @@ def scan(request):
 @pytest.fixture(scope="session")
 def cuda_build(tmp_path_factory):
     if shutil.which("nvcc") is None:
-        pytest.skip("nvcc not on PATH: the CUDA build compiles fatbins ahead of time")
+        why = "nvcc not on PATH: the CUDA build compiles fatbins ahead of time"
+        if os.environ.get("CI") == "true":  # CI's machine has nvcc: the CUDA checks the README names must run there
+            pytest.fail(why)
+        pytest.skip(why)
     out = tmp_path_factory.mktemp("kernels") / "cuda"
     kbuild.build("cuda", CUDA_STATES, out, archs=["sm_90"], verbose=False)
     return out
@@ -668,3 +671,22 @@ def test_trained_model_potentials_match_reference(llvm_dir, small_ptb, tmp_path)
         for scan in (TVMScan(llvm_dir), PRODUCTS):
             assert_close_scan(scan.forward(init, table, index, emit), alpha)
             assert_close_scan(scan.backward(table, index, emit), beta)
+
+
+def test_fast_exp_arithmetic_is_within_its_stated_error():
+    """``_fast_exp``'s float32 arithmetic (the same steps and constants, emulated in numpy float32) against
+    exp in float64 on [-87, 0]: max relative error 8.2e-8 (hmm/kernels/README.md), one float32 ulp."""
+    import numpy as np
+
+    from hmm.kernels.definition import EXP_POLY, LN2_HI, LN2_LO, LOG2E
+    f32 = np.float32
+    x = np.linspace(-87, 0, 2_000_001, dtype=np.float32)
+    k = np.floor(x * f32(LOG2E) + f32(0.5)).astype(np.float32)
+    r = (x - k * f32(LN2_HI) - k * f32(LN2_LO)).astype(np.float32)
+    p = np.full_like(r, f32(EXP_POLY[0]))
+    for coef in EXP_POLY[1:]:
+        p = (p * r + f32(coef)).astype(np.float32)
+    two_k = ((k.astype(np.int32) + 127) << 23).view(np.float32)
+    got = ((p * r * r + r + f32(1.0)) * two_k).astype(np.float32)
+    err = np.abs(got.astype(np.float64) / np.exp(x.astype(np.float64)) - 1).max()
+    assert err < 8.5e-8, err

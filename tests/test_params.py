@@ -30,11 +30,11 @@ def count(dataset: str, model: str, **settings) -> int:
     """Parameters of the run's model as the pipeline builds it (clusters: any partition into M blocks)."""
     run = resolve_run({"name": "x", "dataset": dataset, "model": model, **settings})
     with torch.device("meta"):
-        if model == "vlnhmm":
-            from hmm.model import VLNHMM
+        if model == "vlnhmm":  # the pipeline's builder, with synthetic clusters in place of a Brown cluster file
+            from pipeline.training.models import build_vlnhmm
             V = VOCAB[dataset]
             ids = np.arange(V) % run.settings.num_clusters if run.settings.constraint == "brown" else None
-            return count_parameters(VLNHMM(run.settings, V, ids, eos_id=V - 1))
+            return count_parameters(build_vlnhmm(run, V, ids, eos_id=V - 1))
         return count_parameters(build_model(run, corpus(dataset)))
 
 
