@@ -17,6 +17,14 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 class ConfigError(ValueError):
     """An inconsistent or mistyped configuration (raised before any job runs)."""
 
@@ -85,8 +93,11 @@ def check_fields(obj) -> None:
                       or (meta.get("above") is not None and value <= meta["above"]))
         if not ok:
             rng = _range_text(meta)
+            got = getattr(obj, f.name)
+            text = (" (a value nested inside --config arrives as text: set nested values in a --configfile)"
+                    if isinstance(got, str) and _is_number(got) else "")
             raise ConfigError(f"`{f.name}` must be {_describe(hints[f.name])}{' ' + rng if rng else ''}, "
-                              f"got {getattr(obj, f.name)!r}")
+                              f"got {got!r}{text}")
         object.__setattr__(obj, f.name, value)
 
 

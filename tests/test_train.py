@@ -108,9 +108,22 @@ def test_nan_loss_stops_with_step_and_batch(small_ptb, tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
-def test_gpu_run_without_gpu_says_what_to_do():
-    with pytest.raises(TrainingError, match="tiny profile.*device: cpu"):
+def test_gpu_run_without_gpu_says_what_to_do(monkeypatch):
+    import shutil
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(TrainingError, match="tiny profile.*profiles/cpu.*device: cpu"):
         resolve_device("auto")
+    # a GPU machine (nvidia-smi) with torch's CPU build: the fix is the CUDA build
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/nvidia-smi" if name == "nvidia-smi" else None)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(TrainingError, match="is a CPU build.*REPRO_TORCH=cuda ./repro setup"):
+        resolve_device("auto")
+
+
+def test_a_number_nested_in_config_text_says_why():
+    from hmm.config import ConfigError
+    with pytest.raises(ConfigError, match="got '64' \\(a value nested inside --config arrives as text"):
+        resolve_run({"name": "t", "dataset": "ptb", "model": "ff"}, {"ff": {"hidden": "64"}})
 
 
 def test_checkpoint_of_other_data_is_set_aside(small_ptb, tmp_path, capsys):

@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -65,10 +66,15 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if torch.cuda.is_available():
         return torch.device("cuda")
+    if torch.version.cuda is None and shutil.which("nvidia-smi"):  # a GPU machine with torch's CPU build
+        raise TrainingError(
+            f"device: {name} needs a CUDA GPU and this torch ({torch.__version__}) is a CPU build, while this "
+            "machine has nvidia-smi: install torch's CUDA build with `REPRO_TORCH=cuda ./repro setup`")
     raise TrainingError(
         f"device: {name} needs a CUDA GPU and torch sees none (torch {torch.__version__}). "
         "This is a paper-size run; on a CPU-only machine use the tiny profile "
-        "(`./repro run --profile profiles/tiny all`) or set `device: cpu` for this run in the config.")
+        "(`./repro run --profile profiles/tiny all`), the CPU profile for the rows a CPU trains at full size "
+        "(`./repro run --profile profiles/cpu`), or set `device: cpu` for this run in the config.")
 
 
 class Trainer:
