@@ -149,37 +149,9 @@ def test_carried_state_under_state_dropout_uses_the_new_draw():
     assert torch.allclose(lp2[0], expected, atol=1e-9)
 
 
-@pytest.mark.parametrize("name", ["brown", "brown-dropout", "brown-factored", "brown-scalar", "uniform-transdrop"])
-def test_gradients_equal_autograd_of_brute_force(name):
-    model = make(name).train()
-    x, mask = window(6, [4, 2], 4)
-    state = model.generator.get_state()
-    logp, _ = model(x, mask, None)
-    logp.sum().backward()
-    ours = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad()
-    model.generator.set_state(state)
-    p = model.params_for(True)
-    log_start, log_a, log_o = dense(p)
-    total = sum(brute_force(log_start, log_a, log_o, log_start, x[b, : int(mask[b].sum())].tolist(), resets(model))
-                for b in range(len(x)))
-    total.backward()
-    reached = {n for n, param in model.named_parameters() if param.grad is not None}
-    assert ours.keys() == reached, ours.keys() ^ reached  # no parameter the model misses, none it reaches alone
-    for n, param in model.named_parameters():
-        if n in ours:
-            assert torch.allclose(ours[n], param.grad, atol=1e-8), n
-
-
-SCANS = {"matmul": MatmulScan(min_states=1)}   # the CPU runs' backend, on blocks of every size
-
-
-@pytest.mark.parametrize("backend", SCANS)
-@pytest.mark.parametrize("name", ["brown", "brown-dropout", "none", "brown-eos-reset"])
-def test_scan_backends_equal_brute_force_values_gradients_and_carry(name, backend):
-    """The model with another scan backend: log p of a window (training, with its gradients) and of two windows
-    with the state carried (evaluation), each against brute force."""
-    model = make(name, scan=SCANS[backend]).train()
+def check_training_window_against_brute_force(model):
+    """A training window's log p and every parameter gradient against autograd of brute force under the same
+    dropout draw; also that both reach the same parameters (none the model misses, none it reaches alone)."""
     x, mask = window(6, [4, 2], 4)
     state = model.generator.get_state()
     logp, _ = model(x, mask, None)
@@ -192,10 +164,29 @@ def test_scan_backends_equal_brute_force_values_gradients_and_carry(name, backen
                 for b in range(len(x))]
     assert torch.allclose(logp.detach(), torch.stack(expected).detach(), atol=1e-9)
     sum(expected).backward()
-    assert ours.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
+    reached = {n for n, param in model.named_parameters() if param.grad is not None}
+    assert ours.keys() == reached, ours.keys() ^ reached
     for n, param in model.named_parameters():
         if n in ours:
             assert torch.allclose(ours[n], param.grad, atol=1e-8), n
+    return x, mask
+
+
+@pytest.mark.parametrize("name", ["brown", "brown-dropout", "brown-factored", "brown-scalar", "uniform-transdrop"])
+def test_gradients_equal_autograd_of_brute_force(name):
+    check_training_window_against_brute_force(make(name).train())
+
+
+SCANS = {"matmul": MatmulScan(min_states=1)}   # the CPU runs' backend, on blocks of every size
+
+
+@pytest.mark.parametrize("backend", SCANS)
+@pytest.mark.parametrize("name", ["brown", "brown-dropout", "none", "brown-eos-reset"])
+def test_scan_backends_equal_brute_force_values_gradients_and_carry(name, backend):
+    """The model with another scan backend: log p of a window (training, with its gradients) and of two windows
+    with the state carried (evaluation), each against brute force."""
+    model = make(name, scan=SCANS[backend]).train()
+    x, mask = check_training_window_against_brute_force(model)
     model.eval()
     x2, mask2 = window(3, [2, 2], 2)
     with torch.no_grad():
