@@ -194,7 +194,7 @@ def test_checkpoint_of_other_code_is_set_aside(small_ptb, tmp_path, capsys):
     assert again["steps"] == first["steps"]
 
 
-def test_status_reads_where_each_run_stands(small_ptb, tmp_path):
+def test_status_reads_where_each_run_stands(small_ptb, tmp_path, monkeypatch):
     """./repro status (pipeline.training.status) from a real run's history and metrics: finished, then
     stopped part-way (its metrics gone), then training now (a live process holding its checkpoint)."""
     from pipeline.training import status
@@ -238,3 +238,17 @@ def test_status_reads_where_each_run_stands(small_ptb, tmp_path):
         holder.kill()
     text = status.table([done, stopped])
     assert "ptb/t" in text and "finished" in text and "stopped" in text
+    # a process stopped by an error leaves the reason as its last history line; status shows it
+    if not torch.cuda.is_available():
+        import pipeline.training.train as trainer
+        from pipeline.training import results
+        monkeypatch.setattr(trainer, "die_with_parent", lambda *a: True)  # main's, for a job; not this process
+        monkeypatch.setattr(results, "JOB_PARENT", None)
+        train_main = trainer.main
+        cuda_run = resolve_run({"name": "t", "dataset": "ptb", "model": "ff", "device": "cuda"},
+                               DEFAULTS | {"ff": {"hidden": 8, "epochs": 2}})
+        with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+            train_main(["--spec", json.dumps(cuda_run.to_dict()), "--data", str(small_ptb), "--out",
+                        str(tmp_path / "cuda-out"), "--checkpoint", str(tmp_path / run.checkpoint)])
+        why = status.standing(run, tmp_path, set())
+        assert why.state == "stopped" and why.detail.startswith("device: cuda needs a CUDA GPU"), why.detail

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from pipeline.config import DEFAULT_RECIPE, ConfigError, Run, resolve_runs, run_history, stale_reason
 
+STOPPED = "stopped by an error: "  # pipeline.training.train's last history line of a run whose process stopped so
+
 REFERENCE = Path(__file__).resolve().parents[2] / "results/reference"  # the committed reference runs
 
 CHECK = re.compile(r"step\s+([\d,]+) epoch\s+([\d.]+) \| train ppl\s+([\d.]+) \| valid ppl\s+([\d.]+) \| "
@@ -83,6 +85,8 @@ def standing(run: Run, root: Path, running: set, reference: Path = REFERENCE) ->
         if s.total and s.tokens_per_s and run.train:
             tokens_left = (s.total - s.step) * run.train.batch_size * run.train.bptt
             s.hours_left = tokens_left / s.tokens_per_s / 3600
+    if s.state == "stopped" and lines and STOPPED in lines[-1]:  # its last process stopped on an error
+        s.detail = lines[-1].split(STOPPED, 1)[1][:160]
     if metrics.exists() and not now:
         m = json.loads(metrics.read_text())
         s.state = "finished"

@@ -56,6 +56,7 @@ from pipeline.training.evaluate import evaluate, perplexity
 from pipeline.training.models import build_model, count_parameters
 from pipeline.training.progress import progress, say
 from pipeline.training.results import run_metrics, write_curve, write_metrics
+from pipeline.training.status import STOPPED
 from pipeline.training.timing import synchronize
 
 NAN_CHECK_EVERY = 50  # steps between host reads of the device-side non-finite flag
@@ -423,6 +424,11 @@ def main(argv: list[str] | None = None) -> None:
         train(run, corpus, model, out, checkpoint, fingerprint_of(run, data / "vocab.tsv", data / "stats.json", clusters),
               inputs)
     except (TrainingError, IntegrityError) as e:
+        try:  # the run's history keeps why it stopped (./repro status shows it)
+            with open(run_history(checkpoint), "a") as f:
+                f.write(f"[{run.key}] {STOPPED}{str(e).removeprefix(f'[{run.key}] ')}\n")
+        except OSError:
+            pass
         sys.exit(f"error: {e}")
 
 
