@@ -7,9 +7,9 @@ Two implementations of the same numbers:
 
 * ``impl="triton"``: fused kernels (:mod:`hmm.fused_normalizer`), logits tiles kept on chip,
   online logsumexp; the default for CUDA tensors (not float64) when triton is installed and the
-  kernels pass ``triton_problem``'s probe on that GPU (once per process and device: a small
-  problem against the float64 torch path; a launch error or a mismatch sends that device to the
-  torch tiles, with a warning, instead of stopping a run).
+  kernels pass ``triton_problem``'s probe on that GPU (once per process, device and precision: the
+  run's kernels on a small problem against float64; a compile or launch error or a mismatch sends
+  them to the torch tiles, with a warning, instead of stopping a run).
 * ``impl="torch"``: column tiles of width ``tile`` (default: ``TILE``, read at call time) folded
   into a running logsumexp in PyTorch; the reference, and the default elsewhere (CPU).
 
@@ -44,7 +44,7 @@ import torch
 from torch.autograd.function import once_differentiable
 from torch.profiler import record_function
 
-from hmm.precision import check_precision, round_values
+from hmm.precision import check_precision, round_operand, round_values
 
 TILE = 1024
 IMPLS = ("triton", "torch")
@@ -98,71 +98,82 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-PROBE_TOLERANCE = 1e-4          # relative: log Z and both gradients of the probe, fused fp32 vs float64
-_PROBED: dict[str, str | None] = {}   # device -> why the fused kernels cannot serve it (None: they can)
-_WARNED: set[str] = set()             # devices whose failed probe was warned about
+# relative tolerances of the probe, fused vs float64 of the rounded operands: (log Z, gradients); the gradient
+# products run in the reduced format under tf32 / bf16 (hmm.fused_normalizer)
+PROBE_TOLERANCE = {"fp32": (1e-5, 1e-4), "tf32": (1e-5, 5e-3), "bf16": (1e-5, 2e-2)}
+_PROBED: dict[str, str | None] = {}   # "<device> <precision>" -> why the fused kernels cannot serve it (None: they can)
+_WARNED: set[str] = set()             # those whose failed probe was warned about
 
 
-def triton_problem(device: torch.device | str) -> str | None:
-    """Why the fused kernels cannot serve ``device`` (None: they can).  Probed once per process and
-    device: log Z and both gradients of a small ragged problem, fused (fp32) against the float64
-    torch path.  A launch failure (e.g. no C compiler for Triton's launcher, no libcuda) or a
-    result off by more than ``PROBE_TOLERANCE`` is the reason returned."""
+def _device(device: torch.device | str) -> torch.device:
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    key = str(device)
+    return device
+
+
+def triton_problem(device: torch.device | str, precision: str = "fp32") -> str | None:
+    """Why the fused kernels cannot serve ``precision`` on ``device`` (None: they can).  Probed once per process,
+    device and precision, with the kernels a run uses (that precision's default tiles, h = 256): log Z and both
+    gradients of a small ragged problem against float64 of the rounded operands.  A compile or launch failure
+    (no C compiler for Triton's launcher, no libcuda, out of shared memory) or a result off by more than
+    ``PROBE_TOLERANCE`` is the reason returned."""
+    check_precision(precision)
+    device = _device(device)
+    key = f"{device} {precision}"
     if key not in _PROBED:
-        _PROBED[key] = "triton is not installed" if not triton_available() else _probe(device)
+        _PROBED[key] = "triton is not installed" if not triton_available() else _probe(device, precision)
     return _PROBED[key]
 
 
-def _probe(device: torch.device) -> str | None:
+def _probe(device: torch.device, precision: str = "fp32") -> str | None:
     try:
         from hmm import fused_normalizer
         gen = torch.Generator().manual_seed(0)
-        p64, q64, w64 = torch.randn(37, 24, generator=gen, dtype=torch.float64), \
-            torch.randn(150, 24, generator=gen, dtype=torch.float64), torch.rand(37, generator=gen, dtype=torch.float64)
+        h = 256
+        p64, q64 = (torch.randn(n, h, generator=gen, dtype=torch.float64) / h ** 0.25 for n in (70, 150))
+        w64 = torch.rand(70, generator=gen, dtype=torch.float64)
         with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
-            results = []
-            for fn, dtype in ((lambda a, b: fused_normalizer.row_logsumexp(a, b, "fp32", (16, 32)), torch.float32),
-                              (lambda a, b: row_logsumexp(a, b, "fp32", impl="torch"), torch.float64)):
-                p, q = (x.to(device, dtype).requires_grad_() for x in (p64, q64))
-                log_z = fn(p, q)
-                grads = torch.autograd.grad((log_z * w64.to(device, log_z.dtype)).sum(), (p, q))
-                results.append([t.detach().double().cpu() for t in (log_z, *grads)])
-        err = max(((g - r).abs().max() / r.abs().max().clamp_min(1e-30)).item() for g, r in zip(*results))
+            p, q = (x.to(device, torch.float32).requires_grad_() for x in (p64, q64))
+            log_z = fused_normalizer.row_logsumexp(p, q, precision)
+            got = [log_z, *torch.autograd.grad((log_z * w64.to(device, torch.float32)).sum(), (p, q))]
+            a, b = (round_operand(x.float(), precision).double().requires_grad_() for x in (p64, q64))
+            ref_z = torch.logsumexp(a @ b.T, dim=1)
+            ref = [ref_z, *torch.autograd.grad((ref_z * w64).sum(), (a, b))]
+        errs = [((g.detach().double().cpu() - r.detach()).abs().max() / r.detach().abs().max().clamp_min(1e-30)).item()
+                for g, r in zip(got, ref)]
     except Exception as exc:  # noqa: BLE001 - any failure to run is the reason: the torch tiles serve instead
         first = (str(exc).strip().splitlines() or [""])[0][:300]
-        return f"the fused Triton kernels failed on {device}: {type(exc).__name__}: {first}"
-    if not err <= PROBE_TOLERANCE:
-        return (f"the fused Triton kernels differ from the float64 torch path on {device} "
-                f"(max relative error {err:.2e} > {PROBE_TOLERANCE:g})")
+        return f"the fused Triton kernels ({precision}) failed on {device}: {type(exc).__name__}: {first}"
+    z_tol, grad_tol = PROBE_TOLERANCE[precision]
+    if not (errs[0] <= z_tol and max(errs[1:]) <= grad_tol):
+        return (f"the fused Triton kernels ({precision}) differ from float64 on {device} (relative error: log Z "
+                f"{errs[0]:.1e}, gradients {max(errs[1:]):.1e}; allowed {z_tol:g}, {grad_tol:g})")
     return None
 
 
-def impl_for(device: torch.device | str, dtype: torch.dtype = torch.float32) -> str:
-    """The default path for tensors of ``dtype`` on ``device``: "triton" on a CUDA device whose probe
-    passed (``triton_problem``; not float64), else "torch".  Warns once per device where triton is
-    installed but its probe failed."""
+def impl_for(device: torch.device | str, dtype: torch.dtype = torch.float32, precision: str = "fp32") -> str:
+    """The default path for tensors of ``dtype`` on ``device`` at operand ``precision``: "triton" on a CUDA
+    device whose probe passed (``triton_problem``; not float64), else "torch".  Warns once per device and
+    precision where triton is installed but its probe failed."""
     device = torch.device(device)
     if device.type != "cuda" or dtype == torch.float64 or not triton_available():
         return "torch"
-    problem = triton_problem(device)
+    problem = triton_problem(device, precision)
     if problem is None:
         return "triton"
-    if str(device) not in _WARNED:
-        _WARNED.add(str(device))
+    if problem not in _WARNED:
+        _WARNED.add(problem)
         warnings.warn(f"{problem}; the transition normalizer uses the torch tiles instead (same numbers, slower)",
                       RuntimeWarning, stacklevel=3)
     return "torch"
 
 
-def default_impl(p: torch.Tensor, q: torch.Tensor) -> str:
+def default_impl(p: torch.Tensor, q: torch.Tensor, precision: str = "fp32") -> str:
     """``impl_for`` p's device: "triton" for CUDA tensors (not float64) whose device passed the probe."""
     if p.device != q.device:
         return "torch"
-    return impl_for(p.device, torch.float64 if torch.float64 in (p.dtype, q.dtype) else torch.float32)
+    return impl_for(p.device, torch.float64 if torch.float64 in (p.dtype, q.dtype) else torch.float32, precision)
 
 
 def row_logsumexp(p: torch.Tensor, q: torch.Tensor, precision: str = "fp32", impl: str | None = None,
@@ -176,7 +187,7 @@ def row_logsumexp(p: torch.Tensor, q: torch.Tensor, precision: str = "fp32", imp
     """
     check_precision(precision)
     if impl is None:
-        impl = "torch" if tile is not None else default_impl(p, q)
+        impl = "torch" if tile is not None else default_impl(p, q, precision)
     if impl == "triton":
         if tile is not None:
             raise ValueError("tile applies to impl='torch' only (the Triton kernels have block_r / block_c)")

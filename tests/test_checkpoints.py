@@ -179,3 +179,24 @@ def test_a_second_trainer_of_a_run_stops_with_the_first_ones_pid(tmp_path):
         assert probe.returncode != 0 and "BlockingIOError" in probe.stderr  # another process is kept out too
     with run_lock(ckpt, "ptb/x"):  # released
         pass
+
+
+def test_a_file_system_without_locks_trains_unlocked_and_an_unwritable_lock_is_a_clear_error(tmp_path, monkeypatch,
+                                                                                            capsys):
+    import errno
+
+    from pipeline.training.checkpoints import run_lock
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(checkpoints.fcntl, "flock", no_locks)
+    with run_lock(tmp_path / "ckpt.pt", "ptb/x"):
+        pass
+    assert "has no file locks (No locks available): training without the run's lock" in capsys.readouterr().out
+
+    def denied(fd, op):
+        raise OSError(errno.EACCES, "Permission denied")
+    monkeypatch.setattr(checkpoints.fcntl, "flock", denied)
+    with pytest.raises(TrainingError, match=f"cannot lock {tmp_path / 'train.lock'}: Permission denied"):
+        with run_lock(tmp_path / "ckpt.pt", "ptb/x"):
+            pass

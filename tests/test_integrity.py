@@ -189,14 +189,15 @@ def test_gpu_run_without_gpu_stops_before_any_job(tmp_path, profile):
 
 
 def test_the_gpu_profile_without_a_gpu_stops_before_any_job(tmp_path):
-    """--profile profiles/gpu on a machine without one: its GPU runs are not left out silently."""
+    """--profile profiles/gpu on a machine without one: its GPU runs are not left out silently, also with a
+    --config on the command line (which replaces the profile's own `config:` entries)."""
     import shutil
     import sys
     if shutil.which("nvidia-smi") or torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     proc = subprocess.run([sys.executable, "-m", "snakemake", "results/table1.csv", "--profile", "profiles/gpu",
-                           "--directory", str(tmp_path / "w")], cwd=Path(__file__).resolve().parent.parent,
-                          capture_output=True, text=True)
+                           "--directory", str(tmp_path / "w"), "--config", f"mirror={tmp_path / 'none'}"],
+                          cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "no job was started" in out and "train them on this CPU" not in out, out[-3000:]
     message = next(line for line in out.splitlines() if "need a GPU" in line)

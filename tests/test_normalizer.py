@@ -160,31 +160,37 @@ def _fake_fused(monkeypatch, row_logsumexp):
     monkeypatch.setattr(hmm, "fused_normalizer", fake, raising=False)
 
 
-def test_the_probe_passes_kernels_that_match_and_names_what_failed(monkeypatch):
-    """The probe behind the CUDA default: kernels that compute log Z pass it; a launch error or
-    values off by 1e-3 are the reason it returns (on a GPU, that device then uses the torch tiles)."""
-    exact = lambda p, q, precision, block: row_logsumexp(p, q, precision, impl="torch")  # noqa: E731
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+def test_the_probe_passes_kernels_that_match_and_names_what_failed(monkeypatch, precision):
+    """The probe behind the CUDA default: kernels that compute log Z of the rounded operands pass it; a compile or
+    launch error, or values off by 1e-3, are the reason it returns (that device and precision then use the
+    torch tiles)."""
+    exact = lambda p, q, precision, block=None: row_logsumexp(p, q, precision, impl="torch")  # noqa: E731
     _fake_fused(monkeypatch, exact)
-    assert normalizer._probe(torch.device("cpu")) is None
+    assert normalizer._probe(torch.device("cpu"), precision) is None
 
-    def no_launch(p, q, precision, block):
-        raise RuntimeError("Failed to find C compiler.\nPlease specify via CC environment variable.")
+    def no_launch(p, q, precision, block=None):
+        raise RuntimeError("out of resource: shared memory, Required: 262144, Hardware limit: 232448.\nReducing...")
     _fake_fused(monkeypatch, no_launch)
-    assert normalizer._probe(torch.device("cpu")) == ("the fused Triton kernels failed on cpu: RuntimeError: "
-                                                      "Failed to find C compiler.")
-    _fake_fused(monkeypatch, lambda p, q, precision, block: exact(p, q, precision, block) * (1 + 1e-3))
-    assert "differ from the float64 torch path on cpu" in normalizer._probe(torch.device("cpu"))
+    assert normalizer._probe(torch.device("cpu"), precision) == (
+        f"the fused Triton kernels ({precision}) failed on cpu: RuntimeError: out of resource: shared memory, "
+        "Required: 262144, Hardware limit: 232448.")
+    _fake_fused(monkeypatch, lambda p, q, precision, block=None: exact(p, q, precision) * (1 + 1e-3))
+    assert f"kernels ({precision}) differ from float64 on cpu" in normalizer._probe(torch.device("cpu"), precision)
 
 
 def test_a_cuda_device_whose_probe_failed_gets_the_torch_tiles_with_a_warning(monkeypatch):
     monkeypatch.setattr(normalizer, "triton_available", lambda: True)
-    monkeypatch.setattr(normalizer, "_PROBED", {"cuda:0": None, "cuda:1": "the fused Triton kernels failed"})
+    monkeypatch.setattr(normalizer, "_PROBED", {"cuda:0 fp32": None, "cuda:0 bf16": "the fused Triton kernels (bf16) "
+                                                "failed", "cuda:1 fp32": "the fused Triton kernels (fp32) failed"})
     monkeypatch.setattr(normalizer, "_WARNED", set())
     assert normalizer.impl_for("cuda:0") == "triton"
     assert normalizer.impl_for("cuda:0", torch.float64) == "torch"
     assert normalizer.impl_for("cpu") == "torch"
     with pytest.warns(RuntimeWarning, match="failed; the transition normalizer uses the torch tiles"):
         assert normalizer.impl_for("cuda:1") == "torch"
+    with pytest.warns(RuntimeWarning, match=r"\(bf16\) failed"):
+        assert normalizer.impl_for("cuda:0", precision="bf16") == "torch"
     monkeypatch.setattr(normalizer, "triton_available", lambda: False)
     assert normalizer.impl_for("cuda:0") == "torch"
 
@@ -258,8 +264,9 @@ def test_fused_backward_is_deterministic_and_default_tiles_work():
 
 
 @fused
-def test_fused_kernels_pass_the_probe():
-    assert normalizer._probe(torch.device(FUSED_DEVICE)) is None
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+def test_fused_kernels_pass_the_probe(precision):
+    assert normalizer._probe(torch.device(FUSED_DEVICE), precision) is None
 
 
 @fused

@@ -185,7 +185,8 @@ def test_gpu_runs_left_out_without_gpu_are_marked(tmp_path):
         pytest.skip("this machine has a GPU")
     proc = snakemake("-n", "-p", "--cores", "2", "--directory", str(tmp_path), "results/table1.csv", profile=None)
     assert "train" not in job_counts(proc.stdout)  # FF/LSTM/VLNHMM need a GPU by default
-    not_run = json.loads(shlex.split(proc.stdout.split("--not-run ")[1])[0])
+    line = next(line for line in proc.stdout.splitlines() if "--not-run " in line)  # the table job's command
+    not_run = json.loads(shlex.split(line.split("--not-run ")[1])[0])
     # a row the CPU profile trains says so; the rest need a GPU
     assert not_run["wt2/lstm"].startswith("not run: needs a GPU here") and "--profile profiles/cpu" in not_run["wt2/lstm"]
     assert "profiles/cpu" not in not_run["ptb/vlnhmm-32768"] and not_run["ptb/vlnhmm-32768"].endswith("docs/gpu.md")
@@ -255,13 +256,14 @@ def test_tiny_fidelity_target():
 
 
 @pytest.mark.parametrize("command", [["pipeline.training.status"], ["pipeline.node.importer", "--local", "ptb/ff"],
-                                     ["pipeline.node.bundle", "--out", "never-made"]])
-def test_commands_outside_snakemake_say_a_bad_config_in_a_few_lines(command):
-    proc = subprocess.run([sys.executable, "-m", *command, "--config", "mirorr=x"], cwd=ROOT, capture_output=True,
+                                     ["pipeline.node.bundle", "--out", "{tmp}/never-made", "--directory", "{tmp}"]])
+def test_commands_outside_snakemake_say_a_bad_config_in_a_few_lines(command, tmp_path):
+    words = [w.format(tmp=tmp_path) for w in command]
+    proc = subprocess.run([sys.executable, "-m", *words, "--config", "mirorr=x"], cwd=ROOT, capture_output=True,
                           text=True)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "mirorr: unknown key (did you mean `mirror`?)" in proc.stderr and len(proc.stderr.splitlines()) <= 3
-    assert not (ROOT / "never-made").exists()
+    assert not (tmp_path / "never-made").exists()
 
 
 def test_a_run_filling_no_paper_row_is_refused():

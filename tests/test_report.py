@@ -349,6 +349,7 @@ def test_a_reference_rows_commit_keeps_its_dirty_mark():
     from pipeline.reporting.runs import short_commit
     assert short_commit("1777e94d50e9041bd1a4ffff0000aaaa11112222-dirty") == "1777e94d50-dirty"
     assert short_commit("1777e94d50e9041bd1a4ffff0000aaaa11112222") == "1777e94d50"
+    assert short_commit("1777e94d50-dirty") == "1777e94d50-dirty"  # the label pipeline.provenance writes
 
 
 def test_the_ablation_pictures_name_the_papers_timing_gpu(rendered):

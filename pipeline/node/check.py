@@ -233,12 +233,13 @@ def check(bundle: Path, device_name: str, out: Path, runs: list[str]) -> dict:
     except (Exception, SystemExit) as err:  # noqa: BLE001 - recorded: the verdict is then torch
         report["errors"].append(f"kernel check: {type(err).__name__}: {err}")
         report["traceback"] = traceback.format_exc()
-    if device.type == "cuda":  # the runs' transition normalizer (hmm.normalizer's probe; not part of the verdict)
-        from hmm import normalizer
-        report["normalizer"] = {"impl": normalizer.impl_for(device), "triton": normalizer.triton_problem(device)
-                                or "passed its probe"}
-        print(f"transition normalizer: {report['normalizer']['impl']} (triton: {report['normalizer']['triton']})",
-              flush=True)
+    if device.type == "cuda":  # the runs' transition normalizer per operand precision (hmm.normalizer's probe;
+        from hmm import normalizer  # not part of the verdict: a run falls back to the torch tiles by itself)
+        report["normalizer"] = {p: {"impl": normalizer.impl_for(device, precision=p),
+                                    "triton": normalizer.triton_problem(device, p) or "passed its probe"}
+                                for p in ("fp32", "tf32", "bf16")}
+        for p, got in report["normalizer"].items():
+            print(f"transition normalizer ({p}): {got['impl']} (triton: {got['triton']})", flush=True)
     _write(out, report)
     specs = {f"{s['dataset']}/{s['name']}": s for s in json.loads((bundle / "runs.json").read_text())}
 

@@ -189,7 +189,7 @@ class Node:
         verdict = report.get("verdict") or {}
         if report.get("normalizer"):
             self.summary["normalizer"] = report["normalizer"]
-            self.say(f"transition normalizer: {report['normalizer']['impl']} (triton: {report['normalizer']['triton']})")
+            self.say("transition normalizer: " + ", ".join(f"{p} {got['impl']}" for p, got in report["normalizer"].items()))
         ok = res["rc"] == 0 and verdict.get("backend") == "tvm"
         why = verdict.get("reason") or ("timed out" if res["timed_out"] else f"exit {res['rc']}")
         self.set_backend("tvm" if ok else "torch", why)

@@ -110,7 +110,7 @@ def trained_commit(metrics: dict) -> str | None:
 def short_commit(commit: str) -> str:
     """A commit's first 10 hex digits, keeping a ``-dirty`` mark (uncommitted changes when it ran)."""
     commit = str(commit)
-    return commit[:10] + ("-dirty" if commit.endswith("-dirty") and len(commit) > 16 else "")
+    return commit.removesuffix("-dirty")[:10] + ("-dirty" if commit.endswith("-dirty") else "")
 
 
 def cpu_training(metrics: dict) -> str | None:

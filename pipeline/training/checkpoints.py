@@ -57,25 +57,44 @@ def save_atomic(obj, path: Path) -> str:
     return digest
 
 
+class RunLocked(TrainingError):
+    """Another process trains this run now (``run_lock``): this one stops without touching the run's files."""
+
+
+NO_FLOCK = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL}  # a file system without flock (Lustre, NFS)
+
+
 @contextlib.contextmanager
 def run_lock(checkpoint: Path, name: str):
     """Hold an exclusive lock on the run's checkpoint folder (``train.lock``, holding this process's pid) while
     training: a second trainer of the same run (a job started again while an orphaned one still trains, two
-    snakemakes in two shells) stops at once with the first one's pid, instead of both writing one checkpoint.
-    The kernel drops the lock when the process ends, however it ends."""
+    snakemakes in two shells) stops at once with the first one's pid (``RunLocked``), instead of both writing
+    one checkpoint.  The kernel drops the lock when the process ends, however it ends.  On a file system
+    without flock the run trains unlocked, saying so; a folder it cannot write is a TrainingError."""
     path = Path(checkpoint).with_name("train.lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise TrainingError(f"cannot open the run's lock {path}: {err.strerror or err}") from None
+    try:
+        locked = True
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise TrainingError(f"another process (pid {holder}) is training {name} from {checkpoint} now "
-                                f"(it holds {path}): wait for it to end, or stop it (kill {holder}) and run this again; "
-                                "two trainers of one run would overwrite each other's checkpoint") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            raise RunLocked(f"another process (pid {holder}) is training {name} from {checkpoint} now "
+                            f"(it holds {path}): wait for it to end, or stop it (kill {holder}) and run this "
+                            "again; two trainers of one run would overwrite each other's checkpoint") from None
+        except OSError as err:
+            if err.errno not in NO_FLOCK:
+                raise TrainingError(f"cannot lock {path}: {err.strerror or err}") from None
+            locked = False
+            say(f"[{name}] {path.parent} has no file locks ({err.strerror}): training without the run's lock; "
+                "make sure no other process trains this run")
+        if locked:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock

@@ -74,7 +74,8 @@ def standing(run: Run, root: Path, running: set, reference: Path = REFERENCE) ->
     checks = [m for m in (CHECK.search(line) for line in lines) if m]
     plans = [m for m in (PLAN.search(line) for line in lines) if m]
     now = str((root / run.checkpoint).resolve()) in running
-    s = Standing(run.key, "training now" if now else "stopped" if checks or plans else "not started")
+    stopped_on_error = bool(lines) and STOPPED in lines[-1]
+    s = Standing(run.key, "training now" if now else "stopped" if checks or plans or stopped_on_error else "not started")
     if plans:
         s.total = _int(plans[-1].group(2))
     if checks:
@@ -85,7 +86,7 @@ def standing(run: Run, root: Path, running: set, reference: Path = REFERENCE) ->
         if s.total and s.tokens_per_s and run.train:
             tokens_left = (s.total - s.step) * run.train.batch_size * run.train.bptt
             s.hours_left = tokens_left / s.tokens_per_s / 3600
-    if s.state == "stopped" and lines and STOPPED in lines[-1]:  # its last process stopped on an error
+    if s.state == "stopped" and stopped_on_error:  # its last process stopped on an error
         s.detail = lines[-1].split(STOPPED, 1)[1][:160]
     if metrics.exists() and not now:
         m = json.loads(metrics.read_text())

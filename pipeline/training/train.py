@@ -50,7 +50,7 @@ from pipeline.lifetime import die_with_parent
 from pipeline.provenance import commit
 from pipeline import cpu
 from pipeline.training import precision, results
-from pipeline.training.checkpoints import Checkpoint, fingerprint_of, run_lock
+from pipeline.training.checkpoints import Checkpoint, RunLocked, fingerprint_of, run_lock
 from pipeline.training.errors import TrainingError
 from pipeline.training.evaluate import evaluate, perplexity
 from pipeline.training.models import build_model, count_parameters
@@ -321,7 +321,8 @@ class Trainer:
                   "commit": commit()[0], "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         if hasattr(self.model, "scan"):  # the VLNHMM's scan backend (an execution setting: it may change on resume)
             record["scan_backend"] = self.model.scan.name
-            record["normalizer"] = normalizer.impl_for(self.device)  # CUDA: triton unless its probe failed
+            # CUDA: triton unless its probe (the run's operand precision) failed
+            record["normalizer"] = normalizer.impl_for(self.device, precision=getattr(self.model, "precision", "fp32"))
         return record | (cpu.record() if self.device.type == "cpu" else
                          {"device_name": torch.cuda.get_device_name(self.device)})
 
@@ -348,7 +349,8 @@ class Trainer:
             impl = self.state["segments"][-1]["normalizer"]
             how.append(f"{impl} normalizer")
             if impl == "torch" and normalizer.triton_available():
-                self.say(f"[{self.name}] {normalizer.triton_problem(self.device)}: the transition normalizer "
+                problem = normalizer.triton_problem(self.device, getattr(self.model, "precision", "fp32"))
+                self.say(f"[{self.name}] {problem}: the transition normalizer "
                          "runs as torch tiles (same numbers, slower)")
         where = cpu.describe() if self.device.type == "cpu" else str(self.device)
         self.say(f"[{self.name}] {self.run.model}: {self.params:,} parameters on {where}"
@@ -423,6 +425,8 @@ def main(argv: list[str] | None = None) -> None:
         write_json(out / "spec.json", run.to_dict())
         train(run, corpus, model, out, checkpoint, fingerprint_of(run, data / "vocab.tsv", data / "stats.json", clusters),
               inputs)
+    except RunLocked as e:  # another process trains this run: its history is not this process's to write
+        sys.exit(f"error: {e}")
     except (TrainingError, IntegrityError) as e:
         try:  # the run's history keeps why it stopped (./repro status shows it)
             with open(run_history(checkpoint), "a") as f:

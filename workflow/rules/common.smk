@@ -81,7 +81,7 @@ _WHY = "gpu_runs: never" if config["gpu_runs"] == "never" else "gpu_runs: auto a
 # runs the CPU profile trains at full size (config/cpu.yaml), named as such where this config leaves them out
 CPU_PROFILE_RUNS = (
     set()
-    if config.get("profile") == "cpu"
+    if config.get("profile") in ("cpu", "tiny")  # the CPU profile's own; the tiny runs are other, small ones
     else set(yaml.safe_load((ROOT / "config/cpu.yaml").read_text()).get("cpu_runs") or ())
 )
 
@@ -102,16 +102,16 @@ def announce_left_out():
     """Every run left out of the DAG, said on stderr by the snakemake a person started (not by each job)."""
     if NOT_RUN and not (workflow.remote_exec or workflow.subprocess_exec):
         if config["gpu_runs"] == "never":
-            how = "gpu_runs: auto (or always) takes them in where there is a GPU"
+            how = "They need a GPU machine (--profile profiles/gpu) or a cluster (--profile profiles/slurm)"
         else:
             how = (
-                "on this machine, --profile profiles/tiny runs every table small and --profile profiles/cpu "
+                "On this machine, --profile profiles/tiny runs every table small and --profile profiles/cpu "
                 "trains the rows a CPU can at full size (docs/cpu.md); the others need a GPU machine "
                 "(--profile profiles/gpu) or a cluster (--profile profiles/slurm)"
             )
         print(
             f"WARNING: {len(NOT_RUN)} GPU run(s) left out of the DAG ({_WHY}); their table rows say 'not run' "
-            f"(or show a filed reference run). {how[0].upper() + how[1:]}. Left out: {', '.join(NOT_RUN)}",
+            f"(or show a filed reference run). {how}. Left out: {', '.join(NOT_RUN)}",
             file=sys.stderr,
         )
 
@@ -147,7 +147,7 @@ def check_gpu_before_jobs(workflow):
         ways = ["run them on a GPU machine or cluster (profiles/gpu, profiles/slurm)"]
         if config.get("profile") != "tiny":
             ways.append("use the tiny profile (--profile profiles/tiny)")
-        if set(need) <= set(yaml.safe_load((ROOT / "config/cpu.yaml").read_text()).get("cpu_runs") or ()):
+        if CPU_PROFILE_RUNS and set(need) <= CPU_PROFILE_RUNS:
             ways.append("train them on this CPU at full size (--profile profiles/cpu; docs/cpu.md)")
         ways += ["set `device: cpu` for a run in the config"]
         if config["gpu_runs"] == "always":

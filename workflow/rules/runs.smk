@@ -69,5 +69,5 @@ rule train:
         "--checkpoint {params.checkpoint} 2>&1 | tee {log}"
 
 
-# the fidelity runs (rows: fidelity) are built by their own target, not by `all`
-CURVES = [f"{run.out_dir}/curve.png" for run in TRAINED.values() if "fidelity" not in run.rows]
+# the fidelity runs (rows: fidelity) and runs of no row (diagnostics) are built by their own target, not by `all`
+CURVES = [f"{run.out_dir}/curve.png" for run in TRAINED.values() if run.rows and "fidelity" not in run.rows]
