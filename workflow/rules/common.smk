@@ -236,7 +236,9 @@ def explain_failed_download(logs):
     fetch_logs = [f"logs/download/{name}.log" for name in failed]
     said = "".join(Path(f).read_text() for f in fetch_logs if Path(f).is_file())
     if MIRROR:  # the files came from the user's mirror: what failed there, and how to mend it
-        errors = [line.removeprefix("[fetch] ERROR: ") for line in said.splitlines() if line.startswith("[fetch] ERROR")]
+        errors = [
+            line.removeprefix("[fetch] ERROR: ") for line in said.splitlines() if line.startswith("[fetch] ERROR")
+        ]
         print(
             f"\nCopying {' and '.join(failed)} from the mirror {Path(MIRROR).resolve()} failed:\n  "
             + "\n  ".join(errors or [f"see {', '.join(fetch_logs)}"])
