@@ -13,6 +13,11 @@ takes one value keeps it as argparse would.  A word without ``=`` after ``--reso
 ``--config``, ... that is no target (not a rule, no ``/`` or ``.``: ``--resources gpu``) is a
 malformed value: it stops with snakemake's usage and the option named, not a traceback.
 
+A profile's ``config:`` entries (``profile=cpu`` in profiles/cpu) are kept under a command line's
+``--config`` (:func:`keep_profile_config`): snakemake replaces the profile's list by the command line's, and
+with ``--configfile`` replacing the profile's ``configfiles`` too, nothing would say which profile runs
+(``--profile profiles/cpu --configfile my.yaml --config mirror=DIR`` planned the CPU runs as GPU runs).
+
     python -m pipeline.snakemake_args --install BIN   # writes BIN/snakemake (./repro setup does)
 """
 import re
@@ -137,6 +142,45 @@ def malformed(argv, options=None):
     return None
 
 
+def _profile_dir(args):
+    """The ``--profile`` of ``args`` (else ``$SNAKEMAKE_PROFILE``) as a directory, or None."""
+    import os
+
+    name = os.environ.get("SNAKEMAKE_PROFILE")
+    for i, word in enumerate(args):
+        if word == "--profile" and i + 1 < len(args):
+            name = args[i + 1]
+        elif word.startswith("--profile="):
+            name = word.split("=", 1)[1]
+    if not name or not Path(name).is_dir():
+        return None  # a profile by name in snakemake's global profile folders: left to snakemake
+    return Path(name)
+
+
+def keep_profile_config(args):
+    """``args`` with the profile's ``config:`` entries put first in a command line's ``--config`` (the
+    command line's own values of the same keys still win: later entries override earlier ones)."""
+    import yaml
+
+    at = next((i for i, word in enumerate(args) if word == "--config" or word.startswith("--config=")), None)
+    if at is None:
+        return args
+    profile = _profile_dir(args)
+    if profile is None:
+        return args
+    for name in ("config.v9+.yaml", "config.yaml"):
+        if (profile / name).is_file():
+            settings = yaml.safe_load((profile / name).read_text()) or {}
+            break
+    else:
+        return args
+    entries = settings.get("config") or []
+    if isinstance(entries, dict):
+        entries = [f"{key}={value}" for key, value in entries.items()]
+    inline = args[at].partition("=")[2]  # --config=KEY=VALUE
+    return [*args[:at], "--config", *map(str, entries), *([inline] if inline else []), *args[at + 1:]]
+
+
 def snakemake(argv=None):
     """snakemake's own ``main`` on ``argv`` (default: the command line) with the targets put first."""
     from snakemake.cli import get_argument_parser, main
@@ -151,7 +195,7 @@ def snakemake(argv=None):
     problem = unreadable_configfile(args)
     if problem:
         sys.exit(f"snakemake: error: argument --configfile: {problem}")
-    return main(args)
+    return main(keep_profile_config(args))
 
 
 def unreadable_configfile(args):

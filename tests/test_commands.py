@@ -291,6 +291,34 @@ def test_snakemake_command_works_verbatim_in_the_activated_environment(line):
     assert not re.search(r"^rule (train|bench)", out, flags=re.M), "only table1 and what it needs"
 
 
+@pytest.mark.parametrize("given, expected", [
+    ("a --profile profiles/cpu --configfile x.yaml --config mirror=d -n",
+     "a --profile profiles/cpu --configfile x.yaml --config profile=cpu mirror=d -n"),
+    ("a --profile=profiles/tiny --config=mirror=d", "a --profile=profiles/tiny --config profile=tiny mirror=d"),
+    ("a --profile profiles/cpu --config profile=gpu", "a --profile profiles/cpu --config profile=cpu profile=gpu"),
+    ("a --profile profiles/cpu -n", "a --profile profiles/cpu -n"),  # no --config: the profile's own applies
+    ("a --config mirror=d", "a --config mirror=d"),
+])
+def test_a_command_line_config_keeps_the_profiles_entries(given, expected):
+    """snakemake replaces a profile's `config:` by a command line's --config; ours puts the profile's first."""
+    from pipeline.snakemake_args import keep_profile_config
+    assert " ".join(keep_profile_config(given.split())) == expected
+
+
+def test_the_cpu_profile_stays_the_cpu_profile_under_a_configfile_and_a_config(tmp_path):
+    """--configfile replaces the profile's configfiles and --config its config: before the fix the CPU runs
+    were planned as GPU runs (gpu=1, slurm partition gpu) on this command line."""
+    overlay = tmp_path / "my.yaml"
+    overlay.write_text("defaults:\n  vlnhmm: {max_seconds: 60}\n")
+    proc = activated(["snakemake", "--profile", "profiles/cpu", "results/runs/ptb/vlnhmm-1024-m8/metrics.json",
+                      "--configfile", str(overlay), "--config", "mirror=../shared/data", "-n", "--nolock",
+                      "--forcerun", "train"])
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    train = out[out.index("rule train:"):]
+    assert re.search(r"resources: .*gpu=0", train) and "slurm_partition=cpu" in train, train[:2000]
+
+
 @pytest.mark.parametrize("line, option, word", [
     ("snakemake --cores 8 --resources gpu results/table1.csv -n", "--resources", "gpu"),
     ("snakemake -n --config mirror results/table1.csv", "--config", "mirror"),
