@@ -54,10 +54,20 @@ def kind() -> str:
     return "none"
 
 
+KIND_TEXT = {"amx": "AMX-BF16", "avx512_bf16": "AVX512-BF16", "none": "no native bf16"}
+
+
+def vector_unit() -> str:
+    """The widest vector instructions the flags show: "AVX512", "AVX2" or "older than AVX2"."""
+    flags = _cpuinfo()[1]
+    return "AVX512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "older than AVX2"
+
+
 def describe(threads: int | None = None) -> str:
-    """One line for logs and records: "AMD EPYC, avx512_bf16, 2 threads (2 cores)"."""
+    """One line for logs: "AMD EPYC (AVX512, AVX512-BF16), 2 threads (2 cores)"."""
     threads = threads if threads is not None else _torch_threads()
-    return f"{model_name()}, {kind()}, {threads} threads ({os.cpu_count()} cores)"
+    plural = "" if threads == 1 else "s"
+    return f"{model_name()} ({vector_unit()}, {KIND_TEXT[kind()]}), {threads} thread{plural} ({os.cpu_count()} cores)"
 
 
 def record(threads: int | None = None) -> dict:
