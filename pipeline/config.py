@@ -64,7 +64,7 @@ class TrainConfig(Settings):
         "convolutions and LSTMs take TF32 unless highest")
     cpu_precision: Literal["auto", "fp32", "bf16"] = setting(
         "auto", "products of a CPU training step: bf16 (fp32 accumulation; scans, normalizers, loss and "
-        "weights stay fp32), fp32, or auto = bf16 on a CPU with native bf16 where it measured faster "
+        "weights stay fp32; a CPU with native bf16 only), fp32, or auto = bf16 on a CPU with native bf16 where it measured faster "
         "(pipeline/training/precision.py); evaluation is always fp32; GPU runs ignore it")
     eval_batch_size: int = setting(16, "streams when scoring valid and test", min=1)
     cuda_graph: bool = setting(False, "replay the VLNHMM's training step from CUDA graphs (GPU; not yet run on one)")
