@@ -50,6 +50,9 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     ap.add_argument("--out", type=Path, default=Path(f"results/bench/first_epoch_{cpu.kind()}.csv"))
     args = ap.parse_args(argv)
+    if cpu.kind() == "none":  # before an hour of fp32 training, not after it
+        raise SystemExit(f"bench.first_epoch compares bf16 training with fp32: this {cpu.model_name()} has no native "
+                         "bf16 (neither AMX-BF16 nor AVX512-BF16), where runs train in fp32 only")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # as training does

@@ -355,3 +355,13 @@ def test_the_scan_benchmark_times_both_backends_on_the_same_steps(tmp_path):
     assert (df.ms > 0).all() and (df.eval_ms > 0).all() and df.step_speedup["torch"] == 1.0
     assert abs(df.loss_last["torch"] - df.loss_last["matmul"]) < 1e-4 * df.loss_last["torch"]
     assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_the_first_epoch_benchmark_stops_at_once_on_a_cpu_without_native_bf16(monkeypatch):
+    """Its bf16 epoch would stop the run (cpu_precision: bf16 needs native bf16): it says so before the fp32 epoch."""
+    from bench import first_epoch
+
+    monkeypatch.setattr(cpu, "kind", lambda: "none")
+    monkeypatch.setattr(first_epoch, "one_epoch", lambda *a, **k: pytest.fail("trained on a CPU without bf16"))
+    with pytest.raises(SystemExit, match="no native bf16"):
+        first_epoch.main(["--runs", "ptb/ff"])

@@ -6,8 +6,8 @@
            (baselines.output, baselines.ff, baselines.lstm, hmm.model ``matmul_dtype``)
            (only on a CPU with native bf16: elsewhere the run stops at once, naming auto and fp32)
     auto   bf16 where this CPU has native bf16 (pipeline.cpu.kind: AMX or AVX512-BF16), the model's
-           bf16 step was measured faster than its fp32 step on a CPU of that kind (MEASURED below,
-           from ``python -m bench.cpu``) and its bf16 training kept the first epoch's valid ppl within
+           bf16 step was measured faster than its fp32 step on a CPU of that kind (MEASURED below:
+           ``python -m bench.cpu``; on AMX an earlier plain-autocast measurement) and its bf16 training kept the first epoch's valid ppl within
            1 % of fp32's (NOT_EQUAL: ``python -m bench.first_epoch``); fp32 everywhere else, and it
            says why
 
@@ -34,7 +34,7 @@ MEASURED: dict[tuple[str, str], tuple[float, str]] = {
     ("lstm", "amx"): (1.84, "plain autocast, Intel Xeon AMX, 2 threads"),
 }
 # models whose bf16 training did not stay within 1 % of fp32's first-epoch valid ppl (bench.first_epoch):
-# auto keeps them in fp32 on every CPU (cpu_precision: bf16 still forces bf16)
+# auto keeps them in fp32 on every CPU (cpu_precision: bf16 still forces bf16 on a CPU with native bf16)
 NOT_EQUAL: dict[str, str] = {
     "vlnhmm": "bf16 training's first-epoch valid ppl was 1.15 % above fp32's (full PTB, 1,024 states, M = 8, "
               "seed 1111; bench.first_epoch on an AMD EPYC Zen 4), beyond the 1 % allowed",
