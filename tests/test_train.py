@@ -197,6 +197,8 @@ def test_checkpoint_of_other_code_is_set_aside(small_ptb, tmp_path, capsys):
 def test_status_reads_where_each_run_stands(small_ptb, tmp_path, monkeypatch):
     """./repro status (pipeline.training.status) from a real run's history and metrics: finished, then
     stopped part-way (its metrics gone), then training now (a live process holding its checkpoint)."""
+    from datetime import datetime, timezone
+
     from pipeline.training import status
 
     run = resolve_run({"name": "t", "dataset": "ptb", "model": "ff"}, DEFAULTS | {"ff": {"hidden": 8, "epochs": 2}})
@@ -226,14 +228,18 @@ def test_status_reads_where_each_run_stands(small_ptb, tmp_path, monkeypatch):
     smaller = resolve_run({"name": "u", "dataset": "ptb", "model": "ff", "hidden": 4}, DEFAULTS)
     assert status.standing(smaller, tmp_path, set(), reference).state == "not started"
     assert status.standing(run, tmp_path, set(), reference).state == "stopped"  # a local run comes first
+    capped = json.dumps({"train": {"max_seconds": 3600}})  # a time cap ends the run before its planned steps
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "pipeline.training.train",
-                               "--checkpoint", run.checkpoint], cwd=tmp_path)
+                               "--spec", capped, "--checkpoint", run.checkpoint], cwd=tmp_path)
     try:
         for _ in range(50):
             if status.standing(run, tmp_path, status.running_checkpoints()).state == "training now":
                 break
             time.sleep(0.1)
-        assert status.standing(run, tmp_path, status.running_checkpoints()).state == "training now"
+        live = status.standing(run, tmp_path, status.running_checkpoints())
+        ends = {f"{datetime.fromtimestamp(time.time() + 3600 + d, timezone.utc):%H:%M} UTC" for d in (-60, 0, 60)}
+        assert live.state == "training now" and "time cap (max_seconds): ends by about" in live.detail
+        assert any(t in live.detail for t in ends), (live.detail, ends)  # its start + max_seconds
     finally:
         holder.kill()
     text = status.table([done, stopped])

@@ -19,7 +19,9 @@ import argparse
 import json
 import os
 import re
+import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline.config import DEFAULT_RECIPE, ConfigError, Run, resolve_runs, run_history, stale_reason
@@ -52,10 +54,36 @@ def _int(text: str) -> int:
     return int(text.replace(",", ""))
 
 
-def running_checkpoints() -> set[str]:
+def _started(proc: Path) -> float | None:
+    """The process's start as a Unix time (Linux /proc), or None."""
+    try:
+        ticks = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _cap_end(proc: Path, words: list[str], cwd: Path) -> float | None:
+    """When the trainer's ``max_seconds`` runs out (Unix time, from its --spec and its start), or None."""
+    if "--spec" not in words[:-1]:
+        return None
+    spec = words[words.index("--spec") + 1]
+    try:
+        spec = json.loads(spec if spec.lstrip().startswith("{") else (cwd / spec).read_text())
+        cap = (spec.get("train") or {}).get("max_seconds")
+    except (OSError, ValueError, AttributeError):
+        return None
+    started = _started(proc)
+    return started + float(cap) if cap and started else None
+
+
+def running_checkpoints() -> dict[str, float | None]:
     """The checkpoint paths (as given, resolved) of every ``pipeline.training.train`` process alive on this
-    machine (Linux /proc): a run's checkpoint names its recipe, dataset and name."""
-    found = set()
+    machine (Linux /proc), each with when its ``max_seconds`` runs out (Unix time; None: no cap): a run's
+    checkpoint names its recipe, dataset and name."""
+    found = {}
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             words = [a.decode(errors="replace") for a in (proc / "cmdline").read_bytes().split(b"\0")]
@@ -63,11 +91,11 @@ def running_checkpoints() -> set[str]:
         except OSError:
             continue
         if "pipeline.training.train" in words and "--checkpoint" in words[:-1]:
-            found.add(str((cwd / words[words.index("--checkpoint") + 1]).resolve()))
+            found[str((cwd / words[words.index("--checkpoint") + 1]).resolve())] = _cap_end(proc, words, cwd)
     return found
 
 
-def standing(run: Run, root: Path, running: set, reference: Path = REFERENCE) -> Standing:
+def standing(run: Run, root: Path, running: dict | set, reference: Path = REFERENCE) -> Standing:
     metrics = root / run.out_dir / "metrics.json"
     history = root / run_history(run.checkpoint)
     lines = history.read_text().splitlines() if history.exists() else []
@@ -86,6 +114,12 @@ def standing(run: Run, root: Path, running: set, reference: Path = REFERENCE) ->
         if s.total and s.tokens_per_s and run.train:
             tokens_left = (s.total - s.step) * run.train.batch_size * run.train.bptt
             s.hours_left = tokens_left / s.tokens_per_s / 3600
+    cap_end = running.get(str((root / run.checkpoint).resolve())) if isinstance(running, dict) else None
+    if now and cap_end:  # a time cap (max_seconds) ends it before its planned steps
+        left = max(cap_end - time.time(), 0) / 3600
+        s.hours_left = left if s.hours_left is None else min(s.hours_left, left)
+        s.detail = (f"time cap (max_seconds): ends by about {datetime.fromtimestamp(cap_end, timezone.utc):%H:%M} UTC, "
+                    "its final valid and test scoring included")
     if s.state == "stopped" and stopped_on_error:  # its last process stopped on an error
         s.detail = lines[-1].split(STOPPED, 1)[1][:160]
     if metrics.exists() and not now:
