@@ -76,8 +76,7 @@ def load_config(profile: str | None = None, configfiles: list[str] | None = None
         pconf = _yaml(pdir / "config.yaml")
         if not files:
             files = [_profile_file(pdir, f).resolve() for f in pconf.get("configfiles") or []]
-        if not entries:
-            entries = [str(e) for e in pconf.get("config") or []]
+        entries = profile_entries(pconf) + entries  # as the project's snakemake does (snakemake_args)
     overwrite: dict = {}
     for f in files:
         update_config(overwrite, _yaml(f))
@@ -91,6 +90,14 @@ def load_config(profile: str | None = None, configfiles: list[str] | None = None
             update_config(config, overwrite)
     check_schema(config)
     return config
+
+
+def profile_entries(settings: dict) -> list[str]:
+    """A profile's ``config:`` (its config.yaml's mapping ``settings``) as KEY=VALUE words: a list or a mapping.
+    They go first in a command line's ``--config``, whose own entries then win key by key
+    (pipeline.snakemake_args.keep_profile_config; snakemake alone would drop them)."""
+    entries = settings.get("config") or []
+    return [f"{k}={v}" for k, v in entries.items()] if isinstance(entries, dict) else [str(e) for e in entries]
 
 
 def resolve_profile(profile: str) -> Path:

@@ -160,25 +160,19 @@ def _profile_dir(args):
 def keep_profile_config(args):
     """``args`` with the profile's ``config:`` entries put first in a command line's ``--config`` (the
     command line's own values of the same keys still win: later entries override earlier ones)."""
-    import yaml
+    from hmm.config import ConfigError
+    from pipeline.profiles import _yaml, profile_entries
 
     at = next((i for i, word in enumerate(args) if word == "--config" or word.startswith("--config=")), None)
-    if at is None:
+    profile = _profile_dir(args) if at is not None else None
+    if profile is None or not (profile / "config.yaml").is_file():
         return args
-    profile = _profile_dir(args)
-    if profile is None:
-        return args
-    for name in ("config.v9+.yaml", "config.yaml"):
-        if (profile / name).is_file():
-            settings = yaml.safe_load((profile / name).read_text()) or {}
-            break
-    else:
-        return args
-    entries = settings.get("config") or []
-    if isinstance(entries, dict):
-        entries = [f"{key}={value}" for key, value in entries.items()]
+    try:
+        entries = profile_entries(_yaml(profile / "config.yaml"))
+    except ConfigError:
+        return args  # snakemake reports a malformed profile itself
     inline = args[at].partition("=")[2]  # --config=KEY=VALUE
-    return [*args[:at], "--config", *map(str, entries), *([inline] if inline else []), *args[at + 1:]]
+    return [*args[:at], "--config", *entries, *([inline] if inline else []), *args[at + 1:]]
 
 
 def snakemake(argv=None):

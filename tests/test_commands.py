@@ -317,6 +317,10 @@ def test_the_cpu_profile_stays_the_cpu_profile_under_a_configfile_and_a_config(t
     assert proc.returncode == 0, out[-3000:]
     train = out[out.index("rule train:"):]
     assert re.search(r"resources: .*gpu=0", train) and "slurm_partition=cpu" in train, train[:2000]
+    # ./repro status / import / bundle read the config the same way (pipeline.profiles.load_config)
+    from pipeline.profiles import load_config
+    config = load_config("profiles/cpu", [str(overlay)], ["mirror=../shared/data"])
+    assert config["profile"] == "cpu" and "ptb/vlnhmm-1024-m8" in config["cpu_runs"]
 
 
 @pytest.mark.parametrize("line, option, word", [

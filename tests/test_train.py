@@ -206,7 +206,7 @@ def test_status_reads_where_each_run_stands(small_ptb, tmp_path, monkeypatch):
     train(run, corpus, build_model(run, corpus), tmp_path / run.out_dir, tmp_path / run.checkpoint)
     history = (tmp_path / run.checkpoint).with_name("train.log").read_text()
     checks = [line for line in history.splitlines() if "valid ppl" in line and " step " in line]
-    done = status.standing(run, tmp_path, set())
+    done = status.standing(run, tmp_path, {})
     metrics = json.loads((tmp_path / run.out_dir / "metrics.json").read_text())
     assert done.state == "finished" and f"valid {metrics['valid_ppl']:.2f}" in done.detail
     assert done.step == done.total == metrics["steps"] and done.epoch == 2.0 and len(checks) == 2
@@ -216,18 +216,18 @@ def test_status_reads_where_each_run_stands(small_ptb, tmp_path, monkeypatch):
     assert stopped.state == "stopped" and stopped.hours_left == 0
     other = resolve_run({"name": "u", "dataset": "ptb", "model": "ff"}, DEFAULTS)
     reference = tmp_path / "reference"
-    assert status.standing(other, tmp_path, set(), reference).state == "not started"
+    assert status.standing(other, tmp_path, {}, reference).state == "not started"
     # never trained here, but committed as a reference run: filed, with that run's numbers
     (reference / other.filed_as).mkdir(parents=True)
     filed_metrics = {"status": "measured", "valid_ppl": 140.45, "test_ppl": 129.12, "device_name": "AMD EPYC",
                      "provenance": {"date": "2026-12-06T01:02:03+00:00"}, "spec": other.result_spec()}
     (reference / other.filed_as / "metrics.json").write_text(json.dumps(filed_metrics))
-    filed = status.standing(other, tmp_path, set(), reference)
+    filed = status.standing(other, tmp_path, {}, reference)
     assert filed.state == "filed" and "valid 140.45, test 129.12 (AMD EPYC, 2026-12-06" in filed.detail
     # a reference of other settings (e.g. the full-size run beside a tiny profile's of the same name) is not it
     smaller = resolve_run({"name": "u", "dataset": "ptb", "model": "ff", "hidden": 4}, DEFAULTS)
-    assert status.standing(smaller, tmp_path, set(), reference).state == "not started"
-    assert status.standing(run, tmp_path, set(), reference).state == "stopped"  # a local run comes first
+    assert status.standing(smaller, tmp_path, {}, reference).state == "not started"
+    assert status.standing(run, tmp_path, {}, reference).state == "stopped"  # a local run comes first
     capped = json.dumps({"train": {"max_seconds": 3600}})  # a time cap ends the run before its planned steps
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "pipeline.training.train",
                                "--spec", capped, "--checkpoint", run.checkpoint], cwd=tmp_path)
@@ -256,5 +256,5 @@ def test_status_reads_where_each_run_stands(small_ptb, tmp_path, monkeypatch):
         with pytest.raises(SystemExit, match="needs a CUDA GPU"):
             train_main(["--spec", json.dumps(cuda_run.to_dict()), "--data", str(small_ptb), "--out",
                         str(tmp_path / "cuda-out"), "--checkpoint", str(tmp_path / run.checkpoint)])
-        why = status.standing(run, tmp_path, set())
+        why = status.standing(run, tmp_path, {})
         assert why.state == "stopped" and why.detail.startswith("device: cuda needs a CUDA GPU"), why.detail

@@ -95,13 +95,15 @@ def running_checkpoints() -> dict[str, float | None]:
     return found
 
 
-def standing(run: Run, root: Path, running: dict | set, reference: Path = REFERENCE) -> Standing:
+def standing(run: Run, root: Path, running: dict[str, float | None], reference: Path = REFERENCE) -> Standing:
+    """``running``: :func:`running_checkpoints`."""
     metrics = root / run.out_dir / "metrics.json"
     history = root / run_history(run.checkpoint)
     lines = history.read_text().splitlines() if history.exists() else []
     checks = [m for m in (CHECK.search(line) for line in lines) if m]
     plans = [m for m in (PLAN.search(line) for line in lines) if m]
-    now = str((root / run.checkpoint).resolve()) in running
+    checkpoint = str((root / run.checkpoint).resolve())
+    now = checkpoint in running
     stopped_on_error = bool(lines) and STOPPED in lines[-1]
     s = Standing(run.key, "training now" if now else "stopped" if checks or plans or stopped_on_error else "not started")
     if plans:
@@ -114,8 +116,8 @@ def standing(run: Run, root: Path, running: dict | set, reference: Path = REFERE
         if s.total and s.tokens_per_s and run.train:
             tokens_left = (s.total - s.step) * run.train.batch_size * run.train.bptt
             s.hours_left = tokens_left / s.tokens_per_s / 3600
-    cap_end = running.get(str((root / run.checkpoint).resolve())) if isinstance(running, dict) else None
-    if now and cap_end:  # a time cap (max_seconds) ends it before its planned steps
+    cap_end = running.get(checkpoint)
+    if cap_end:  # a time cap (max_seconds) ends it before its planned steps
         left = max(cap_end - time.time(), 0) / 3600
         s.hours_left = left if s.hours_left is None else min(s.hours_left, left)
         s.detail = (f"time cap (max_seconds): ends by about {datetime.fromtimestamp(cap_end, timezone.utc):%H:%M} UTC, "
