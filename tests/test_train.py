@@ -242,6 +242,16 @@ def test_status_reads_where_each_run_stands(small_ptb, tmp_path, monkeypatch):
         assert any(t in live.detail for t in ends), (live.detail, ends)  # its start + max_seconds
     finally:
         holder.kill()
+    # cut short by a time cap, its checkpoint kept: it can go on (snakemake must be told: --forcerun)
+    (tmp_path / run.out_dir / "metrics.json").write_text(json.dumps(metrics | {"status": "cut short: time, max_seconds 60"}))
+    cut = status.standing(run, tmp_path, {})
+    assert cut.state == "cut short" and cut.detail.startswith("cut short: time"), cut
+    target = f"{run.out_dir}/metrics.json"
+    assert status.continue_command([target], "profiles/cpu", ["config/time-cap.yaml"], None, None) == (
+        f"./repro run --profile profiles/cpu --configfile config/time-cap.yaml {target} --forcerun {target}")
+    (tmp_path / run.out_dir / "metrics.json").write_text(json.dumps(metrics | {"status": "cut short: max_steps 3"}))
+    assert status.standing(run, tmp_path, {}).state == "finished"  # max_steps is in its fingerprint: no going on
+    (tmp_path / run.out_dir / "metrics.json").unlink()
     text = status.table([done, stopped])
     assert "ptb/t" in text and "finished" in text and "stopped" in text
     # a process stopped by an error leaves the reason as its last history line; status shows it

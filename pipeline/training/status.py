@@ -1,4 +1,5 @@
-"""Where each trained run of the config stands: finished, training now, stopped part-way, filed, or not started.
+"""Where each trained run of the config stands: finished, cut short, training now, stopped part-way, filed, or
+not started.
 
     ./repro status --profile profiles/cpu                  # the CPU profile's runs
     ./repro status --profile profiles/cpu --all            # every trained run of the config, started or not
@@ -11,7 +12,9 @@ valid ppl so far, and an estimate of the training time left at the last check's 
 A run is *training now* if a ``pipeline.training.train`` process with its checkpoint is alive on this machine.
 One never started here that has a committed reference run of the same settings (``results/reference/``, as
 ``./repro import`` filed it; the default config's tables show it) is *filed*, with that run's numbers and where
-it was trained.
+it was trained.  A run that ended *cut short* by its time cap (``max_seconds``, an execution setting) with its checkpoint still
+here can go on from its last check; snakemake runs a job whose outputs are complete again only when told to
+(``--forcerun``), and the command for that is printed below the table.
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ PLAN = re.compile(r"([\d,]+) steps/epoch, validation every [\d,]+ steps, ([\d,]+
 @dataclass
 class Standing:
     key: str
-    state: str                     # finished | training now | stopped | filed | not started
+    state: str                     # finished | cut short | training now | stopped | filed | not started
     step: int = 0
     total: int | None = None
     epoch: float | None = None
@@ -126,7 +129,8 @@ def standing(run: Run, root: Path, running: dict[str, float | None], reference: 
         s.detail = lines[-1].split(STOPPED, 1)[1][:160]
     if metrics.exists() and not now:
         m = json.loads(metrics.read_text())
-        s.state = "finished"
+        resumable = str(m.get("status", "")).startswith("cut short: time") and (root / run.checkpoint).exists()
+        s.state = "cut short" if resumable else "finished"
         valid, test = m.get("valid_ppl", float("nan")), m.get("test_ppl", float("nan"))
         s.detail = f"{m.get('status', '')}: valid {valid:.2f}, test {test:.2f}"
         s.hours_left = None
@@ -149,6 +153,18 @@ def table(rows: list[Standing]) -> str:
              r.detail] for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in [head, *body])
+
+
+def continue_command(targets: list[str], profile: str | None, configfiles: list[str] | None,
+                     config: list[str] | None, directory: str | None) -> str:
+    """The command that trains cut-short runs on from their checkpoints: their targets, forced (snakemake
+    reruns a job whose outputs exist only so), with the options status was given."""
+    words = ["./repro", "run"]
+    words += ["--profile", profile] if profile else []
+    words += ["--directory", directory] if directory else []
+    words += ["--configfile", *configfiles] if configfiles else []
+    words += ["--config", *config] if config else []
+    return " ".join([*words, *targets, "--forcerun", *targets])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = [standing(r, root, running) for r in runs]
     shown = rows if a.all else [r for r in rows if r.state != "not started"]
     print(table(shown) if shown else "no run has started (--all lists every run)")
+    cut = [f"{r.out_dir}/metrics.json" for r, st in zip(runs, rows) if st.state == "cut short"]
+    if cut:
+        print(f"cut short, with a checkpoint to go on from: {len(cut)} run(s).  To train on from the last check (to "
+              "the run's planned epochs, or the cap of a --configfile such as config/time-cap.yaml):\n  "
+              + continue_command(cut, a.profile, a.configfile, a.config, a.directory))
     quiet = len(rows) - len(shown)
     if quiet:
         print(f"({quiet} more not started; --all lists them)")
