@@ -71,8 +71,9 @@ def describe(threads: int | None = None) -> str:
 
 
 def record(threads: int | None = None) -> dict:
-    """The CPU as metrics.json and benchmark rows record it."""
-    return {"cpu_model": model_name(), "bf16_kind": kind(),
+    """The CPU as metrics.json and benchmark rows record it (its model name alone does not tell an AMD EPYC
+    Zen 3 from a Zen 4: the vector unit and the bf16 kind do)."""
+    return {"cpu_model": model_name(), "vector_unit": vector_unit(), "bf16_kind": kind(),
             "threads": threads if threads is not None else _torch_threads(), "cores": os.cpu_count()}
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from pipeline import cpu
 
 _REPO = Path(__file__).resolve().parent.parent
-CPU_NAME = f"{cpu.model_name()} ({os.cpu_count()} cores, native bf16: {cpu.kind()})"
+CPU_NAME = f"{cpu.model_name()} ({os.cpu_count()} cores, {cpu.vector_unit()}, native bf16: {cpu.kind()})"
 COMMIT_ENV = "REPRO_COMMIT"
 
 

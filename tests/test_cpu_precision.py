@@ -253,6 +253,22 @@ def test_a_cpu_run_row_names_its_cpu_and_training_precision():
     assert _provenance({"device": "cuda", "device_name": "NVIDIA H100"})["device"] == "NVIDIA H100"
 
 
+def test_a_segment_names_the_vector_unit_and_a_change_of_it_spans():
+    """An AMD EPYC Zen 3 and a Zen 4 share a model name: the vector unit (and the bf16 kind) tell them apart,
+    in each segment and in the device name; a run resumed across them spans two kinds."""
+    from pipeline import cpu
+    from pipeline.provenance import CPU_NAME
+    from pipeline.training.results import machine_kinds
+
+    assert cpu.record(1)["vector_unit"] == cpu.vector_unit() in ("AVX512", "AVX2", "older than AVX2")
+    assert f", {cpu.vector_unit()}, native bf16: {cpu.kind()})" in CPU_NAME
+    zen3 = {"cpu_model": "AMD EPYC", "vector_unit": "AVX2", "bf16_kind": "none", "precision": "fp32"}
+    zen4 = zen3 | {"vector_unit": "AVX512"}
+    assert len(machine_kinds([zen3, zen4])) == 2 and len(machine_kinds([zen3, dict(zen3)])) == 1
+    older = {k: v for k, v in zen3.items() if k != "vector_unit"}  # a segment recorded before the field
+    assert len(machine_kinds([older, zen3])) == 1
+
+
 def test_a_run_names_the_commit_of_the_code_that_trained_it(small_ptb, tmp_path, monkeypatch):
     """A run's commit is that of the code its (last) training process started with, not the checkout's when it
     ended (commits land while a long run trains): in metrics.json and in the tables, also for records written

@@ -225,7 +225,7 @@ def _local_record_problem(key: str, src: Path) -> str | None:
 def file_local(keys: list[str], config: dict, reference: Path, force: bool = False, work: Path = ROOT) -> dict:
     """File runs trained on this machine (each run's own results folder under the working directory ``work``,
     e.g. the CPU profile's runs, or a KN5 model) as reference runs, as a node job's runs are filed: metrics.json
-    with its provenance (CPU model and bf16 kind, precision, each training segment), provenance.json,
+    with its provenance (CPU model, vector unit and bf16 kind, precision, each training segment), provenance.json,
     curve.csv, train.log (every segment's, from beside the run's checkpoint; else the job's log), spec.json,
     docs.npz and SHA256SUMS, into ``reference/`` + the run's ``filed_as``.  Only a run that ended
     (``measured`` or ``cut short``) is filed; one in progress is refused.  A measured reference is not

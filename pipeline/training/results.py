@@ -65,10 +65,19 @@ def run_metrics(run: Run, model, device: torch.device, params: int, state: dict,
         "inputs": inputs | {"resumed_from": st.get("resumed_from", [])},
     }
     metrics["device_name"] = metrics["provenance"]["device_name"]
-    kinds = {(s.get("cpu_model") or s.get("device_name"), s.get("bf16_kind"), s["precision"]) for s in metrics["segments"]}
+    kinds = machine_kinds(metrics["segments"])
     if len(kinds) > 1:  # a run resumed on another machine kind or in another precision says so
         metrics["spans"] = [", ".join(str(v) for v in k if v) for k in sorted(kinds, key=str)]
     return metrics
+
+
+def machine_kinds(segments: list[dict]) -> set[tuple]:
+    """The (device or CPU model, vector unit, bf16 kind, precision) of each segment; the vector unit only where
+    every segment records it (segments written before 2026-12-07 do not: a run resumed on the same machine
+    since then must not read as spanning two)."""
+    units = all(s.get("vector_unit") for s in segments)
+    return {(s.get("cpu_model") or s.get("device_name"), s.get("vector_unit") if units else None, s.get("bf16_kind"),
+             s["precision"]) for s in segments}
 
 
 def write_metrics(out: Path, metrics: dict) -> None:
