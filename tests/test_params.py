@@ -67,3 +67,20 @@ def test_scalar_parameterization_is_its_formula_not_the_papers_423m():
     n = count("ptb", "vlnhmm", num_states=C, neural=False)
     assert n == C + C * C + C * V
     assert paper_params("table2", "scalar") == "423M" and f"{n / 1e6:.1f}M" == "432.3M"
+
+
+@pytest.mark.parametrize("dataset", ["ptb", "wt2"])
+def test_kn5_ngram_entries_truncate_to_the_papers(dataset):
+    """KN5's parameters are the n-gram entries of its ARPA model (lmplz, nothing pruned), read from the filed
+    reference run.  The paper does not say what it counted; ours, cut to the paper's printed digits, are its
+    numbers (PTB 2,317,235 -> 2M, WikiText-2 5,760,821 -> 5.7M; rounding would print 5.8M).  A pruned model or
+    another vocabulary would not be."""
+    import json
+    import math
+
+    metrics = json.loads((ROOT / "results/reference" / dataset / "kn5/metrics.json").read_text())
+    assert metrics["params"] == sum(metrics["ngram_counts"].values()) and metrics["ngram_counts"]["1"] == (
+        VOCAB[dataset] + 2)  # every word (<eos> as </s>), <s>, and KenLM's own <unk>
+    paper = paper_params("table1", "kn5", dataset)
+    digits = len(paper.removesuffix("M").partition(".")[2])
+    assert math.floor(metrics["params"] / 1e6 * 10**digits) / 10**digits == float(paper.removesuffix("M"))
