@@ -137,3 +137,8 @@ def test_the_hardware_line_names_each_machine_once_with_its_precisions():
     from pipeline.reporting.frontpage import devices_text
     assert devices_text(["AMD EPYC (2 cores); bf16 training", "AMD EPYC (2 cores); fp32 training",
                          "AMD EPYC (2 cores)", "NVIDIA H100"]) == "AMD EPYC (2 cores) (bf16, fp32 training), NVIDIA H100"
+    # the settings table's devices row too (a KN5 row, trained in no precision, beside a trained one was listed
+    # as a second machine: "AMD EPYC (2 cores), AMD EPYC (2 cores); fp32 training")
+    from pipeline.reporting.frontpage import settings_rows
+    rows = _table(["measured", "measured"], [1.0, 2.0]).assign(device=["AMD EPYC (2 cores)", "AMD EPYC (2 cores); fp32 training"])
+    assert dict((k, ours) for k, _, ours in settings_rows({"table1": rows}))["devices"] == "AMD EPYC (2 cores) (fp32 training)"

@@ -123,7 +123,7 @@ def settings_rows(frames: dict[str, pd.DataFrame]) -> list[tuple[str, str, str]]
         ("epochs (trained)", _span(col(allrows, "paper_epochs")), _span(col(measured, "epochs"))),
         ("seed", "not reported", _span(col(measured, "seed"))),
         ("devices", ", ".join(paper_devices) + " (timings)" if paper_devices else "\u2013",
-         ", ".join(sorted({str(d) for d in col(measured, "device") if pd.notna(d)})) or "\u2013"),
+         devices_text(d for d in col(measured, "device") if pd.notna(d)) or "\u2013"),
     ]
 
 
