@@ -321,12 +321,35 @@ def test_config_merge_matches_snakemake_order():
 
 
 def test_full_plan_builds_kernels_from_the_runs():
-    plan = node_plan(load_config(), ["ptb", "wt2"], "cuda")
+    plan = node_plan(load_config(), ["ptb", "wt2"], "cuda", reference=None)
     assert plan["kernel_states"] == [4, 8, 16, 32, 64, 128, 256, 512, 1024]  # 1024/128 -> 8, k'=4; 1024 dense
     assert plan["dropped_states"] == [2048]   # bench.scale at 2^18 / 128: the PyTorch scan there
     assert ("ptb", 4) in plan["clusters"] and ("wt2", 128) in plan["clusters"]
     assert plan["priority"][:3] == ["ptb/ff", "ptb/lstm", "ptb/vlnhmm-32768"]
     assert node_plan(load_config(), ["ptb"], "cuda")["check_runs"] == ["ptb/vlnhmm-16384", "ptb/vlnhmm-32768"]
+
+
+def test_a_run_with_a_measured_reference_leaves_the_node_priority(tmp_path):
+    """A node job is minutes: a run already measured (filed with today's settings) is not trained again there;
+    one cut short, or filed with other settings, is."""
+    config = load_config()
+    runs = {r.key: r for r in resolve_runs(config)}
+
+    def filed(key: str, status: str, spec: dict | None = None) -> None:
+        dest = tmp_path / runs[key].filed_as
+        dest.mkdir(parents=True)
+        (dest / "metrics.json").write_text(json.dumps({"status": status, "spec": spec or runs[key].result_spec()}))
+
+    filed("ptb/ff", "measured")
+    filed("ptb/lstm", "cut short: time, max_seconds 200 (3.10 of 50 epochs)")
+    other = runs["ptb/vlnhmm-32768"].result_spec()
+    filed("ptb/vlnhmm-32768", "measured", other | {"train": other["train"] | {"lr": 0.5}})
+    plan = node_plan(config, ["ptb"], "cuda", reference=tmp_path)
+    assert plan["measured"] == ["ptb/ff"]
+    assert plan["priority"][:3] == ["ptb/lstm", "ptb/vlnhmm-32768", "ptb/vlnhmm-16384"]
+    assert "ptb/ff" in [r.key for r in plan["runs"]]  # still bundled: the node's --runs trains it
+    committed = node_plan(config, ["ptb", "wt2"], "cuda")  # today's committed references
+    assert {"ptb/ff", "ptb/lstm"} <= set(committed["measured"]) and committed["priority"][0] == "ptb/vlnhmm-32768"
 
 
 def test_bad_node_settings_are_named():

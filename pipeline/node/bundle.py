@@ -9,7 +9,8 @@ compiler, no snakemake, no git.  The bundle holds, for the runs of the config (c
 profile's overlay, ``--configfile`` and ``--config`` merged exactly as the Snakefile merges them)
 whose dataset is bundled:
 
-    BUNDLE.json     commit and dirty flag, Python, kernel target and archs, the priority list,
+    BUNDLE.json     commit and dirty flag, Python, kernel target and archs, the priority list (less
+                    the runs whose measured reference is committed: ``measured``),
                     node settings, benchmark sizes, run keys, sha256 of every data file, sizes
     runs.json       every trained run's resolved spec (pipeline.config.Run.to_dict)
     tvm-runtime/    runtime-only TVM for the node's Python (hmm.kernels.pack_runtime)
@@ -45,6 +46,7 @@ from pipeline.integrity import SUMS, record, sha256, verify, verify_dir
 from pipeline.node.settings import BUNDLE_FORMAT, node_settings
 from pipeline.profiles import load_config, resolve_profile, workdir_of  # noqa: F401 (this module's API too)
 from pipeline.provenance import commit_label, git_commit
+from pipeline.training.status import REFERENCE, filed_reference
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA_FILES = (*FILES, SUMS)  # a prepared dataset with its SHA-256 records
@@ -52,8 +54,11 @@ MIB = 2**20
 
 
 # ------------------------------------------------------------------------------ config
-def node_plan(config: dict, datasets: list[str] | None, target: str) -> dict:
-    """What the bundle holds for this config: runs, priority, check runs, kernel sizes, clusters."""
+def node_plan(config: dict, datasets: list[str] | None, target: str, reference: Path | None = REFERENCE) -> dict:
+    """What the bundle holds for this config: runs, priority, check runs, kernel sizes, clusters.  A run of the
+    priority list with a measured reference run of today's settings (``reference``; None: none counted) is left
+    out of the node's priority (``measured``): a node job is too short to spend on a number already filed;
+    every run stays in the bundle (the node's ``--runs`` still trains it)."""
     runs = resolve_runs(config)
     by_key = {r.key: r for r in runs}
     trained = [r for r in runs if r.train is not None]
@@ -90,7 +95,11 @@ def node_plan(config: dict, datasets: list[str] | None, target: str) -> dict:
     priority = list(config.get("priority") or [])
     priority += [r.key for k in priority for r in runs if r.base != r.name and f"{r.dataset}/{r.base}" == k
                  and r.key not in priority]  # seed repeats after every listed run
-    return {"runs": bundled, "datasets": datasets, "priority": [k for k in priority if by_key[k].dataset in datasets],
+    priority = [k for k in priority if by_key[k].dataset in datasets]
+    measured = [k for k in priority if reference is not None
+                and str((filed_reference(by_key[k], reference) or {}).get("status")) == "measured"]
+    return {"runs": bundled, "datasets": datasets, "priority": [k for k in priority if k not in measured],
+            "measured": measured,
             "check_runs": [k for k in check_runs if by_key[k].dataset in datasets], "node": cfg,
             "kernel_states": states, "dropped_states": dropped, "clusters": clusters,
             "bench": {"kernel_states": list(bench["kernel_states"]), "scale_states": {device: scale},
@@ -195,6 +204,9 @@ def build(args) -> dict:
     print(f"[bundle] {len(plan['runs'])} trained runs of {', '.join(plan['datasets'])}; kernels {args.target}"
           + (f" {' '.join(args.arch)}" if args.target == "cuda" else "") + f" n={plan['kernel_states']}; "
           f"TVM runtime for Python {args.python}", flush=True)
+    if plan["measured"]:
+        print(f"[bundle] left out of the node's priority, as their measured reference runs are committed: "
+              f"{', '.join(plan['measured'])} (the node's --runs still trains them)", flush=True)
     if plan["dropped_states"]:
         print(f"[bundle] note: n={plan['dropped_states']} exceed the CUDA scans' limit {CUDA_MAX_STATES}: "
               "benchmarks use the PyTorch scan there", flush=True)
@@ -226,7 +238,7 @@ def build(args) -> dict:
         "untracked": untracked[:50], "profile": args.profile, "configfiles": args.configfile or [],
         "config_overrides": args.config or [], "label": config.get("label"), "datasets": plan["datasets"],
         "target": args.target, "archs": list(args.arch) if args.target == "cuda" else [], "python": args.python,
-        "kernel_states": plan["kernel_states"], "priority": plan["priority"],
+        "kernel_states": plan["kernel_states"], "priority": plan["priority"], "measured": plan["measured"],
         "node": {"check_runs": plan["check_runs"], **dataclasses.asdict(plan["node"])},
         "bench": plan["bench"], "runs": [r.key for r in plan["runs"]], "files": files,
     }

@@ -33,6 +33,16 @@ STOPPED = "stopped by an error: "  # pipeline.training.train's last history line
 
 REFERENCE = Path(__file__).resolve().parents[2] / "results/reference"  # the committed reference runs
 
+
+def filed_reference(run: Run, reference: Path = REFERENCE) -> dict | None:
+    """The metrics of ``run``'s committed reference run (``./repro import`` filed it) where its settings are
+    today's; else None."""
+    path = reference / run.filed_as / "metrics.json"
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    return metrics if stale_reason(metrics.get("spec"), run.result_spec()) is None else None
+
 CHECK = re.compile(r"step\s+([\d,]+) epoch\s+([\d.]+) \| train ppl\s+([\d.]+) \| valid ppl\s+([\d.]+) \| "
                    r"lr ([\d.e+-]+) \| ([\d,]+) tok/s")
 PLAN = re.compile(r"([\d,]+) steps/epoch, validation every [\d,]+ steps, ([\d,]+) steps")
@@ -134,8 +144,7 @@ def standing(run: Run, root: Path, running: dict[str, float | None], reference: 
         valid, test = m.get("valid_ppl", float("nan")), m.get("test_ppl", float("nan"))
         s.detail = f"{m.get('status', '')}: valid {valid:.2f}, test {test:.2f}"
         s.hours_left = None
-    elif s.state == "not started" and (filed := reference / run.filed_as / "metrics.json").exists() \
-            and stale_reason((m := json.loads(filed.read_text())).get("spec"), run.result_spec()) is None:
+    elif s.state == "not started" and (m := filed_reference(run, reference)) is not None:
         s.state = "filed"
         valid, test = m.get("valid_ppl", float("nan")), m.get("test_ppl", float("nan"))
         date = str((m.get("provenance") or {}).get("date") or "")[:10]
