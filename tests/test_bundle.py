@@ -221,6 +221,24 @@ def test_import_refuses_an_archive_edited_after_the_node_job(rehearsal, tmp_path
     assert not (tmp_path / "ref/ptb/ff").exists() and (tmp_path / "ref/ptb/vlnhmm-512/SHA256SUMS").is_file()
 
 
+def test_import_keeping_every_run_still_files_the_benchmarks(rehearsal, tmp_path):
+    """Every run of the job kept (a measured reference stays over a cut-short one): the job's benchmark CSVs and
+    session record are filed all the same; nothing was wrong with them."""
+    import shutil
+    out = repack(rehearsal["out"], tmp_path / "out", lambda folder: [shutil.rmtree(folder / "runs/ptb" / name)
+                                                                      for name in ("ff", "ff@2222")])
+    ref = tmp_path / "ref"
+    shutil.copytree(rehearsal["tmp"] / "reference/ptb/vlnhmm-512", ref / "ptb/vlnhmm-512")
+    measured = ref / "ptb/vlnhmm-512/metrics.json"
+    measured.write_text(json.dumps(json.loads(measured.read_text()) | {"status": "measured"}))
+    before = measured.read_text()
+    proc = py("-m", "pipeline.node.importer", str(out), *rehearsal["configs"], "--reference", str(ref),
+              "--bench-dir", str(tmp_path / "bench"))
+    assert "kept ptb/vlnhmm-512: kept the measured reference" in proc.stdout, proc.stdout
+    assert measured.read_text() == before and (tmp_path / "bench/kernel_cpu.csv").is_file()
+    assert list((ref / "_sessions").glob("*/summary.json")), proc.stdout
+
+
 def test_table_blanks_a_reference_run_edited_after_import(rehearsal, tmp_path):
     import shutil
     ref = tmp_path / "reference"

@@ -110,7 +110,8 @@ def provenance(metrics: dict, summary: dict, trained: dict, out_dir: Path, chose
 
 def import_out(out_dir: Path, config: dict, reference: Path, bench_dir: Path, force: bool = False) -> dict:
     """File OUT's runs, bench CSVs and session record.  Every run is judged before anything is written: an
-    import whose runs are all refused or kept writes nothing at all (``result["written"]`` False)."""
+    import that files no run and refused one writes nothing at all (``result["written"]`` False); one whose
+    runs were all kept (a measured reference stays) still files the benchmarks and the session record."""
     out_dir = Path(out_dir)
     summary = read_json(out_dir / "summary.json")
     if summary is None:
@@ -148,7 +149,7 @@ def import_out(out_dir: Path, config: dict, reference: Path, bench_dir: Path, fo
                 print(f"kept {msg}")
                 continue
             accepted.append((key, src, metrics, trained))
-        if found and not accepted:
+        if found and not accepted and result["refused"]:  # fix what refused them, then import the whole job
             print(f"nothing imported from {out_dir}: {len(result['refused'])} run(s) refused, {len(result['kept'])} "
                   "kept; no file was written (not the runs, nor the bench CSVs, nor the session record)",
                   file=sys.stderr)
