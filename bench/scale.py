@@ -193,9 +193,15 @@ def measure(setup: Setup, mode: str) -> dict:
     fn = {"train": setup.train_step, "eval": setup.eval_batch, "eval_build": setup.eval_build}[mode]
     setup.model.train(mode == "train")
     row = {"ms": median(time_ms(fn, device, warmup=args.warmup, repeats=args.steps))}
-    row.update(profile_parts(fn, device))
-    row["host_reads"] = host_reads(fn)
-    row["peak_mib"] = peak_mib(fn, device)
+    # the parts, host reads and peak memory come after the timing: one that fails (a profiler without CUPTI,
+    # say) leaves its columns empty and says why on stderr; the time measured stays in the row
+    for what, get in (("profile", lambda: profile_parts(fn, device)), ("host reads", lambda: {"host_reads": host_reads(fn)}),
+                      ("peak memory", lambda: {"peak_mib": peak_mib(fn, device)})):
+        try:
+            row.update(get())
+        except Exception:  # noqa: BLE001 -- an extra column of a timed row
+            print(f"{what} of this row failed; its columns stay empty:", file=sys.stderr)
+            traceback.print_exc(file=sys.stderr)
     model = setup.model
     if mode == "train":
         opt = setup.trainer.opt

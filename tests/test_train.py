@@ -268,3 +268,23 @@ def test_status_reads_where_each_run_stands(small_ptb, tmp_path, monkeypatch):
                         str(tmp_path / "cuda-out"), "--checkpoint", str(tmp_path / run.checkpoint)])
         why = status.standing(run, tmp_path, {})
         assert why.state == "stopped" and why.detail.startswith("device: cuda needs a CUDA GPU"), why.detail
+
+
+def test_out_of_memory_stops_with_its_reason_in_the_history(small_ptb, tmp_path, monkeypatch):
+    """Out of memory (too many runs on one GPU, say) ends the process with a message and leaves the reason in
+    the run's history, where ./repro status shows it."""
+    import pipeline.training.train as trainer
+    from pipeline.training import results, status
+
+    def full(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB\nmore detail")
+
+    monkeypatch.setattr(trainer, "die_with_parent", lambda *a: True)
+    monkeypatch.setattr(results, "JOB_PARENT", None)
+    monkeypatch.setattr(trainer, "train", full)
+    run = resolve_run({"name": "t", "dataset": "ptb", "model": "ff"}, DEFAULTS | {"ff": {"hidden": 8, "epochs": 1}})
+    with pytest.raises(SystemExit, match="out of memory on cpu: CUDA out of memory. Tried to allocate 4.00 GiB"):
+        trainer.main(["--spec", json.dumps(run.to_dict()), "--data", str(small_ptb), "--out", str(tmp_path / "out"),
+                      "--checkpoint", str(tmp_path / run.checkpoint)])
+    why = status.standing(run, tmp_path, {})
+    assert why.state == "stopped" and why.detail.startswith("out of memory on cpu"), why.detail

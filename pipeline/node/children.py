@@ -56,6 +56,9 @@ class Children:
         paths = [str(self.bundle / "tvm-runtime"), str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
         env.update(PYTHONPATH=os.pathsep.join(paths), PYTHONUNBUFFERED="1", MPLBACKEND="Agg", TQDM_DISABLE="1",
                    REPRO_COMMIT=str(self.commit_label or "unknown"))
+        # Triton's kernels compiled once and shared by every child, in the job's folder (its default is under
+        # $HOME, which a batch node may not let it write: the fused normalizer would then fall back)
+        env.setdefault("TRITON_CACHE_DIR", str(self.logs.parent / "triton-cache"))
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)
         return env

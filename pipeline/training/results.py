@@ -5,12 +5,13 @@ only while the job that started the run is there (a given-up job leaves no resul
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import torch
 
 from pipeline.config import Run
-from pipeline.files import write_json
+from pipeline.files import write_atomic, write_json
 from pipeline.integrity import record_dir
 from pipeline.lifetime import parent_is
 from pipeline.provenance import CPU_NAME, provenance
@@ -31,10 +32,12 @@ def run_provenance(device: torch.device, segments: list[dict] | None = None) -> 
 
 
 def write_curve(curve: list[dict], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(curve[0]))
-        writer.writeheader()
-        writer.writerows(curve)
+    """curve.csv, atomically: a reader beside the run (the GPU node polls it) sees whole rows only."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(curve[0]))
+    writer.writeheader()
+    writer.writerows(curve)
+    write_atomic(path, text.getvalue())
 
 
 def run_metrics(run: Run, model, device: torch.device, params: int, state: dict, steps_per_epoch: int,

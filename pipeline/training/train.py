@@ -427,13 +427,23 @@ def main(argv: list[str] | None = None) -> None:
               inputs)
     except RunLocked as e:  # another process trains this run: its history is not this process's to write
         sys.exit(f"error: {e}")
+    except torch.OutOfMemoryError as e:  # e.g. too many runs at once on one GPU: say so where status reads it
+        first = str(e).splitlines()[0] if str(e) else "out of memory"
+        stop(run.key, checkpoint, f"out of memory on {run.train.device}: {first} (the last checkpoint is kept: run "
+                                  "it again with fewer processes on the device, and it resumes)")
     except (TrainingError, IntegrityError) as e:
-        try:  # the run's history keeps why it stopped (./repro status shows it)
-            with open(run_history(checkpoint), "a") as f:
-                f.write(f"[{run.key}] {STOPPED}{str(e).removeprefix(f'[{run.key}] ')}\n")
-        except OSError:
-            pass
-        sys.exit(f"error: {e}")
+        stop(run.key, checkpoint, str(e))
+
+
+def stop(key: str, checkpoint: Path, why: str) -> None:
+    """End the process on an error, its reason kept in the run's history (./repro status shows it)."""
+    try:
+        Path(run_history(checkpoint)).parent.mkdir(parents=True, exist_ok=True)
+        with open(run_history(checkpoint), "a") as f:
+            f.write(f"[{key}] {STOPPED}{why.removeprefix(f'[{key}] ')}\n")
+    except OSError:
+        pass
+    sys.exit(f"error: {why}")
 
 
 if __name__ == "__main__":
