@@ -288,3 +288,32 @@ def test_out_of_memory_stops_with_its_reason_in_the_history(small_ptb, tmp_path,
                       "--checkpoint", str(tmp_path / run.checkpoint)])
     why = status.standing(run, tmp_path, {})
     assert why.state == "stopped" and why.detail.startswith("out of memory on cpu"), why.detail
+
+
+def test_a_run_without_checkpoints_scores_the_same_best_weights(small_ptb, tmp_path):
+    """--no-checkpoint (the GPU node, whose disk does not outlive the job): nothing is written beside the
+    checkpoint path but the history, and the best weights kept in memory score exactly as best.pt's do."""
+    run = resolve_run({"name": "t", "dataset": "ptb", "model": "ff"}, DEFAULTS | {"ff": {"hidden": 8, "epochs": 2}})
+    corpus = Corpus.load(small_ptb)
+    results = {}
+    for on_disk in (True, False):
+        torch.manual_seed(run.train.seed)
+        ckpt = tmp_path / f"disk-{on_disk}" / "ckpt.pt"
+        results[on_disk] = train(run, corpus, build_model(run, corpus), tmp_path / f"out-{on_disk}", ckpt,
+                                 fingerprint="same", on_disk=on_disk)
+        written = sorted(p.name for p in ckpt.parent.iterdir())
+        assert written == (["best.pt", "best.pt.sha256", "ckpt.pt", "ckpt.pt.sha256", "train.lock", "train.log"]
+                           if on_disk else ["train.lock", "train.log"]), written
+    for key in ("valid_ppl", "test_ppl", "best_step", "steps"):
+        assert results[False][key] == results[True][key], key
+    # the best weights come back from memory even after the model moved on from them
+    from pipeline.training.checkpoints import BestInMemory
+    model = build_model(run, corpus)
+    kept = BestInMemory(tmp_path / "none.pt", run.key)
+    kept.save_best(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    kept.load_best(model)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

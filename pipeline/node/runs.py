@@ -60,7 +60,8 @@ class Runs:
         out.mkdir(parents=True, exist_ok=True)
         args = ["-m", "pipeline.training.train", "--spec", str(spec_path), "--data", str(self.node.bundle / "data" / ds),
                 "--kernel-root", str(self.node.bundle / "kernels"), "--out", str(out),
-                "--checkpoint", str(self.node.work / "ckpt" / ds / name / "ckpt.pt")]
+                "--checkpoint", str(self.node.work / "ckpt" / ds / name / "ckpt.pt"),
+                "--no-checkpoint"]  # none could come back: each check would write the model and optimizer for nothing
         s = spec["settings"]
         if spec["model"] == "vlnhmm" and s.get("constraint") == "brown":
             args += ["--clusters", str(self.node.bundle / "data" / ds / "clusters" / f"brown-{s['num_clusters']}.tsv")]

@@ -260,3 +260,26 @@ class Checkpoint:
                 moved.append(f.name)
         say(f"[{self.name}] {self.path} {why}: kept in {folder} ({', '.join(moved)}), starting over.  To go on "
             f"with it instead: stop this run, restore the settings it was made with, and move those files back")
+
+
+class BestInMemory:
+    """A checkpoint for a process whose disk does not outlive it (the GPU node: nothing it writes but its results
+    comes back): nothing is written or resumed; the best weights are kept as a copy on the device for the final
+    scoring.  Saves a full write of the model, optimizer and best weights at every check."""
+
+    def __init__(self, path: Path, name: str):
+        self.path, self.name, self.best = Path(path), name, None
+
+    def load(self, model, opt, sched) -> None:
+        return None
+
+    def save(self, model, opt, sched, state: dict) -> None:
+        pass
+
+    def save_best(self, model) -> None:
+        self.best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def load_best(self, model) -> None:
+        if self.best is None:
+            raise TrainingError(f"[{self.name}] no best weights were kept (no validation check ran)")
+        model.load_state_dict(self.best)

@@ -50,7 +50,7 @@ from pipeline.lifetime import die_with_parent
 from pipeline.provenance import commit
 from pipeline import cpu
 from pipeline.training import precision, results
-from pipeline.training.checkpoints import Checkpoint, RunLocked, fingerprint_of, run_lock
+from pipeline.training.checkpoints import BestInMemory, Checkpoint, RunLocked, fingerprint_of, run_lock
 from pipeline.training.errors import TrainingError
 from pipeline.training.evaluate import evaluate, perplexity
 from pipeline.training.models import build_model, count_parameters
@@ -82,10 +82,11 @@ class Trainer:
     """Train ``model`` as ``run`` says (see the module docstring for the steps)."""
 
     def __init__(self, run: Run, corpus: Corpus, model: torch.nn.Module, out: Path, checkpoint: Path,
-                 fingerprint: str | tuple[str, ...] | None = None, inputs: dict | None = None):
+                 fingerprint: str | tuple[str, ...] | None = None, inputs: dict | None = None, on_disk: bool = True):
         """``fingerprint``: what a checkpoint must have to be resumed (:class:`Checkpoint`; default: the run's
         settings); ``inputs``: the SHA-256 of what the run reads beyond ``corpus`` (clusters, kernels), for
-        metrics.json."""
+        metrics.json; ``on_disk`` False: no checkpoint is written or resumed, the best weights stay in memory
+        (:class:`BestInMemory`; the history and the run lock still live beside ``checkpoint``)."""
         cfg = self.cfg = run.train
         self.inputs = {"data": dict(corpus.digests)} | (inputs or {})
         self.run, self.corpus, self.model, self.out, self.checkpoint = run, corpus, model, Path(out), Path(checkpoint)
@@ -116,7 +117,8 @@ class Trainer:
         self.total_steps = math.ceil(cfg.epochs * self.steps_per_epoch)
         self.last_step = min(self.total_steps, cfg.max_steps) if cfg.max_steps else self.total_steps
         self.params = count_parameters(model)
-        self.ckpt = Checkpoint(self.checkpoint, self.fingerprint, self.device, run.key)
+        self.ckpt = (Checkpoint(self.checkpoint, self.fingerprint, self.device, run.key) if on_disk
+                     else BestInMemory(self.checkpoint, run.key))
         self.history = run_history(self.checkpoint)  # every segment's log lines (module docstring)
         self.valid_batches = len(Windows(corpus.splits["valid"], cfg.eval_batch_size, cfg.bptt))
         self.saved_step: int | None = None  # the step of the checkpoint on disk (written or resumed here)
@@ -215,6 +217,8 @@ class Trainer:
 
     def kept(self) -> str:
         """What a stopped run leaves to resume from (said in its error)."""
+        if isinstance(self.ckpt, BestInMemory):
+            return "this process keeps no checkpoint (--no-checkpoint)"
         if self.saved_step is not None and self.checkpoint.exists():
             return f"the last checkpoint ({self.checkpoint}, step {self.saved_step:,}) is kept"
         return f"no checkpoint of this run was written yet ({self.checkpoint}): run again, it starts over"
@@ -388,9 +392,10 @@ class Trainer:
 
 
 def train(run: Run, corpus: Corpus, model: torch.nn.Module, out: Path, checkpoint: Path,
-          fingerprint: str | tuple[str, ...] | None = None, inputs: dict | None = None) -> dict:
-    """Train ``model`` as ``run`` says; resume from ``checkpoint`` if it has the same fingerprint."""
-    return Trainer(run, corpus, model, out, checkpoint, fingerprint, inputs).fit()
+          fingerprint: str | tuple[str, ...] | None = None, inputs: dict | None = None, on_disk: bool = True) -> dict:
+    """Train ``model`` as ``run`` says; resume from ``checkpoint`` if it has the same fingerprint (``on_disk``
+    False: none is written or resumed, :class:`Trainer`)."""
+    return Trainer(run, corpus, model, out, checkpoint, fingerprint, inputs, on_disk).fit()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -401,6 +406,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--kernel-root", type=Path, default=Path("build/kernels"), help="parent of llvm/ and cuda/")
     p.add_argument("--out", type=Path, help="directory for metrics.json and curve.csv (default: the run's)")
     p.add_argument("--checkpoint", type=Path, help="checkpoint file, resumed if present (default: the run's)")
+    p.add_argument("--no-checkpoint", action="store_true", help="write and resume no checkpoint; keep the best "
+                   "weights in memory (a machine whose disk does not outlive the process: the GPU node)")
     a = p.parse_args(argv)
     results.JOB_PARENT = os.getppid()
     die_with_parent(signal.SIGTERM, results.JOB_PARENT)  # the job's shell killed: this process goes too
@@ -424,7 +431,7 @@ def main(argv: list[str] | None = None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "spec.json", run.to_dict())
         train(run, corpus, model, out, checkpoint, fingerprint_of(run, data / "vocab.tsv", data / "stats.json", clusters),
-              inputs)
+              inputs, on_disk=not a.no_checkpoint)
     except RunLocked as e:  # another process trains this run: its history is not this process's to write
         sys.exit(f"error: {e}")
     except torch.OutOfMemoryError as e:  # e.g. too many runs at once on one GPU: say so where status reads it
