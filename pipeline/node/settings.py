@@ -22,7 +22,8 @@ class NodeConfig(Settings):
     parallel: int = setting(4, "most runs at once (--parallel)", min=1)
     solo_seconds: float = setting(45.0, "the first run runs alone until its 3rd check or this long: the "
                                         "throughput baseline (0: start the others at once)", min=0)
-    warm_seconds: float = setting(20.0, "after starting a run wait this long, or for its first check, before "
+    warm_seconds: float = setting(60.0, "after starting a run wait for its first check (its evaluation caches: "
+                                        "at 2^15 states some GiB beyond its training step), or this long, before "
                                         "measuring its memory and starting the next", min=0)
     memory_headroom: float = setting(1.3, "start another run only if free memory >= this x the largest "
                                           "footprint a run has shown", min=1)
