@@ -274,3 +274,23 @@ def test_a_run_filling_no_paper_row_is_refused():
         with pytest.raises(ConfigError, match=f"run ptb/x: rows: '{row}' is no row .*{hint}"):
             resolve_run({"name": "x", "dataset": "ptb", "model": "ff", "rows": [row]}, {})
     assert resolve_run({"name": "x", "dataset": "ptb", "model": "ff", "rows": ["table1/ff", "fig3"]}, {})
+
+
+def test_a_run_cut_short_by_its_time_cap_goes_on_when_forced(tmp_path):
+    """docs/cpu.md: a run stopped by its time cap is complete as far as snakemake knows, so the same command
+    again does nothing; with --forcerun (what ./repro status prints) it trains on from its last check."""
+    overlay = tmp_path / "cap.yaml"
+    overlay.write_text(f"mirror: {ROOT / '.test/data'}\ndefaults:\n  ff: {{max_seconds: 0.001}}\n")
+    target, work = "results/runs/ptb/ff/metrics.json", tmp_path / "w"
+    args = [target, "--configfile", str(overlay), "--directory", str(work)]
+    snakemake(*args)
+    first = json.loads((work / target).read_text())
+    assert first["status"].startswith("cut short: time") and first["steps"] < first["steps_per_epoch"] * 2, first["status"]
+    same = snakemake(*args)
+    assert "Nothing to be done" in same.stdout + same.stderr
+    snakemake(*args, "--forcerun", target)
+    again = json.loads((work / target).read_text())
+    history = (work / "build/checkpoints/ptb/ff/train.log").read_text()
+    assert f"resumed from build/checkpoints/ptb/ff/ckpt.pt at step {first['steps']:,}" in history, history[-2000:]
+    assert again["status"].startswith("cut short: time") and again["steps"] > first["steps"]
+    assert [s["from_step"] for s in again["segments"]] == [0, first["steps"]]
