@@ -293,7 +293,7 @@ def test_out_of_memory_stops_with_its_reason_in_the_history(small_ptb, tmp_path,
 def test_a_run_without_checkpoints_scores_the_same_best_weights(small_ptb, tmp_path):
     """--no-checkpoint (the GPU node, whose disk does not outlive the job): nothing is written beside the
     checkpoint path but the history, and the best weights kept in memory score exactly as best.pt's do."""
-    run = resolve_run({"name": "t", "dataset": "ptb", "model": "ff"}, DEFAULTS | {"ff": {"hidden": 8, "epochs": 2}})
+    run = resolve_run({"name": "t", "dataset": "ptb", "model": "ff"}, DEFAULTS | {"ff": {"hidden": 8, "epochs": 1}})
     corpus = Corpus.load(small_ptb)
     results = {}
     for on_disk in (True, False):
