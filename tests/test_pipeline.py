@@ -71,6 +71,27 @@ def test_tiny_hmm_beats_unigram(tiny_all):
     assert metrics["valid_ppl"] < 0.85 * unigram, (metrics["valid_ppl"], unigram)
 
 
+def test_each_run_is_scored_with_the_weights_it_names(tiny_all):
+    """metrics.json's valid perplexity is the curve's at the check whose weights were tested (best_step for
+    test_weights: best, the last check for last).  Several tiny runs' best check is not their last, so scoring
+    the last weights in place of the best (or the reverse) shows here."""
+    import csv
+    checked, best_not_last = 0, 0
+    for path in sorted((TINY / "results/runs").glob("*/*/metrics.json")):
+        curve = path.with_name("curve.csv")
+        if not curve.exists():  # KN5: nothing trained by checks
+            continue
+        m, rows = json.loads(path.read_text()), list(csv.DictReader(curve.open()))
+        best = m["spec"]["train"]["test_weights"] == "best"
+        at = m["best_step"] if best else int(rows[-1]["step"])
+        (row,) = [r for r in rows if int(r["step"]) == at]
+        assert m["valid_ppl"] == pytest.approx(float(row["valid_ppl"]), abs=2e-3), (path, at)
+        if best and at != int(rows[-1]["step"]) and abs(float(rows[-1]["valid_ppl"]) - m["valid_ppl"]) > 0.1:
+            best_not_last += 1
+        checked += 1
+    assert checked >= 10 and best_not_last >= 1, (checked, best_not_last)
+
+
 def test_nothing_to_do_after_a_run(tiny_all):
     assert "Nothing to be done" in snakemake("-n", "all").stdout
 
