@@ -4,6 +4,7 @@ import lzma
 import shutil
 
 import numpy as np
+import torch
 import pytest
 
 from conftest import TEST_DATA, dataset_spec, raw_paths
@@ -36,9 +37,11 @@ def test_full_counts(raw, tmp_path, dataset):
 def test_windows_cover_every_token_once(small_ptb):
     ids = Corpus.load(small_ptb).splits["valid"]
     w = Windows(ids, batch_size=16, bptt=32)
-    got = np.concatenate([x[m].numpy() for x, m in ((w.x, w.mask),)])
-    assert int(sum(m.sum() for _, m in w)) == len(ids)
-    assert np.array_equal(np.sort(got), np.sort(ids.numpy()))
+    windows = list(w)
+    assert int(sum(m.sum() for _, m in windows)) == len(ids)
+    # the windows side by side are the streams, and the streams one after the other are the split, in order
+    assert torch.equal(torch.cat([x for x, _ in windows], 1), w.x) and torch.equal(torch.cat([m for _, m in windows], 1), w.mask)
+    assert np.array_equal(w.x[w.mask].numpy(), ids.numpy())
 
 
 def test_shuffle_keeps_documents(small_ptb):
@@ -47,7 +50,11 @@ def test_shuffle_keeps_documents(small_ptb):
     assert sorted(shuffled.tolist()) == sorted(corpus.splits["train"].tolist())
     assert not np.array_equal(shuffled.numpy(), corpus.splits["train"].numpy())
     eos = corpus.vocab.index["<eos>"]
-    assert int(shuffled[-1]) == eos  # whole sentences move
+
+    def sentences(ids) -> list[tuple]:
+        cuts = np.flatnonzero(ids.numpy() == eos) + 1
+        return sorted(tuple(s) for s in np.split(ids.numpy(), cuts) if len(s))
+    assert int(shuffled[-1]) == eos and sentences(shuffled) == sentences(corpus.splits["train"])  # whole sentences move
 
 
 def _corrupt_mirror(tmp_path, change):

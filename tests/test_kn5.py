@@ -40,3 +40,25 @@ def test_unk_is_a_word(kn5):
     text = (work / "valid.txt").read_text()
     assert "<unk>" not in text and "UNK_WORD" in text  # KenLM reserves <unk>; ours is an ordinary token
     assert metrics["valid_tokens"] == len(text.split()) + text.count("\n")
+
+
+def test_params_are_the_arpa_models_ngram_entries(kn5, tmp_path):
+    """params: the n-gram entries of the model, counted here line by line in the ARPA file lmplz writes for the
+    same text (not from its header, which is what the pipeline reads)."""
+    from baselines.kn5 import estimate
+
+    work, metrics = kn5
+    assert (work / "train.txt").is_file(), sorted(p.name for p in work.iterdir())
+    arpa = tmp_path / "kn5.arpa"
+    estimate(work / "train.txt", arpa, tmp_path / "kn5.bin", BIN, 5, "10%", True)
+    entries, section = {}, None
+    for line in arpa.read_text(encoding="utf-8").splitlines():
+        if m := re.fullmatch(r"\\(\d)-grams:", line):
+            section = m.group(1)
+        elif not line.strip() or line.startswith("\\"):
+            section = None
+        elif section:
+            entries[section] = entries.get(section, 0) + 1
+    assert sorted(entries) == ["1", "2", "3", "4", "5"]
+    assert {str(k): v for k, v in metrics["ngram_counts"].items()} == entries
+    assert metrics["params"] == sum(entries.values())
