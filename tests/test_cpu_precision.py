@@ -129,10 +129,16 @@ def test_cpu_runs_put_the_named_runs_and_their_seeds_on_the_cpu():
         resolve_runs(config | {"cpu_runs": ["ptb/gru"]})
 
 
-@pytest.mark.skipif(cpu.kind() == "none", reason="bf16 training is compared where the CPU has native bf16")
 @pytest.mark.parametrize("model", ["ff", "lstm", "vlnhmm"])
-def test_bf16_training_agrees_with_fp32(small_ptb, tmp_path, model):
-    """Same seed, same data, one epoch each: the fp32-scored valid ppl of bf16 training within 2 % of fp32's."""
+def test_bf16_training_agrees_with_fp32(small_ptb, tmp_path, model, monkeypatch):
+    """Same seed, same data, one epoch each: the fp32-scored valid ppl of bf16 training within 2 % of fp32's.
+    On a CPU without native bf16 (which refuses cpu_precision: bf16) the products are emulated, slower but the
+    same numbers: the FF and VLNHMM are compared so, told the CPU had AVX512-BF16; oneDNN builds no emulated
+    bf16 LSTM."""
+    if cpu.kind() == "none":
+        if model == "lstm":
+            pytest.skip("oneDNN has no bf16 LSTM without native bf16; compared where the CPU has it")
+        monkeypatch.setattr(precision.cpu, "kind", lambda: "avx512_bf16")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small steps: one thread is as fast, and never waits on a busy core
     try:
