@@ -36,8 +36,12 @@ def synthetic_corpus(seed: int = 0) -> Corpus:
     return Corpus(Vocab(tokens, (1,) * V), splits, docs)
 
 
-@pytest.mark.parametrize("lean", [True, False], ids=["factored", "dense"])
-@pytest.mark.parametrize("name", SETTINGS)
+# transition dropout takes the dense transition whatever lean says: its factored case would be the dense one again
+CASES = [(name, lean) for name in SETTINGS for lean in (True, False)
+         if not (lean and SETTINGS[name].get("transition_dropout"))]
+
+
+@pytest.mark.parametrize("name, lean", CASES, ids=[f"{n}-{'factored' if lean else 'dense'}" for n, lean in CASES])
 def test_training_step_reads_nothing_back(name, lean, tmp_path, monkeypatch):
     """The GPU's step (a CPU step also takes each distinct carried state once, reading their count back)."""
     import hmm.model

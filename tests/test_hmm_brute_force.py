@@ -92,6 +92,9 @@ def test_distributions_are_normalized_and_blocked(name, training):
         assert (torch.bincount(blocks) == kept).all()
         allowed = blocks[:, None] == torch.as_tensor(CLUSTERS[cfg.num_clusters])[None, :]
         assert torch.isinf(log_o[~allowed]).all()
+    else:  # every state is live (no state dropout); each word is emitted by its states_per_word states only
+        assert len(p.live.states) == cfg.num_states
+        assert (torch.isfinite(log_o).sum(0) == cfg.states_per_word).all()
 
 
 @pytest.mark.parametrize("name", VARIANTS)

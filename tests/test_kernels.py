@@ -368,7 +368,8 @@ def test_matmul_scan_with_every_step_padding():
     table, index = torch.zeros(0, 8, 8), torch.full((2, 3), -1, dtype=torch.int32)
     alpha, beta = PRODUCTS.forward(init, table, index, emit), PRODUCTS.backward(table, index, emit)
     assert torch.equal(alpha, init[:, None].expand(2, 4, 8)) and (beta == 0).all()
-    assert log_partition_blocks(init, table, index, emit, scan=PRODUCTS)[0].isfinite().all()
+    # nothing emitted: Z sums the initial weights alone
+    torch.testing.assert_close(log_partition_blocks(init, table, index, emit, scan=PRODUCTS)[0], init.logsumexp(-1))
 
 
 def test_missing_directory_raises_kernel_error(tmp_path, llvm_dir):
