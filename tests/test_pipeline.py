@@ -241,7 +241,12 @@ def test_benchmarks_run_on_cpu_in_the_tiny_profile():
     assert {"train", "eval"} <= set(scale["mode"]) and scale["ms"].gt(0).all()
     assert (TINY / "results/bench/scale_cpu.png").stat().st_size > 10_000
     kernel = pd.read_csv(TINY / "results/bench/kernel_cpu.csv")
-    assert len(kernel) > 0
+    from bench.kernels import OPS
+    sizes = merged_config("config/config.yaml", "config/tiny.yaml")["bench"]["kernel_states"]
+    # every size and op timed for both backends, torch's the speedup's baseline
+    assert sorted(map(tuple, kernel[["n", "op", "backend"]].values.tolist())) == sorted(
+        (n, op, b) for n in sizes for op in OPS for b in ("torch", "tvm"))
+    assert kernel["ms_median"].gt(0).all() and kernel.loc[kernel.backend == "torch", "speedup_vs_torch"].eq(1).all()
 
 
 def test_released_recipe_dag_sits_beside_the_default(tmp_path):
