@@ -12,9 +12,9 @@ valid ppl so far, and an estimate of the training time left at the last check's 
 A run is *training now* if a ``pipeline.training.train`` process with its checkpoint is alive on this machine.
 One never started here that has a committed reference run of the same settings (``results/reference/``, as
 ``./repro import`` filed it; the default config's tables show it) is *filed*, with that run's numbers and where
-it was trained.  A run that ended *cut short* by its time cap (``max_seconds``, an execution setting) with its checkpoint still
-here can go on from its last check; snakemake runs a job whose outputs are complete again only when told to
-(``--forcerun``), and the command for that is printed below the table.
+it was trained.  A run that ended *cut short* by its time cap (``max_seconds``, an execution setting) with its
+checkpoint still here can go on from its last check; snakemake runs a job whose outputs are complete again only
+when told to (``--forcerun``), and the command for that is printed below the table.
 """
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ def filed_reference(run: Run, reference: Path = REFERENCE) -> dict | None:
         return None
     metrics = json.loads(path.read_text())
     return metrics if stale_reason(metrics.get("spec"), run.result_spec()) is None else None
+
 
 CHECK = re.compile(r"step\s+([\d,]+) epoch\s+([\d.]+) \| train ppl\s+([\d.]+) \| valid ppl\s+([\d.]+) \| "
                    r"lr ([\d.e+-]+) \| ([\d,]+) tok/s")
