@@ -83,3 +83,45 @@ def test_the_readme_fidelity_table_is_the_csv():
         assert cells[1] == f"{float(row['switched_ppl_mean']):.2f}", cells
         assert cells[2].replace("\u2212", "-") == (f"{diff:+.2f}" if diff else "0.00"), cells
         assert cells[3].split()[0] == row["exceeds_seed_spread"], cells
+
+
+def test_a_measured_reference_of_todays_settings_stays_and_one_of_old_settings_is_replaced(tmp_path):
+    """file_local (and the node importer, through pipeline.references) keeps a measured reference over a cut-short
+    run unless forced, but only one trained from today's settings: a measured reference of other settings counts
+    for nothing (its row says stale) and gives way to today's cut-short run."""
+    from pipeline.integrity import record_dir
+    from pipeline.node.importer import file_local
+    from pipeline.references import filed_reference, keeps_reference, measured_reference
+
+    config = load_config(None, None, None)
+    run = {r.key: r for r in resolve_runs(config)}["ptb/lstm"]
+    ref, out = tmp_path / "reference", tmp_path / run.out_dir
+
+    def filed(status: str, valid: float, spec: dict) -> None:
+        (ref / run.filed_as).mkdir(parents=True, exist_ok=True)
+        (ref / run.filed_as / "metrics.json").write_text(json.dumps({"status": status, "spec": spec, "valid_ppl": valid}))
+
+    def trained(status: str, valid: float) -> dict:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps({"status": status, "spec": run.result_spec(), "valid_ppl": valid,
+                                                      "device_name": "test CPU"}))
+        record_dir(out, ["metrics.json"])
+        return file_local([run.key], config, ref, work=tmp_path)
+
+    def valid_filed() -> float:
+        return json.loads((ref / run.filed_as / "metrics.json").read_text())["valid_ppl"]
+
+    assert filed_reference(run, ref) is None and keeps_reference(run, "cut short: time", ref) is None
+    filed("measured", 100.0, run.result_spec())
+    assert measured_reference(run, ref)["valid_ppl"] == 100.0
+    result = trained("cut short: time, max_seconds 60 (3.00 of 50 epochs)", 150.0)
+    assert result["kept"] and not result["imported"] and valid_filed() == 100.0
+    assert "kept the measured reference" in result["kept"][0][1]
+    assert trained("measured", 90.0)["imported"] == [run.key] and valid_filed() == 90.0  # measured replaces measured
+
+    older = json.loads(json.dumps(run.result_spec()))
+    older["settings"]["dropout"] = 0.1  # trained from settings that are no longer the config's
+    filed("measured", 80.0, older)
+    assert filed_reference(run, ref) is None and measured_reference(run, ref) is None
+    assert trained("cut short: time, max_seconds 60 (3.00 of 50 epochs)", 150.0)["imported"] == [run.key]
+    assert valid_filed() == 150.0

@@ -109,6 +109,9 @@ def test_nan_loss_stops_with_step_and_batch(small_ptb, tmp_path):
                        r"too high; no checkpoint of this run was written yet"):
         train(run, corpus, model, tmp_path / "out", tmp_path / "ckpt.pt")
     assert not (tmp_path / "out" / "metrics.json").exists()
+    with pytest.raises(TrainingError, match=r"non-finite loss at step 1 .*this process keeps no checkpoint "
+                       r"\(--no-checkpoint\)"):  # the GPU node's runs say so instead
+        train(run, corpus, model, tmp_path / "out", tmp_path / "node" / "ckpt.pt", on_disk=False)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")

@@ -46,7 +46,7 @@ from pipeline.integrity import SUMS, record, sha256, verify, verify_dir
 from pipeline.node.settings import BUNDLE_FORMAT, node_settings
 from pipeline.profiles import load_config, resolve_profile, workdir_of  # noqa: F401 (this module's API too)
 from pipeline.provenance import commit_label, git_commit
-from pipeline.training.status import REFERENCE, filed_reference
+from pipeline.references import REFERENCE, measured_reference
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA_FILES = (*FILES, SUMS)  # a prepared dataset with its SHA-256 records
@@ -96,8 +96,7 @@ def node_plan(config: dict, datasets: list[str] | None, target: str, reference: 
     priority += [r.key for k in priority for r in runs if r.base != r.name and f"{r.dataset}/{r.base}" == k
                  and r.key not in priority]  # seed repeats after every listed run
     priority = [k for k in priority if by_key[k].dataset in datasets]
-    measured = [k for k in priority if reference is not None
-                and str((filed_reference(by_key[k], reference) or {}).get("status")) == "measured"]
+    measured = [k for k in priority if reference is not None and measured_reference(by_key[k], reference)]
     return {"runs": bundled, "datasets": datasets, "priority": [k for k in priority if k not in measured],
             "measured": measured,
             "check_runs": [k for k in check_runs if by_key[k].dataset in datasets], "node": cfg,

@@ -20,7 +20,7 @@ The tables (pipeline.reporting.report) show such a run, where no local result ex
 config in anything but execution settings (pipeline.config.EXECUTION_SETTINGS: device,
 max_seconds, cuda_graph and the scan backend, which the node picks from its kernel check: both scans
 compute the same numbers); the backend used and why are recorded.  A measured
-reference is not replaced by a cut-short one without ``--force``.  Bench CSVs go to
+reference of today's settings is not replaced by a cut-short one without ``--force``.  Bench CSVs go to
 results/bench/; summary.json, check.json and the CSVs are also kept, committed, in
 ``results/reference/_sessions/<date>-<device>/``.  Every run is judged before anything is written: an
 import that files no run of OUT's (all refused or kept) writes nothing, not even the bench CSVs or the
@@ -41,6 +41,7 @@ from pathlib import Path
 from pipeline.config import ConfigError, resolve_runs, run_history, spec_differences
 from pipeline.files import read_json
 from pipeline.integrity import SUMS, IntegrityError, read_sums, record_dir, sha256, verify_dir
+from pipeline.references import keeps_reference
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -141,10 +142,7 @@ def import_out(out_dir: Path, config: dict, reference: Path, bench_dir: Path, fo
                 result["refused"].append((key, why))
                 print(f"REFUSED {why}", file=sys.stderr)
                 continue
-            old = read_json(reference / current[key].filed_as / "metrics.json")
-            if old and old.get("status") == "measured" and metrics.get("status") != "measured" and not force:
-                msg = (f"{key}: kept the measured reference of {(old.get('provenance') or {}).get('date')}; this one is "
-                       f"'{metrics.get('status')}' (--force replaces it)")
+            if not force and (msg := keeps_reference(current[key], str(metrics.get("status")), reference)):
                 result["kept"].append((key, msg))
                 print(f"kept {msg}")
                 continue
@@ -229,8 +227,8 @@ def file_local(keys: list[str], config: dict, reference: Path, force: bool = Fal
     with its provenance (CPU model, vector unit and bf16 kind, precision, each training segment), provenance.json,
     curve.csv, train.log (every segment's, from beside the run's checkpoint; else the job's log), spec.json,
     docs.npz and SHA256SUMS, into ``reference/`` + the run's ``filed_as``.  Only a run that ended
-    (``measured`` or ``cut short``) is filed; one in progress is refused.  A measured reference is not
-    replaced by a cut-short run without ``force``."""
+    (``measured`` or ``cut short``) is filed; one in progress is refused.  A measured reference of today's
+    settings is not replaced by a cut-short run without ``force``."""
     current = {r.key: r for r in resolve_runs(config)}
     result = {"imported": [], "refused": [], "kept": [], "written": False}
     for key in keys:
@@ -252,10 +250,9 @@ def file_local(keys: list[str], config: dict, reference: Path, force: bool = Fal
             result["refused"].append((key, why))
             print(f"REFUSED {why}", file=sys.stderr)
             continue
-        old = read_json(reference / current[key].filed_as / "metrics.json")
-        if old and old.get("status") == "measured" and status != "measured" and not force:
-            result["kept"].append((key, f"kept the measured reference; this run is '{status}' (--force replaces it)"))
-            print(f"kept {key}: the measured reference stays; this run is '{status}' (--force replaces it)")
+        if not force and (msg := keeps_reference(current[key], status, reference)):
+            result["kept"].append((key, msg))
+            print(f"kept {msg}")
             continue
         dest = reference / current[key].filed_as
         prov = (metrics.get("provenance") or {}) | {

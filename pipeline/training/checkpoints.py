@@ -227,6 +227,12 @@ class Checkpoint:
             raise TrainingError(str(err)) from None
         model.load_state_dict(torch.load(self.best_path, map_location=self.device, weights_only=True))
 
+    def kept(self, saved_step: int | None) -> str:
+        """What a stopped run leaves to resume from (``saved_step``: the step of this process's last save)."""
+        if saved_step is not None and self.path.exists():
+            return f"the last checkpoint ({self.path}, step {saved_step:,}) is kept"
+        return f"no checkpoint of this run was written yet ({self.path}): run again, it starts over"
+
     def _set_aside_corrupt(self, bad: Path, err: Exception) -> None:
         """A checkpoint (or its best weights) that does not match its record or cannot be read (``bad``: the
         file that failed): both kept beside as ``*.corrupt`` for a look, never loaded; the run starts from
@@ -275,6 +281,9 @@ class BestInMemory:
 
     def save(self, model, opt, sched, state: dict) -> None:
         pass
+
+    def kept(self, saved_step: int | None) -> str:
+        return "this process keeps no checkpoint (--no-checkpoint)"
 
     def save_best(self, model) -> None:
         self.best = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -27,22 +27,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline.config import DEFAULT_RECIPE, ConfigError, Run, resolve_runs, run_history, stale_reason
+from pipeline.config import DEFAULT_RECIPE, ConfigError, Run, resolve_runs, run_history
+from pipeline.references import REFERENCE, filed_reference
 
 STOPPED = "stopped by an error: "  # pipeline.training.train's last history line of a run whose process stopped so
-
-REFERENCE = Path(__file__).resolve().parents[2] / "results/reference"  # the committed reference runs
-
-
-def filed_reference(run: Run, reference: Path = REFERENCE) -> dict | None:
-    """The metrics of ``run``'s committed reference run (``./repro import`` filed it) where its settings are
-    today's; else None."""
-    path = reference / run.filed_as / "metrics.json"
-    if not path.is_file():
-        return None
-    metrics = json.loads(path.read_text())
-    return metrics if stale_reason(metrics.get("spec"), run.result_spec()) is None else None
-
 
 CHECK = re.compile(r"step\s+([\d,]+) epoch\s+([\d.]+) \| train ppl\s+([\d.]+) \| valid ppl\s+([\d.]+) \| "
                    r"lr ([\d.e+-]+) \| ([\d,]+) tok/s")

@@ -217,11 +217,7 @@ class Trainer:
 
     def kept(self) -> str:
         """What a stopped run leaves to resume from (said in its error)."""
-        if isinstance(self.ckpt, BestInMemory):
-            return "this process keeps no checkpoint (--no-checkpoint)"
-        if self.saved_step is not None and self.checkpoint.exists():
-            return f"the last checkpoint ({self.checkpoint}, step {self.saved_step:,}) is kept"
-        return f"no checkpoint of this run was written yet ({self.checkpoint}): run again, it starts over"
+        return self.ckpt.kept(self.saved_step)
 
     # -- check ------------------------------------------------------------------------------
 
