@@ -302,21 +302,33 @@ def test_a_run_filling_no_paper_row_is_refused():
     assert resolve_run({"name": "x", "dataset": "ptb", "model": "ff", "rows": ["table1/ff", "fig3"]}, {})
 
 
-def test_a_run_cut_short_by_its_time_cap_goes_on_when_forced(tmp_path):
+def test_runs_cut_short_by_their_time_cap_go_on_with_the_command_status_prints(tmp_path):
     """docs/cpu.md: a run stopped by its time cap is complete as far as snakemake knows, so the same command
-    again does nothing; with --forcerun (what ./repro status prints) it trains on from its last check."""
+    again does nothing; the command ``./repro status`` prints (run as printed, through ``./repro run``) trains
+    every such run on from its last check: two here, the second of which a forced file alone would miss."""
     overlay = tmp_path / "cap.yaml"
-    overlay.write_text(f"mirror: {ROOT / '.test/data'}\ndefaults:\n  ff: {{max_seconds: 0.001}}\n")
-    target, work = "results/runs/ptb/ff/metrics.json", tmp_path / "w"
-    args = [target, "--configfile", str(overlay), "--directory", str(work)]
+    overlay.write_text(f"mirror: {ROOT / '.test/data'}\ndefaults:\n  ff: {{max_seconds: 0.001}}\n"
+                       "  lstm: {max_seconds: 0.001}\n")
+    names, work = ("ff", "lstm"), tmp_path / "w"
+    targets = [f"results/runs/ptb/{n}/metrics.json" for n in names]
+    args = [*targets, "--configfile", str(overlay), "--directory", str(work)]
     snakemake(*args)
-    first = json.loads((work / target).read_text())
-    assert first["status"].startswith("cut short: time") and first["steps"] < first["steps_per_epoch"] * 2, first["status"]
+    first = {n: json.loads((work / t).read_text()) for n, t in zip(names, targets)}
+    for m in first.values():
+        assert m["status"].startswith("cut short: time") and m["steps"] < m["steps_per_epoch"] * 2, m["status"]
     same = snakemake(*args)
     assert "Nothing to be done" in same.stdout + same.stderr
-    snakemake(*args, "--forcerun", target)
-    again = json.loads((work / target).read_text())
-    history = (work / "build/checkpoints/ptb/ff/train.log").read_text()
-    assert f"resumed from build/checkpoints/ptb/ff/ckpt.pt at step {first['steps']:,}" in history, history[-2000:]
-    assert again["status"].startswith("cut short: time") and again["steps"] > first["steps"]
-    assert [s["from_step"] for s in again["segments"]] == [0, first["steps"]]
+    shown = subprocess.run(["./repro", "status", "--profile", "profiles/tiny", "--configfile", str(overlay),
+                            "--directory", str(work)], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert shown.count("cut short: time") == 2, shown
+    (printed,) = [line.strip() for line in shown.splitlines() if line.strip().startswith("./repro run ")]
+    words = shlex.split(printed)
+    assert set(targets) <= set(words), printed
+    proc = subprocess.run(words, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for n, t in zip(names, targets):
+        again = json.loads((work / t).read_text())
+        history = (work / f"build/checkpoints/ptb/{n}/train.log").read_text()
+        assert f"resumed from build/checkpoints/ptb/{n}/ckpt.pt at step {first[n]['steps']:,}" in history, history[-2000:]
+        assert again["status"].startswith("cut short: time") and again["steps"] > first[n]["steps"], (n, again["status"])
+        assert [s["from_step"] for s in again["segments"]] == [0, first[n]["steps"]]

@@ -255,7 +255,7 @@ def test_status_reads_where_each_run_stands(small_ptb, tmp_path, monkeypatch):
     assert cut.state == "cut short" and cut.detail.startswith("cut short: time"), cut
     target = f"{run.out_dir}/metrics.json"
     assert status.continue_command([target], "profiles/cpu", ["config/time-cap.yaml"], None, None) == (
-        f"./repro run --profile profiles/cpu --configfile config/time-cap.yaml {target} --forcerun {target}")
+        f"./repro run --profile profiles/cpu --configfile config/time-cap.yaml {target} --forcerun train")
     (tmp_path / run.out_dir / "metrics.json").write_text(json.dumps(metrics | {"status": "cut short: max_steps 3"}))
     assert status.standing(run, tmp_path, {}).state == "finished"  # max_steps is in its fingerprint: no going on
     (tmp_path / run.out_dir / "metrics.json").unlink()

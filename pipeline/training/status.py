@@ -32,6 +32,8 @@ from pipeline.references import REFERENCE, filed_reference
 
 STOPPED = "stopped by an error: "  # pipeline.training.train's last history line of a run whose process stopped so
 
+TIME_CAP = "config/time-cap.yaml"  # the overlay that caps every training process (docs/cpu.md)
+
 CHECK = re.compile(r"step\s+([\d,]+) epoch\s+([\d.]+) \| train ppl\s+([\d.]+) \| valid ppl\s+([\d.]+) \| "
                    r"lr ([\d.e+-]+) \| ([\d,]+) tok/s")
 PLAN = re.compile(r"([\d,]+) steps/epoch, validation every [\d,]+ steps, ([\d,]+) steps")
@@ -155,14 +157,16 @@ def table(rows: list[Standing]) -> str:
 
 def continue_command(targets: list[str], profile: str | None, configfiles: list[str] | None,
                      config: list[str] | None, directory: str | None) -> str:
-    """The command that trains cut-short runs on from their checkpoints: their targets, forced (snakemake
-    reruns a job whose outputs exist only so), with the options status was given."""
+    """The command that trains cut-short runs on from their checkpoints: their targets with their training jobs
+    forced (snakemake reruns a job whose outputs exist only so), with the options status was given.  The rule
+    is forced, not the files: ``--forcerun`` takes a single file before a target in ``./repro run``
+    (pipeline.snakemake_args), and a target's training job is the only ``train`` job of its DAG."""
     words = ["./repro", "run"]
     words += ["--profile", profile] if profile else []
     words += ["--directory", directory] if directory else []
     words += ["--configfile", *configfiles] if configfiles else []
     words += ["--config", *config] if config else []
-    return " ".join([*words, *targets, "--forcerun", *targets])
+    return " ".join([*words, *targets, "--forcerun", "train"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,9 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     print(table(shown) if shown else "no run has started (--all lists every run)")
     cut = [f"{r.out_dir}/metrics.json" for r, st in zip(runs, rows) if st.state == "cut short"]
     if cut:
-        print(f"cut short, with a checkpoint to go on from: {len(cut)} run(s).  To train on from the last check (to "
-              "the run's planned epochs, or the cap of a --configfile such as config/time-cap.yaml):\n  "
-              + continue_command(cut, a.profile, a.configfile, a.config, a.directory))
+        go_on = continue_command(cut, a.profile, a.configfile, a.config, a.directory)
+        if a.configfile:
+            print(f"cut short, with a checkpoint to go on from: {len(cut)} run(s).  To train on from the last check, "
+                  f"with the --configfile given here (its time cap, if it sets one):\n  {go_on}")
+        else:
+            capped = continue_command(cut, a.profile, [TIME_CAP], a.config, a.directory)
+            print(f"cut short, with a checkpoint to go on from: {len(cut)} run(s).  To train on from the last check, "
+                  f"to the planned epochs:\n  {go_on}\nor under a time cap ({TIME_CAP}: each process stops in "
+                  f"time to score its run; give status your own --configfile and this command keeps it):\n  {capped}")
     quiet = len(rows) - len(shown)
     if quiet:
         print(f"({quiet} more not started; --all lists them)")
