@@ -196,13 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     cut = [f"{r.out_dir}/metrics.json" for r, st in zip(runs, rows) if st.state == "cut short"]
     if cut:
         go_on = continue_command(cut, a.profile, a.configfile, a.config, a.directory)
+        head = f"cut short, with a checkpoint to go on from: {len(cut)} run(s).  To train on from the last check, "
         if a.configfile:
-            print(f"cut short, with a checkpoint to go on from: {len(cut)} run(s).  To train on from the last check, "
-                  f"with the --configfile given here (its time cap, if it sets one):\n  {go_on}")
+            print(f"{head}with the --configfile given here (its time cap, if it sets one):\n  {go_on}")
         else:
             capped = continue_command(cut, a.profile, [TIME_CAP], a.config, a.directory)
-            print(f"cut short, with a checkpoint to go on from: {len(cut)} run(s).  To train on from the last check, "
-                  f"to the planned epochs:\n  {go_on}\nor under a time cap ({TIME_CAP}: each process stops in "
+            print(f"{head}to the planned epochs:\n  {go_on}\nor under a time cap ({TIME_CAP}: each process stops in "
                   f"time to score its run; give status your own --configfile and this command keeps it):\n  {capped}")
     quiet = len(rows) - len(shown)
     if quiet:
