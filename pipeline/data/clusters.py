@@ -80,10 +80,27 @@ def _common_prefix(codes: list[str]) -> str:
     return os.path.commonprefix(codes)
 
 
+def _cache_compiled_helpers() -> None:
+    """Keep brown-clustering's numba-compiled helpers on disk between processes.
+
+    The package compiles them afresh in every process (about 10 s of a 20 s clustering of a tiny slice);
+    with numba's cache a later process loads them.  The cache lies beside the package's source, or in the
+    user's cache folder where that is read-only, and numba recompiles when the source or the CPU changes.
+    """
+    from brown_clustering import helper
+    from numba.core.caching import NullCache
+    from numba.core.dispatcher import Dispatcher
+
+    for fn in vars(helper).values():
+        if isinstance(fn, Dispatcher) and isinstance(fn._cache, NullCache):
+            fn.enable_caching()
+
+
 def brown_clusters(tokens: list[str], num_clusters: int, alpha: float) -> tuple[dict[str, int], dict[str, str]]:
     """word -> cluster id and word -> bit string, for one token stream."""
     from brown_clustering import BigramCorpus, BrownClustering
 
+    _cache_compiled_helpers()
     num_types = len(set(tokens))
     if num_types < num_clusters:
         raise ValueError(f"cannot make {num_clusters} clusters of {num_types} word types")
