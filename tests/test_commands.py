@@ -23,6 +23,7 @@ import runpy
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -366,7 +367,9 @@ def repro_copy(tmp_path):
     calls = tmp_path / "calls.log"
     fake = tmp_path / ".venv/bin/python"
     fake.parent.mkdir(parents=True)
-    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\n')
+    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\n'
+                    # FAKE_PIP_FAIL: the call with these words fails, as pip does for a package it cannot find
+                    'if [ -n "${FAKE_PIP_FAIL:-}" ] && [[ "$*" == *"$FAKE_PIP_FAIL"* ]]; then exit 1; fi\n')
     for tool in ("lmplz", "build_binary"):
         exe = tmp_path / ".tools/kenlm/bin" / tool
         exe.parent.mkdir(parents=True, exist_ok=True)
@@ -377,7 +380,7 @@ def repro_copy(tmp_path):
     for name in ("requirements.lock", "pyproject.toml"):
         os.utime(tmp_path / name, (old, old))
 
-    def setup(stamp: str | None, torch_env: str | None):
+    def setup(stamp: str | None, torch_env: str | None, **extra_env: str):
         """Run ``./repro setup`` with this stamp content (None: none) -> (process, pip calls, new stamp)."""
         stamp_file = tmp_path / ".venv/.installed"
         stamp_file.unlink(missing_ok=True)
@@ -387,6 +390,7 @@ def repro_copy(tmp_path):
         env = {k: v for k, v in os.environ.items() if k != "REPRO_TORCH"}
         if torch_env is not None:
             env["REPRO_TORCH"] = torch_env
+        env.update(extra_env)
         proc = subprocess.run(["./repro", "setup"], cwd=tmp_path, capture_output=True, text=True, env=env,
                               timeout=60)
         pip = [line for line in calls.read_text().splitlines() if line.startswith("-m pip install")]
@@ -414,6 +418,25 @@ def test_setup_installs_the_torch_build_asked_for_or_keeps_the_one_installed(rep
         assert cuda_torch == (build == "cuda"), pip
         assert any("-r requirements.lock" in line for line in pip) == (build == "cpu"), pip
         assert f"torch's {build} build" in proc.stdout
+
+
+def test_a_failed_package_install_fails_setup_and_stops_the_kenlm_build_beside_it(repro_copy, tmp_path):
+    # KenLM missing: its build (here a stand-in that takes 4 s) starts beside the package install
+    (tmp_path / ".tools/kenlm/bin/lmplz").unlink()
+    build = tmp_path / "workflow/scripts/install_kenlm.sh"
+    build.parent.mkdir(parents=True)
+    build.write_text(f"sleep 4\nmkdir -p {tmp_path}/.tools/kenlm/bin && touch {tmp_path}/.tools/kenlm/bin/lmplz\n")
+    proc, pip, recorded = repro_copy(None, None, FAKE_PIP_FAIL="-r requirements.lock")
+    assert proc.returncode == 1 and "pinned packages" in proc.stdout and "FAILED" in proc.stdout, proc.stdout
+    assert not any("-e ." in line for line in pip), pip  # the step ended at its first failing command
+    assert recorded is None and "KenLM" not in proc.stdout
+    time.sleep(5)
+    assert not (tmp_path / ".tools/kenlm/bin/lmplz").exists()  # the build beside it was stopped
+
+    proc, pip, recorded = repro_copy(None, None)
+    assert proc.returncode == 0 and recorded == "cpu", proc.stdout + proc.stderr
+    assert re.search(r"KenLM .* done \([45] s, beside the steps above", proc.stdout), proc.stdout
+    assert (tmp_path / ".tools/kenlm/bin/lmplz").exists()
 
 
 def test_setup_refuses_an_unknown_torch_build(repro_copy):
