@@ -10,6 +10,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shown_path(path: Path) -> Path:
+    """``path`` as a message shows it: relative to the repository where it lies inside, else whole."""
+    path = Path(path).resolve()
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
 
 def read_json(path: Path) -> Any:
     """The JSON in ``path``; None where it is missing, unreadable or not JSON."""

@@ -11,7 +11,18 @@ from pathlib import Path
 from pipeline.config import Run, stale_reason
 from pipeline.files import read_json
 
-REFERENCE = Path(__file__).resolve().parents[1] / "results/reference"
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT / "results/reference"
+
+
+def filing_roots(config: dict, workdir: Path) -> tuple[Path, Path]:
+    """Where runs are filed (and read as references) and where benchmark CSVs go: the committed
+    results/reference/ and results/bench/ of the repository for the paper's sizes (every profile but tiny),
+    the working directory's results/reference/ and results/bench/ under the tiny profile, whose small runs
+    must never replace the committed ones (and whose own tables read them from there)."""
+    if config.get("profile") == "tiny":
+        return workdir / "results/reference", workdir / "results/bench"
+    return REFERENCE, ROOT / "results/bench"
 
 
 def filed_reference(run: Run, reference: Path = REFERENCE) -> dict | None:

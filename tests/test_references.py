@@ -125,3 +125,27 @@ def test_a_measured_reference_of_todays_settings_stays_and_one_of_old_settings_i
     assert filed_reference(run, ref) is None and measured_reference(run, ref) is None
     assert trained("cut short: time, max_seconds 60 (3.00 of 50 epochs)", 150.0)["imported"] == [run.key]
     assert valid_filed() == 150.0
+
+
+def test_a_tiny_run_is_filed_beside_the_tiny_runs_never_into_the_committed_tree(tmp_path, capsys):
+    """`./repro import --local ptb/ff --profile profiles/tiny` reads the run in the tiny profile's working
+    directory and files it under that directory's results/reference/ (which the tiny tables and status read);
+    the committed reference of the full-size ptb/ff is untouched."""
+    from pipeline.integrity import record_dir
+    from pipeline.node import importer
+    from pipeline.references import filing_roots
+
+    committed = (REFERENCE / "ptb/ff/metrics.json").read_bytes()
+    config = load_config("profiles/tiny", None, None)
+    assert filing_roots(config, tmp_path) == (tmp_path / "results/reference", tmp_path / "results/bench")
+    assert filing_roots(load_config("profiles/cpu", None, None), tmp_path) == (REFERENCE, ROOT / "results/bench")
+    run = {r.key: r for r in resolve_runs(config)}["ptb/ff"]
+    out = tmp_path / run.out_dir
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text(json.dumps({"status": "measured", "spec": run.result_spec(), "valid_ppl": 500.0,
+                                                  "device_name": "test CPU"}))
+    record_dir(out, ["metrics.json"])
+    assert importer.main(["--local", "ptb/ff", "--profile", "profiles/tiny", "--directory", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "results/reference/ptb/ff/metrics.json").read_text())["valid_ppl"] == 500.0
+    assert (REFERENCE / "ptb/ff/metrics.json").read_bytes() == committed
+    assert f"filed ptb/ff -> {tmp_path / 'results/reference/ptb/ff'}" in capsys.readouterr().out

@@ -46,7 +46,7 @@ from pipeline.integrity import SUMS, record, sha256, verify, verify_dir
 from pipeline.node.settings import BUNDLE_FORMAT, node_settings
 from pipeline.profiles import load_config, resolve_profile, workdir_of  # noqa: F401 (this module's API too)
 from pipeline.provenance import commit_label, git_commit
-from pipeline.references import REFERENCE, measured_reference
+from pipeline.references import REFERENCE, filing_roots, measured_reference
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA_FILES = (*FILES, SUMS)  # a prepared dataset with its SHA-256 records
@@ -192,7 +192,8 @@ def slim_clusters(src: Path, dst: Path) -> None:
 def build(args) -> dict:
     t0 = time.perf_counter()
     config = load_config(args.profile, args.configfile, args.config)
-    plan = node_plan(config, args.datasets, args.target)
+    reference = filing_roots(config, workdir_of(args.profile, args.directory))[0]
+    plan = node_plan(config, args.datasets, args.target, reference)
     out = Path(args.out).resolve()
     if out.exists() and any(out.iterdir()) and not (out / "BUNDLE.json").is_file():
         raise SystemExit(f"{out} exists, is not empty and holds no BUNDLE.json: not replacing it")

@@ -1,7 +1,8 @@
 """File a GPU node job's results into the repository: ``./repro import OUT``.
 
     ./repro import /path/to/OUT                       # against config/config.yaml
-    ./repro import OUT --profile profiles/tiny        # the config a rehearsal bundle was made from
+    ./repro import OUT --profile profiles/tiny        # the config a rehearsal bundle was made from (filed
+                                                      # under tiny/results/reference/, never the committed tree)
 
 OUT is what :mod:`pipeline.node` left (summary.json, check.json, runs.tgz, bench CSVs).  Each run
 of runs.tgz goes to ``results/reference/<dataset>/<run>/`` (``results/reference/<recipe>/<dataset>/<run>/``
@@ -39,9 +40,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline.config import ConfigError, resolve_runs, run_history, spec_differences
-from pipeline.files import read_json
+from pipeline.files import read_json, shown_path
 from pipeline.integrity import SUMS, IntegrityError, read_sums, record_dir, sha256, verify_dir
-from pipeline.references import keeps_reference
+from pipeline.references import filing_roots, keeps_reference
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -205,7 +206,7 @@ def _file_run(key: str, src: Path, metrics: dict, trained: dict, run, summary: d
                     {name: src / name for name in ("curve.csv", "train.log", "spec.json", "docs.npz")})
     where = ", ".join(str(v) for v in (metrics.get("device_name"), prov.get("date"),
                                        f"commit {prov.get('commit')}") if v)
-    print(f"imported {key} -> {dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest} "
+    print(f"imported {key} -> {shown_path(dest)} "
           f"({metrics.get('status')}; {where})")
 
 
@@ -270,13 +271,13 @@ def file_local(keys: list[str], config: dict, reference: Path, force: bool = Fal
         result["imported"].append(key)
         result["written"] = True
         precision = (metrics.get("cpu_precision") or {}).get("used")  # none for KN5: nothing trained in a precision
-        print(f"filed {key} -> {dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest} ({status}; "
+        print(f"filed {key} -> {shown_path(dest)} ({status}; "
               f"{metrics.get('device_name')}{f', {precision} training' if precision else ''})")
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.profiles import load_config
+    from pipeline.profiles import load_config, workdir_of
 
     ap = argparse.ArgumentParser(prog="./repro import", description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path, nargs="?", help="the node job's OUT directory")
@@ -285,18 +286,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", help="snakemake profile the bundle was made with (e.g. profiles/tiny)")
     ap.add_argument("--configfile", nargs="+", help="config overlays, as snakemake --configfile")
     ap.add_argument("--config", nargs="+", help="KEY=VALUE, as snakemake --config")
-    ap.add_argument("--reference", type=Path, default=ROOT / "results/reference", help="where runs are filed")
-    ap.add_argument("--bench-dir", type=Path, default=ROOT / "results/bench", help="where bench CSVs go")
+    ap.add_argument("--directory", help="snakemake's working directory, as its --directory, where --local reads "
+                    "the runs (default: the profile's `directory:`, e.g. tiny/, else the repository)")
+    ap.add_argument("--reference", type=Path, help="where runs are filed (default: results/reference/ of the "
+                    "repository; under the tiny profile, of its working directory)")
+    ap.add_argument("--bench-dir", type=Path, help="where bench CSVs go (default: results/bench/, likewise)")
     ap.add_argument("--force", action="store_true", help="replace a measured reference by a cut-short one")
     a = ap.parse_args(argv)
     try:
         config = load_config(a.profile, a.configfile, a.config)
+        work = workdir_of(a.profile, a.directory)
+        reference, bench_dir = filing_roots(config, work)
+        reference, bench_dir = a.reference or reference, a.bench_dir or bench_dir
         if a.local:
-            result = file_local(a.local, config, a.reference, a.force)
+            result = file_local(a.local, config, reference, a.force, work)
         elif a.out is None:
             ap.error("give the node job's OUT directory, or --local DATASET/RUN ...")
         else:
-            result = import_out(a.out, config, a.reference, a.bench_dir, a.force)
+            result = import_out(a.out, config, reference, bench_dir, a.force)
     except ConfigError as err:
         raise SystemExit(f"config: {err}") from None
     return 1 if result["refused"] or not result["written"] else 0

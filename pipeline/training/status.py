@@ -28,7 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline.config import DEFAULT_RECIPE, ConfigError, Run, resolve_runs, run_history
-from pipeline.references import REFERENCE, filed_reference
+from pipeline.files import shown_path
+from pipeline.references import REFERENCE, filed_reference, filing_roots
 
 STOPPED = "stopped by an error: "  # pipeline.training.train's last history line of a run whose process stopped so
 
@@ -140,7 +141,7 @@ def standing(run: Run, root: Path, running: dict[str, float | None], reference: 
         valid, test = m.get("valid_ppl", float("nan")), m.get("test_ppl", float("nan"))
         date = str((m.get("provenance") or {}).get("date") or "")[:10]
         s.detail = (f"reference, {m.get('status', '')}: valid {valid:.2f}, test {test:.2f} "
-                    f"({', '.join(x for x in (m.get('device_name'), date) if x)}; results/reference/{run.filed_as})")
+                    f"({', '.join(x for x in (m.get('device_name'), date) if x)}; {shown_path(reference / run.filed_as)})")
     return s
 
 
@@ -190,7 +191,11 @@ def main(argv: list[str] | None = None) -> int:
         runs = [r for r in runs if r.train.device == "cpu"]
     running = running_checkpoints()
     root = workdir_of(a.profile, a.directory)
-    rows = [standing(r, root, running) for r in runs]
+    if not root.is_dir():
+        raise SystemExit(f"no directory {root}: the working directory of the runs (--directory, or the profile's "
+                         "`directory:`) does not exist")
+    reference = filing_roots(config, root)[0]
+    rows = [standing(r, root, running, reference) for r in runs]
     shown = rows if a.all else [r for r in rows if r.state != "not started"]
     print(table(shown) if shown else "no run has started (--all lists every run)")
     cut = [f"{r.out_dir}/metrics.json" for r, st in zip(runs, rows) if st.state == "cut short"]

@@ -11,6 +11,7 @@ from hmm.kernels import target_for
 from pipeline.data.fetch import OFFLINE
 from pipeline.files import write_atomic
 from pipeline.config import ConfigError, kernel_states, name_pattern, recipe_overrides, resolve_runs, results_dir
+from pipeline.references import filing_roots
 from pipeline.reporting import fidelity
 
 SPLITS = ("train", "valid", "test")

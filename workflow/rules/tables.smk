@@ -41,7 +41,7 @@ rule table:
         label=LABEL,
         scale=SCALE,
         title=lambda wc: PAPER_TITLES[wc.name],
-        reference=repo_path("results/reference"),
+        reference=os.path.relpath(filing_roots(config, Path.cwd())[0]),  # tiny: its own, never the committed
         runs_dir=f"{RESULTS}/runs",  # the recipe in use's runs (results/<recipe>/runs for another than the default)
     shell:
         "python -m pipeline.reporting.report {params.kind} --name {wildcards.name} --paper {input.paper} "
