@@ -178,6 +178,20 @@ def test_corrupt_mirror_fails_the_download_rule(tmp_path):
     assert not (work / "data/ptb/stats.json").exists()
 
 
+def test_a_full_mirror_given_to_the_tiny_profile_is_named_as_the_cause(tmp_path):
+    """The tiny profile checks its own slices' hashes; a mirror of the full files fails them, and the last
+    words say to drop the mirror (not to mend it), with the expected and actual hashes."""
+    from conftest import MIRROR
+    if not MIRROR.is_dir():
+        pytest.skip(f"the full-data mirror {MIRROR} is absent")
+    proc = snakemake("data/raw/ptb/ptb.valid.txt", "--config", f"mirror={MIRROR}", "--directory", str(tmp_path),
+                     check=False)
+    tail = proc.stderr.split("from the mirror")[-1]
+    assert proc.returncode != 0 and "expected sha256 " in tail and "actual   sha256 " in tail, proc.stderr[-3000:]
+    assert "this mirror holds the full files: drop `--config mirror=...`" in tail
+    assert "Replace that file" not in tail
+
+
 def _tiny_runs():
     return resolve_runs(merged_config("config/config.yaml", "config/tiny.yaml"))
 

@@ -227,6 +227,12 @@ def dataset_spec(wc):
     return json.dumps(config["datasets"][wc.dataset], sort_keys=True)
 
 
+def full_size_hashes():
+    """The pinned sha256 of every full-size data file (config/config.yaml)."""
+    datasets = yaml.safe_load((ROOT / "config/config.yaml").read_text())["datasets"]
+    return {f["sha256"] for d in datasets.values() for f in d.get("splits", {}).values()}
+
+
 def explain_failed_download(logs):
     """After a failed workflow whose download failed (snakemake's ``logs`` say which): what to do, as the last
     lines a person sees."""
@@ -237,14 +243,27 @@ def explain_failed_download(logs):
     fetch_logs = [f"logs/download/{name}.log" for name in failed]
     said = "".join(Path(f).read_text() for f in fetch_logs if Path(f).is_file())
     if MIRROR:  # the files came from the user's mirror: what failed there, and how to mend it
-        errors = [
-            line.removeprefix("[fetch] ERROR: ") for line in said.splitlines() if line.startswith("[fetch] ERROR")
-        ]
+        # each error with its indented lines (a checksum mismatch: the expected and actual sha256)
+        errors = re.findall(r"^\[fetch\] ERROR: (.*\n(?:  .*\n)*)", said + "\n", re.M)
+        tiny = config.get("profile") == "tiny"
+        if tiny and set(re.findall(r"actual +sha256 (\w+)", said)) & full_size_hashes():
+            mend = (
+                "The tiny profile reads its own slices of the data, kept in the clone (.test/data; their sha256 in "
+                "config/tiny.yaml), and this mirror holds the full files: drop `--config mirror=...` (and any "
+                "`mirror:` of a --configfile) from this tiny run."
+            )
+        elif tiny and Path(MIRROR).resolve() == (ROOT / ".test/data").resolve():
+            mend = "The clone's own tiny data (.test/data) is damaged: `git checkout .test/data` restores it."
+        else:
+            mend = (
+                "Replace that file in the mirror by a good copy (its sha256: `datasets:` in "
+                f"config/{'tiny' if tiny else 'config'}.yaml), or leave `mirror` out to "
+                + ("use the clone's own tiny data." if tiny else "download from the canonical sources.")
+            )
         print(
             f"\nCopying {' and '.join(failed)} from the mirror {Path(MIRROR).resolve()} failed:\n  "
-            + "\n  ".join(errors or [f"see {', '.join(fetch_logs)}"])
-            + "\nReplace that file in the mirror by a good copy (its sha256: `datasets:` in config/config.yaml), "
-            "or leave `mirror` out to download from the canonical sources.",
+            + "\n  ".join(e.rstrip("\n").replace("\n", "\n  ") for e in errors or [f"see {', '.join(fetch_logs)}"])
+            + f"\n{mend}",
             file=sys.stderr,
         )
         return
