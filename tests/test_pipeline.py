@@ -231,6 +231,24 @@ def test_gpu_runs_left_out_without_gpu_are_marked(tmp_path):
     assert "gpu_runs: always" not in proc.stderr
 
 
+def test_a_dry_run_says_that_a_real_run_would_stop_for_want_of_a_gpu(tmp_path):
+    """onstart's GPU check never runs in a dry run: the plan says beforehand that the real run would stop, with
+    ways forward that fit the profile (under tiny: `device: cpu`, not the tiny profile it already is)."""
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has a GPU")
+    proc = snakemake("-n", "--directory", str(tmp_path), "results/table1.csv", profile="profiles/gpu")
+    assert "GPU run(s) are in this DAG (gpu_runs: always)" in proc.stderr and "stops before its first job" in \
+        proc.stderr, proc.stderr[-3000:]
+    cuda = tmp_path / "cuda.yaml"
+    cuda.write_text("defaults: {train: {device: cuda}}\n")
+    proc = snakemake("-n", "--directory", str(tmp_path), "results/runs/ptb/lstm/metrics.json", "--configfile",
+                     str(cuda))
+    left_out, planned = (line for line in proc.stderr.splitlines() if line.startswith("WARNING"))
+    assert "set `device: cpu` there" in left_out and "--profile profiles/tiny" not in left_out, left_out
+    assert planned.startswith("WARNING: 1 GPU run(s)") and "--profile profiles/tiny" not in planned, planned
+    assert job_counts(proc.stdout)["train"] == 1
+
+
 def test_the_tiny_config_in_the_repository_root_is_refused():
     """Without its profile's directory, the tiny config's data and runs would land on the full-size ones."""
     proc = snakemake("all", "-n", "--cores", "1", "--configfile", "config/tiny.yaml", profile=None, check=False)

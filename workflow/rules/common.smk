@@ -49,17 +49,23 @@ def gpu_present():
     return _GPU[0]
 
 
-def cluster_executor():
-    """The executor's name if this snakemake sends its jobs elsewhere (slurm, ...), else None.
+def command_line():
+    """The command line snakemake parsed (profile included), or None.
 
-    Snakemake reads the Snakefile before it hands the workflow its executor, so this reads the
-    command line it parsed (profile included) from its own frame, `args_to_api(args, ...)`;
-    `-n` counts as the executor it dry-runs.  check_cluster_before_jobs() stops a real run whose
-    executor this missed, should a later snakemake move that frame."""
+    Snakemake reads the Snakefile before it hands the workflow its executor and settings, so this
+    reads them from its own frame, `args_to_api(args, ...)`."""
     frame = sys._getframe()
     while frame is not None and frame.f_code.co_name != "args_to_api":
         frame = frame.f_back
-    name = frame and getattr(frame.f_locals.get("args"), "executor", None)
+    return frame and frame.f_locals.get("args")
+
+
+def cluster_executor():
+    """The executor's name if this snakemake sends its jobs elsewhere (slurm, ...), else None.
+
+    From the command line (`-n` counts as the executor it dry-runs).  check_cluster_before_jobs()
+    stops a real run whose executor this missed, should a later snakemake move that frame."""
+    name = getattr(command_line(), "executor", None)
     if not name:
         return None
     from snakemake_interface_executor_plugins.registry import ExecutorPluginRegistry
@@ -104,6 +110,11 @@ def announce_left_out():
     if NOT_RUN and not (workflow.remote_exec or workflow.subprocess_exec):
         if config["gpu_runs"] == "never":
             how = "They need a GPU machine (--profile profiles/gpu) or a cluster (--profile profiles/slurm)"
+        elif config.get("profile") == "tiny":  # its runs train on the CPU unless a config asked for a GPU
+            how = (
+                "The tiny runs train on the CPU unless a config sets `device: cuda` (a --configfile's "
+                "`defaults:` or run entry): set `device: cpu` there to train them here, or run on a GPU machine"
+            )
         else:
             how = (
                 "On this machine, --profile profiles/tiny runs every table small and --profile profiles/cpu "
@@ -145,19 +156,46 @@ def check_gpu_before_jobs(workflow):
         }
     )
     if need and not gpu_present():
-        ways = ["run them on a GPU machine or cluster (profiles/gpu, profiles/slurm)"]
-        if config.get("profile") != "tiny":
-            ways.append("use the tiny profile (--profile profiles/tiny)")
-        if CPU_PROFILE_RUNS and set(need) <= CPU_PROFILE_RUNS:
-            ways.append("train them on this CPU at full size (--profile profiles/cpu; docs/cpu.md)")
-        ways += ["set `device: cpu` for a run in the config"]
-        if config["gpu_runs"] == "always":
-            ways.append("set gpu_runs: auto to leave them out")
         raise WorkflowError(
             f"{len(need)} job(s) need a GPU ({', '.join(need[:4])}{', ...' if len(need) > 4 else ''}; "
             f"gpu_runs: {config['gpu_runs']}) and this machine has no GPU (nvidia-smi finds none); no job was "
-            f"started. To go on: {'; '.join(ways)}."
+            f"started. To go on: {gpu_ways(need)}."
         )
+
+
+def gpu_ways(need):
+    """The ways forward for runs ``need`` that need a GPU on a machine without one."""
+    ways = ["run them on a GPU machine or cluster (profiles/gpu, profiles/slurm)"]
+    if config.get("profile") != "tiny":
+        ways.append("use the tiny profile (--profile profiles/tiny)")
+    if CPU_PROFILE_RUNS and set(need) <= CPU_PROFILE_RUNS:
+        ways.append("train them on this CPU at full size (--profile profiles/cpu; docs/cpu.md)")
+    ways += ["set `device: cpu` for a run in the config"]
+    if config["gpu_runs"] == "always":
+        ways.append("set gpu_runs: auto to leave them out")
+    return "; ".join(ways)
+
+
+def warn_gpu_in_dry_run():
+    """A dry run never reaches onstart's check_gpu_before_jobs: say beforehand that a real run would stop."""
+    if not getattr(command_line(), "dryrun", False) or CLUSTER or workflow.remote_exec or workflow.subprocess_exec:
+        return
+    targets = [str(t) for t in getattr(command_line(), "targets", None) or ()]
+    need = [  # in the DAG, or asked for by name
+        key
+        for key, run in RUNS.items()
+        if run.needs_gpu and (key in IN_DAG or any(t.startswith(f"{run.out_dir}/") for t in targets))
+    ]
+    if need and not gpu_present():
+        print(
+            f"WARNING: {len(need)} GPU run(s) are in this DAG (gpu_runs: {config['gpu_runs']}) and this machine has "
+            f"no GPU (nvidia-smi finds none): a real run whose jobs include their training stops before its first "
+            f"job. To go on: {gpu_ways(need)}.",
+            file=sys.stderr,
+        )
+
+
+warn_gpu_in_dry_run()
 
 
 DEFAULTS_CHOSEN = []
