@@ -2,11 +2,24 @@
 importer, ``./repro status``, benchmarks): one place for the Snakefile's precedence rules."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from hmm.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
+CONFIG_KEY = re.compile(r"[a-zA-Z_][\w-]*\w$")  # what snakemake takes as a --config KEY
+
+
+def config_entry_problem(entry: str) -> str | None:
+    """Why snakemake would refuse this ``--config`` entry (with a traceback), said in one line; None if fine."""
+    key, eq, _ = entry.partition("=")
+    if not eq:
+        return f"--config {entry!r} is not KEY=VALUE"
+    if not CONFIG_KEY.match(key):
+        return (f"--config {entry!r}: {key!r} is not a top-level config key (a name of letters, digits, _ and -); "
+                "a nested setting goes in a --configfile, e.g. `defaults: {train: {device: cpu}}`")
+    return None
 
 
 def _yaml(path: Path) -> dict:
@@ -80,6 +93,9 @@ def load_config(profile: str | None = None, configfiles: list[str] | None = None
     overwrite: dict = {}
     for f in files:
         update_config(overwrite, _yaml(f))
+    for entry in entries:
+        if problem := config_entry_problem(entry):
+            raise ConfigError(problem)
     update_config(overwrite, parse_config(entries))
     config = _yaml(ROOT / "config/config.yaml")
     update_config(config, overwrite)

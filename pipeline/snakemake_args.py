@@ -189,7 +189,26 @@ def snakemake(argv=None):
     problem = unreadable_configfile(args)
     if problem:
         sys.exit(f"snakemake: error: argument --configfile: {problem}")
+    problem = bad_config_entry(args)
+    if problem:
+        sys.exit(f"snakemake: error: {problem}")
     return main(keep_profile_config(args))
+
+
+def bad_config_entry(args):
+    """The first ``--config`` entry of ``args`` that snakemake would refuse with a traceback, said in one line."""
+    from pipeline.profiles import config_entry_problem
+
+    inside = False
+    for word in args:
+        if word == "--":
+            return None
+        if word.startswith("-"):
+            inside = word == "--config" or word.startswith("--config=")
+            word = word.partition("=")[2] if word.startswith("--config=") else ""
+        if inside and word and (problem := config_entry_problem(word)):
+            return problem
+    return None
 
 
 def unreadable_configfile(args):

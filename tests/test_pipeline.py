@@ -324,6 +324,23 @@ def test_commands_outside_snakemake_say_a_bad_config_in_a_few_lines(command, tmp
     assert not (tmp_path / "never-made").exists()
 
 
+@pytest.mark.parametrize("entry, said", [("defaults.train.device=cpu", "is not a top-level config key"),
+                                         ("gpu_runs", "is not KEY=VALUE")])
+def test_a_config_entry_snakemake_cannot_parse_is_one_line_everywhere(entry, said, tmp_path):
+    """snakemake's own parser raises a traceback for a dotted key; ./repro run, status and import say one line
+    (./repro run's for an entry without `=` follows snakemake's usage, as its argument parser does)."""
+    for cmd in ([str(ROOT / ".venv/bin/snakemake"), "-n", "all", "--directory", str(tmp_path), "--config", entry],
+                [sys.executable, "-m", "pipeline.training.status", "--config", entry],
+                [sys.executable, "-m", "pipeline.node.importer", "--local", "ptb/ff", "--config", entry]):
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        lines = proc.stderr.strip().splitlines()
+        if "snakemake" in cmd[0] and "=" not in entry:
+            assert "is not NAME=VALUE" in lines[-1], lines[-1]
+        else:
+            assert said in proc.stderr and len(lines) == 1, proc.stderr[-3000:]
+
+
 def test_a_run_filling_no_paper_row_is_refused():
     from hmm.config import ConfigError
     from pipeline.config import resolve_run
