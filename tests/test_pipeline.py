@@ -341,6 +341,16 @@ def test_a_config_entry_snakemake_cannot_parse_is_one_line_everywhere(entry, sai
             assert said in proc.stderr and len(lines) == 1, proc.stderr[-3000:]
 
 
+@pytest.mark.parametrize("target, said", [
+    ("results/runs/ptb/vlnhmm-1025/metrics.json", "this config has no run ptb/vlnhmm-1025 (did you mean ptb/vlnhmm-1024"),
+    ("tiny/results/table1.csv", "targets are relative to snakemake's working directory"),
+])
+def test_a_target_naming_no_run_or_the_working_directory_says_so(target, said):
+    proc = snakemake("-n", target, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and said in out and "No rule to produce" not in out, out[-3000:]
+
+
 def test_a_run_filling_no_paper_row_is_refused():
     from hmm.config import ConfigError
     from pipeline.config import resolve_run

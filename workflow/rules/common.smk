@@ -1,4 +1,5 @@
 # Shared definitions: the typed run registry (pipeline.config), paths, the GPU switch.
+import difflib
 import json
 import re
 import shutil
@@ -174,6 +175,32 @@ def gpu_ways(need):
     if config["gpu_runs"] == "always":
         ways.append("set gpu_runs: auto to leave them out")
     return "; ".join(ways)
+
+
+def check_targets():
+    """A target under the working directory's own name (tiny/results/...) or naming no run of this config: one
+    line that says so, before snakemake's 'No rule to produce'."""
+    if workflow.remote_exec or workflow.subprocess_exec:
+        return
+    here = Path.cwd()
+    for target in [str(t) for t in getattr(command_line(), "targets", None) or ()]:
+        if here != ROOT and target.startswith(f"{here.name}/") and not Path(target).exists():
+            raise WorkflowError(
+                f"target {target}: targets are relative to snakemake's working directory ({here}, the profile's "
+                f"`directory:` or --directory): drop the leading {here.name}/"
+            )
+        named = re.match(rf"{re.escape(RESULTS)}/runs/([^/]+)/([^/]+)/", target)
+        if named and f"{named[1]}/{named[2]}" not in RUNS:
+            key = f"{named[1]}/{named[2]}"
+            close = difflib.get_close_matches(key, RUNS, n=3, cutoff=0.8)
+            raise WorkflowError(
+                f"target {target}: this config has no run {key}"
+                + (f" (did you mean {' or '.join(close)}?)" if close else "")
+                + "; `./repro status --all` (with this command's --profile) lists its runs"
+            )
+
+
+check_targets()
 
 
 def warn_gpu_in_dry_run():
