@@ -118,6 +118,12 @@ def _names(cls) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
 
+def run_setting_names() -> dict[str, set[str]]:
+    """Every run setting's name -> the sections of ``defaults:`` it belongs in (train, or the models)."""
+    sections = {"train": _names(TrainConfig)} | {model: _names(cls) for model, cls in MODELS.items()}
+    return {name: {sec for sec, names in sections.items() if name in names} for name in set().union(*sections.values())}
+
+
 DEFAULT_RECIPE = "paper-text"
 
 

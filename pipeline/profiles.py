@@ -47,6 +47,9 @@ def check_schema(config: dict, schema_path: Path | str = None) -> None:
     import jsonschema
     import yaml
 
+    from pipeline.config import run_setting_names
+
+    run_settings = run_setting_names()
     schema = yaml.safe_load(Path(schema_path or ROOT / "config/schema.yaml").read_text())
     validator = jsonschema.Draft202012Validator(schema)
     lines = []
@@ -56,8 +59,11 @@ def check_schema(config: dict, schema_path: Path | str = None) -> None:
             allowed = list((err.schema.get("properties") or {}))
             for key in sorted(set(err.instance) - set(allowed)):
                 near = difflib.get_close_matches(key, allowed, n=1)
-                lines.append(f"{'/'.join([*map(str, err.absolute_path), key])}: unknown key"
-                             + (f" (did you mean `{near[0]}`?)" if near else f" (keys here: {', '.join(allowed)})"))
+                sections = sorted(run_settings.get(key, ())) if not err.absolute_path else []
+                lines.append(f"{'/'.join([*map(str, err.absolute_path), key])}: unknown key" + (
+                    f" (a run setting: it goes under `defaults: {{{sections[0]}: {{{key}: ...}}}}` in a --configfile, "
+                    f"or in a run's entry)" if sections else
+                    f" (did you mean `{near[0]}`?)" if near else f" (keys here: {', '.join(allowed)})"))
         else:
             lines.append(f"{where}: {err.message}")
     if lines:

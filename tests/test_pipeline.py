@@ -139,7 +139,9 @@ def test_report(tiny_all):
 def test_schema_rejects_unknown_key_and_wrong_type(tmp_path):
     """One line per problem, naming the key (a near one for a typo), not the whole schema and config."""
     for bad, expect in (({"brown": {"alpah": 1e-4}}, "brown/alpah: unknown key (did you mean `alpha`?)"),
-                        ({"max_lines": {"train": "many"}}, "max_lines/train: 'many' is not of type 'integer', 'null'")):
+                        ({"max_lines": {"train": "many"}}, "max_lines/train: 'many' is not of type 'integer', 'null'"),
+                        ({"num_states": 64}, "num_states: unknown key (a run setting: it goes under `defaults: "
+                                             "{vlnhmm: {num_states: ...}}` in a --configfile, or in a run's entry)")):
         path = tmp_path / "bad.yaml"
         path.write_text(yaml.safe_dump(bad))
         proc = snakemake("-n", "all", "--configfile", str(path), "--directory", str(tmp_path / "w"), check=False)
