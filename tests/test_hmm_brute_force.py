@@ -278,26 +278,21 @@ def brute_force_blocks(init, table, index, emit):
     every state path z_0 .. z_S (a padded step, index -1, keeps the state at no cost)."""
     import itertools
     B, S, n = emit.shape
-    log_z, unary, pair = [], torch.zeros(B, S + 1, n, dtype=emit.dtype), torch.zeros(B, S, n, n, dtype=emit.dtype)
+    paths = torch.tensor(list(itertools.product(range(n), repeat=S + 1)))  # [N, S+1]
+    log_z, unaries, pairs = [], [], []
     for b in range(B):
-        paths, scores = [], []
-        for z in itertools.product(range(n), repeat=S + 1):
-            score = init[b, z[0]]
-            for t in range(S):
-                u = int(index[b, t])
-                score = score + (table[u, z[t], z[t + 1]] + emit[b, t, z[t + 1]] if u >= 0 else
-                                 (0.0 if z[t + 1] == z[t] else -torch.inf))
-            paths.append(z)
-            scores.append(score)
-        scores = torch.stack([torch.as_tensor(x, dtype=emit.dtype) for x in scores])
-        lz = torch.logsumexp(scores, 0)
+        score = init[b, paths[:, 0]]
+        for t in range(S):
+            u, prev, nxt = int(index[b, t]), paths[:, t], paths[:, t + 1]
+            stay = torch.zeros(len(paths), dtype=emit.dtype).masked_fill(nxt != prev, -torch.inf)
+            score = score + (table[u, prev, nxt] + emit[b, t, nxt] if u >= 0 else stay)
+        lz = torch.logsumexp(score, 0)
+        w = (score - lz).exp().detach()
         log_z.append(lz)
-        for z, p in zip(paths, (scores - lz).exp()):
-            for t in range(S + 1):
-                unary[b, t, z[t]] += p
-            for t in range(S):
-                pair[b, t, z[t], z[t + 1]] += p
-    return torch.stack(log_z), unary, pair
+        unaries.append(torch.stack([torch.zeros(n, dtype=w.dtype).index_add(0, paths[:, t], w) for t in range(S + 1)]))
+        pairs.append(torch.stack([torch.zeros(n * n, dtype=w.dtype).index_add(0, paths[:, t] * n + paths[:, t + 1], w)
+                                  .view(n, n) for t in range(S)]) if S else torch.zeros(0, n, n, dtype=w.dtype))
+    return torch.stack(log_z), torch.stack(unaries), torch.stack(pairs)
 
 
 @pytest.mark.parametrize("B,S,n", [(3, 4, 5), (2, 0, 3), (1, 6, 2)])
