@@ -76,6 +76,9 @@ def test_document_sums_give_back_perplexity(model, dataset, small_ptb, small_wt2
     for split in ("valid", "test"):
         logp, tokens = docs[split]
         assert tokens.sum() == len(corpus.splits[split])
+        # the scored weights (the best check's, left in the model) give that perplexity by the window sums
+        ppl, _ = evaluate(net, corpus.splits[split], run.train.eval_batch_size, run.train.bptt, torch.device("cpu"))
+        assert ppl == pytest.approx(metrics[f"{split}_ppl"], rel=1e-5)
         assert intervals.perplexity(logp, tokens) == pytest.approx(metrics[f"{split}_ppl"], rel=1e-12)
         lo, hi = metrics[f"{split}_ppl_interval"]
         assert lo < metrics[f"{split}_ppl"] < hi
