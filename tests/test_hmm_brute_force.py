@@ -7,7 +7,7 @@ import torch
 from hmm import inference
 from hmm.config import HMMConfig
 from hmm.matmul_scan import MatmulScan
-from hmm.model import VLNHMM
+from hmm.model import VLNHMM, sample_live
 
 V, EOS = 7, 6
 CLUSTERS = {3: np.array([0, 0, 1, 1, 2, 2, 0]), 1: np.zeros(V, dtype=np.int64)}
@@ -32,10 +32,11 @@ def resets(model) -> bool:
     return mode == "always" or (mode.startswith("train") and model.training)
 
 
-def make(name, seed=0, scan=inference.TorchScan):
+def make(name, seed=0, scan=inference.TorchScan, lean=True):
     cfg = HMMConfig(hidden=8, **VARIANTS[name])
     torch.manual_seed(seed)
-    model = VLNHMM(cfg, V, CLUSTERS.get(cfg.num_clusters), eos_id=EOS, seed=seed, scan=scan).double()
+    model = VLNHMM(cfg, V, CLUSTERS.get(cfg.num_clusters), eos_id=EOS, seed=seed, scan=scan,
+                   lean_transition=lean).double()
     return model
 
 
@@ -133,10 +134,13 @@ def test_carried_state_across_two_windows_is_exact_at_evaluation(name):
     assert lp2[1] == 0 and torch.equal(carry2.states[1], carry.states[1])  # an empty row keeps its carry
 
 
-def test_carried_state_under_state_dropout_uses_the_new_draw():
-    """Training: the posterior over the old window's states is pushed through the new batch's
-    transition rows (normalized over the new live states); checked by explicit enumeration."""
-    model = make("brown-dropout").train()
+@pytest.mark.parametrize("name, lean", [("brown-dropout", True), ("brown-dropout", False),
+                                        ("uniform-transdrop", False)])
+def test_carried_state_under_dropout_uses_the_new_draw(name, lean):
+    """Training: the posterior over the old window's states is pushed through the new batch's transition rows
+    (normalized over the new live states; under transition dropout with the new draw's mask of each old state's
+    own row, the mask its row has in the window too); checked by explicit enumeration."""
+    model = make(name, lean=lean).train()
     x, mask = window(4, [3], 3)
     x2, mask2 = window(5, [3], 3)
     _, carry = model(x, mask, None)
@@ -145,9 +149,22 @@ def test_carried_state_under_state_dropout_uses_the_new_draw():
     model.generator.set_state(state)
     p = model.params_for(True)
     _, log_a, log_o = dense(p)
+    old = carry.states[0]
     with torch.no_grad():  # [n_prev, C'] rows of the old states over the new live set, from the logits directly
-        rows = model.param.transition_logits(carry.states[0], p.live.states).log_softmax(dim=-1)
-    assert torch.allclose(rows, p.trans_rows(carry.states[0]), atol=1e-12)
+        logits = model.param.transition_logits(old, p.live.states)
+        if model.cfg.transition_dropout:  # the new draw's mask, redrawn: the live set's draw comes first
+            model.generator.set_state(state)
+            live = sample_live(model.structure, model.cfg.kept_per_block, model.generator)
+            assert torch.equal(live.states, p.live.states)
+            drop = torch.rand(model.cfg.num_states, len(live.states), generator=model.generator) < \
+                model.cfg.transition_dropout
+            assert drop[old].any() and not drop[old].all(-1).any()
+            logits = logits.masked_fill(drop[old], -torch.inf)
+            # an old state that is live again has the same row in the window (every state is live here)
+            at = torch.searchsorted(p.live.states, old)
+            assert torch.equal(p.live.states[at], old) and torch.allclose(log_a[at], p.trans_rows(old), atol=1e-12)
+        rows = logits.log_softmax(dim=-1)
+    assert torch.allclose(rows, p.trans_rows(old), atol=1e-12)
     prior = torch.logsumexp(carry.log_q[0][:, None] + rows, dim=0)
     expected = brute_force(prior, log_a, log_o, p.log_start, x2[0].tolist(), resets(model))
     assert torch.allclose(lp2[0], expected, atol=1e-9)
