@@ -34,7 +34,11 @@ def test_save_then_load_restores_weights_optimizer_schedule_and_state(tmp_path):
     state = Checkpoint(tmp_path / "ckpt.pt", "fp", torch.device("cpu"), "ptb/x").load(other, other_opt, other_sched)
     assert state["step"] == 7 and state["resumed_from"][0]["step"] == 7
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
-    assert other_opt.state_dict()["state"][0]["step"] == opt.state_dict()["state"][0]["step"]
+    saved, loaded = opt.state_dict(), other_opt.state_dict()
+    assert saved["state"].keys() == loaded["state"].keys() and saved["param_groups"] == loaded["param_groups"]
+    for i, moments in saved["state"].items():  # step and both Adam moments of every parameter
+        assert moments.keys() == loaded["state"][i].keys()
+        assert all(torch.equal(v, loaded["state"][i][k]) for k, v in moments.items()), i
     assert other_sched.state_dict() == sched.state_dict()
 
 

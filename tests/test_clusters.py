@@ -1,4 +1,6 @@
 """Brown clusters: file format, every word in exactly one non-empty cluster, summary, determinism."""
+import os
+
 import numpy as np
 
 from pipeline.data.clusters import brown_clusters, load_clusters, main
@@ -8,6 +10,15 @@ from pipeline.data.corpus import Corpus
 def run(data, out, m):
     """The command line, in this process (numba compiles the clustering once per process: ~7 s)."""
     main(["--data", str(data), "--num-clusters", str(m), "--out", str(out), "--summary", str(out.with_suffix(".md"))])
+
+
+def class_bigram_information(classes: np.ndarray) -> float:
+    """Mutual information (nats) between the classes of adjacent tokens: what Brown clustering maximizes."""
+    m = classes.max() + 1
+    joint = np.bincount(classes[:-1] * m + classes[1:], minlength=m * m).reshape(m, m) / (len(classes) - 1)
+    left, right = joint.sum(1, keepdims=True), joint.sum(0, keepdims=True)
+    nz = joint > 0
+    return float((joint[nz] * np.log(joint[nz] / (left @ right)[nz])).sum())
 
 
 def test_cluster_file(small_ptb, tmp_path):
@@ -22,6 +33,13 @@ def test_cluster_file(small_ptb, tmp_path):
     assert [int(r[3]) for r in rows] == list(vocab.counts)
     cluster = load_clusters(a, vocab)
     assert cluster.min() == 0 and cluster.max() == 7 and (np.bincount(cluster) > 0).all()
+    # a hierarchy: each cluster's words share a bit prefix that no other cluster's prefix starts (prefix-free)
+    prefixes = [os.path.commonprefix([r[2] for r, c in zip(rows, cluster) if c == k]) for k in range(8)]
+    assert all(a == b or not b.startswith(a) for a in prefixes for b in prefixes), prefixes
+    # and a clustering: the class bigrams carry more mutual information than the same sizes assigned at random
+    ids = Corpus.load(small_ptb).splits["train"].numpy()
+    shuffled = np.random.default_rng(0).permutation(cluster)
+    assert class_bigram_information(cluster[ids]) > 5 * class_bigram_information(shuffled[ids])
     summary = a.with_suffix(".md").read_text().splitlines()
     assert summary[0].startswith(f"# Brown clusters: 8 clusters of {len(vocab):,} words")
     table = [line for line in summary if line.startswith("| ") and line[2].isdigit()]
