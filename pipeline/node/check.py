@@ -20,7 +20,9 @@ CPU rehearsal) against the float64 PyTorch reference:
                       validation window after a carried one, in training (n = k') and evaluation
                       (n = k); TVM forward/backward (poisoned outputs) vs float64 PyTorch scans
     training step     the loss and every parameter gradient of one training step with the TVM
-                      scan vs the PyTorch scan (same weights, same dropout draws)
+                      scan vs the PyTorch scan (same weights, same dropout draws); on a GPU also
+                      ``host_syncs``, how often its forward and backward made the CPU wait (CUDA's
+                      sync debug mode; a diagnostic, none expected, not part of the verdict)
     normalizer        (CUDA) which transition normalizer the runs will use: the fused Triton
                       kernels, or the torch tiles where their probe failed (hmm.normalizer)
 
@@ -31,6 +33,7 @@ Exit status 0 iff the verdict is tvm.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import importlib.metadata as md
 import json
@@ -41,6 +44,7 @@ import subprocess
 import sys
 import time
 import traceback
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -147,6 +151,23 @@ class _Recorder:
         return TorchScan.backward(table, index, emit)
 
 
+@contextlib.contextmanager
+def host_syncs(device: torch.device):
+    """``with host_syncs(device) as count: ...``; ``count()`` is how many times the block made the CPU wait on the
+    GPU (CUDA's sync debug mode, warnings only: a diagnostic of the step, none expected; None off a GPU, where
+    tests/test_fast_step.py counts the host reads instead)."""
+    if device.type != "cuda":
+        yield lambda: None
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield lambda: sum("synchroniz" in str(w.message) for w in caught)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
 def model_rows(key: str, spec: dict, bundle: Path, device: torch.device, scan, emit_row) -> None:
     """Rows for one run's model: its real potentials (training, evaluation) and one training step."""
     from hmm.inference import TorchScan
@@ -201,14 +222,18 @@ def model_rows(key: str, spec: dict, bundle: Path, device: torch.device, scan, e
         if hasattr(model, "generator"):
             model.generator.manual_seed(5)
         model.zero_grad(set_to_none=True)
-        logp, _ = model(x1, m1, carry)
-        loss = -logp.sum() / m1.sum()
-        loss.backward()
+        with host_syncs(device) as syncs:
+            logp, _ = model(x1, m1, carry)
+            loss = -logp.sum() / m1.sum()
+            loss.backward()
+        if name == "tvm":
+            synced = syncs()
         losses[name] = loss.item()
         grads[name] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).double()
     loss_rel = abs(losses["tvm"] - losses["torch"]) / max(abs(losses["torch"]), 1e-30)
     grad_rel = float((grads["tvm"] - grads["torch"]).norm() / grads["torch"].norm().clamp_min(1e-30))
     emit_row({**base, "what": "training step", "loss": losses, "loss_rel": loss_rel, "grad_rel": grad_rel,
+              "host_syncs": synced,
               "ok": loss_rel <= LOSS_TOLERANCE and grad_rel <= GRAD_TOLERANCE,
               "seconds": round(time.perf_counter() - start, 3)})
     del model

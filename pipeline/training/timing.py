@@ -44,10 +44,13 @@ def median(xs: list[float]) -> float:
 
 
 _aten = torch.ops.aten
-# every way of reading device data back to the host ends in one of these operators
+# the ways of reading device data back to the host end in one of these operators (a Python value, an output
+# sized by the data, or a comparison answered on the host); not seen on the CPU: ``.tolist()``, ``.numpy()`` and
+# ``.cpu()`` of a CPU tensor dispatch nothing (the GPU device check runs its step under CUDA's sync debug mode)
 HOST_READS = {_aten._local_scalar_dense.default, _aten.nonzero.default, _aten.is_nonzero.default,
               _aten.masked_select.default, _aten._unique2.default, _aten.unique_dim.default,
-              _aten.unique_consecutive.default, _aten.repeat_interleave.Tensor}
+              _aten.unique_consecutive.default, _aten.repeat_interleave.Tensor, _aten.bincount.default,
+              _aten.equal.default, _aten.allclose.default}
 _INDEXING = {_aten.index.Tensor, _aten.index_put_.default, _aten.index_put.default}
 
 
