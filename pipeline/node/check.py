@@ -161,7 +161,11 @@ def host_syncs(device: torch.device):
         return
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            torch.cuda.set_sync_debug_mode("warn")
+        except Exception:  # noqa: BLE001 (a diagnostic: never a reason for the check to fail)
+            yield lambda: None
+            return
         try:
             yield lambda: sum("synchroniz" in str(w.message) for w in caught)
         finally:
