@@ -309,7 +309,7 @@ def explain_failed_download(logs):
     said = "".join(Path(f).read_text() for f in fetch_logs if Path(f).is_file())
     if MIRROR:  # the files came from the user's mirror: what failed there, and how to mend it
         # each error with its indented lines (a checksum mismatch: the expected and actual sha256)
-        errors = re.findall(r"^\[fetch\] ERROR: (.*\n(?:  .*\n)*)", said + "\n", re.M)
+        errors = re.findall(r"^\[fetch\] ERROR: (.*\n(?:  .*\n)*)", f"{said}\n", re.M)
         tiny = config.get("profile") == "tiny"
         if tiny and set(re.findall(r"actual +sha256 (\w+)", said)) & full_size_hashes():
             mend = (
