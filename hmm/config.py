@@ -83,22 +83,36 @@ def check_fields(obj) -> None:
     """Check (and coerce) every field of a frozen dataclass against its type and range."""
     hints = typing.get_type_hints(type(obj))
     for f in fields(obj):
-        value = getattr(obj, f.name)
-        ok, value = _coerce(value, hints[f.name])
-        meta = f.metadata
-        if ok and isinstance(value, (int, float)) and not isinstance(value, bool):
-            ok = not ((meta.get("min") is not None and value < meta["min"])
-                      or (meta.get("max") is not None and value > meta["max"])
-                      or (meta.get("below") is not None and value >= meta["below"])
-                      or (meta.get("above") is not None and value <= meta["above"]))
-        if not ok:
-            rng = _range_text(meta)
-            got = getattr(obj, f.name)
-            text = (" (a value nested inside --config arrives as text: set nested values in a --configfile)"
-                    if isinstance(got, str) and _is_number(got) else "")
-            raise ConfigError(f"`{f.name}` must be {_describe(hints[f.name])}{' ' + rng if rng else ''}, "
-                              f"got {got!r}{text}")
-        object.__setattr__(obj, f.name, value)
+        object.__setattr__(obj, f.name, _checked(f, hints[f.name], getattr(obj, f.name)))
+
+
+def check_values(cls, values: dict, where: str) -> None:
+    """Check each of ``values`` that names a field of ``cls`` against that field's type and range alone (a
+    ``defaults:`` section, whose value a narrower section may override before any run is built from it)."""
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if f.name in values:
+            try:
+                _checked(f, hints[f.name], values[f.name])
+            except ConfigError as err:
+                raise ConfigError(f"{where}: {err}") from None
+
+
+def _checked(f, hint, got):
+    """``got`` coerced to field ``f``'s type ``hint`` within its range, else a ConfigError naming the field."""
+    ok, value = _coerce(got, hint)
+    meta = f.metadata
+    if ok and isinstance(value, (int, float)) and not isinstance(value, bool):
+        ok = not ((meta.get("min") is not None and value < meta["min"])
+                  or (meta.get("max") is not None and value > meta["max"])
+                  or (meta.get("below") is not None and value >= meta["below"])
+                  or (meta.get("above") is not None and value <= meta["above"]))
+    if not ok:
+        rng = _range_text(meta)
+        text = (" (a value nested inside --config arrives as text: set nested values in a --configfile)"
+                if isinstance(got, str) and _is_number(got) else "")
+        raise ConfigError(f"`{f.name}` must be {_describe(hint)}{' ' + rng if rng else ''}, got {got!r}{text}")
+    return value
 
 
 def from_dict(cls, values: dict, where: str = ""):

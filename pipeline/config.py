@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from hmm.config import ConfigError, HMMConfig, Settings, from_dict, setting, settings_table
+from hmm.config import ConfigError, HMMConfig, Settings, check_values, from_dict, setting, settings_table
 from hmm.kernels import target_for
 from pipeline.authors import ClusterFileError, authors_source
 
@@ -403,6 +403,9 @@ def resolve_runs(config: dict, extra: list[dict] = ()) -> list[Run]:
     unique per dataset and telling the model apart."""
     recipe = config.get("recipe") or DEFAULT_RECIPE
     recipe_settings(config, recipe)  # an unknown recipe or setting stops here, even without runs
+    for section, values in (config.get("defaults") or {}).items():  # each value, even one overridden later
+        for cls in ((TrainConfig,) if section == "train" else (MODELS[section], TrainConfig)):
+            check_values(cls, values or {}, f"defaults.{section}")
     runs = [run for e in [*config["runs"], *extra]
             for run in resolve_seeded(e, config.get("defaults"), recipe,
                                       recipe_for(config, recipe, e["dataset"], e["model"])

@@ -353,6 +353,21 @@ def test_a_target_naming_no_run_or_the_working_directory_says_so(target, said):
     assert proc.returncode != 0 and said in out and "No rule to produce" not in out, out[-3000:]
 
 
+def test_a_defaults_value_is_checked_even_where_a_narrower_section_overrides_it():
+    """config/tiny.yaml's defaults.<model> set every model's epochs, so defaults.train's would never reach a run:
+    a bad one is still named, not ignored."""
+    from hmm.config import ConfigError
+    config = merged_config("config/config.yaml", "config/tiny.yaml")
+    assert all("epochs" in config["defaults"][m] for m in ("ff", "lstm", "vlnhmm"))
+    config["defaults"]["train"] = {"epochs": 0}
+    with pytest.raises(ConfigError, match=r"defaults.train: `epochs` must be a number > 0, got 0"):
+        resolve_runs(config)
+    config["defaults"]["train"] = {"epochs": 3}
+    config["defaults"]["vlnhmm"]["state_dropout"] = 1.5
+    with pytest.raises(ConfigError, match=r"defaults.vlnhmm: `state_dropout` must be"):
+        resolve_runs(config)
+
+
 def test_a_run_filling_no_paper_row_is_refused():
     from hmm.config import ConfigError
     from pipeline.config import resolve_run
