@@ -61,6 +61,11 @@ def command_line():
     return frame and frame.f_locals.get("args")
 
 
+def command_line_targets():
+    """The targets named on the command line, as text."""
+    return [str(t) for t in getattr(command_line(), "targets", None) or ()]
+
+
 def cluster_executor():
     """The executor's name if this snakemake sends its jobs elsewhere (slurm, ...), else None.
 
@@ -183,7 +188,7 @@ def check_targets():
     if workflow.remote_exec or workflow.subprocess_exec:
         return
     here = Path.cwd()
-    for target in [str(t) for t in getattr(command_line(), "targets", None) or ()]:
+    for target in command_line_targets():
         if here != ROOT and target.startswith(f"{here.name}/") and not Path(target).exists():
             raise WorkflowError(
                 f"target {target}: targets are relative to snakemake's working directory ({here}, the profile's "
@@ -207,7 +212,7 @@ def warn_gpu_in_dry_run():
     """A dry run never reaches onstart's check_gpu_before_jobs: say beforehand that a real run would stop."""
     if not getattr(command_line(), "dryrun", False) or CLUSTER or workflow.remote_exec or workflow.subprocess_exec:
         return
-    targets = [str(t) for t in getattr(command_line(), "targets", None) or ()]
+    targets = command_line_targets()
     need = [  # in the DAG, or asked for by name
         key
         for key, run in RUNS.items()
