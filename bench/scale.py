@@ -210,7 +210,8 @@ def measure(setup: Setup, mode: str) -> dict:
         row["s_per_ptb_epoch"] = PTB_TRAIN_TOKENS / (args.batch * args.bptt) * row["ms"] / 1e3
     elif mode == "eval":
         p = model.params_for(False)
-        cached = [p.log_start, p.log_emit, getattr(p.transition, "table", None), getattr(p.transition, "log_probs", None)]
+        cached = [p.log_start, *(getattr(p.emission, a, None) for a in ("rows", "log_norm", "log_probs")),
+                  getattr(p.transition, "table", None), getattr(p.transition, "log_probs", None)]
         row["resident_mib"] = mib(list(model.parameters()) + cached)
     return row
 

@@ -27,7 +27,8 @@ rounds them (``precision``), so rows sum to 1.  The scalar parameterization and 
 (a dense mask) keep the dense matrix; evaluation forms it once and caches it.
 
 Emissions are normalized per block over the block's own words, in chunks of ``EMIT_CHUNK``
-words (a block's last chunk padded), never padded to the largest block.
+words (a block's last chunk padded), never padded to the largest block; a batch reads its tokens'
+logits and their blocks' normalizers, never a [V, n] table of log probabilities (:class:`ChunkEmission`).
 
 Parts of the computation are named for profilers (``torch.profiler.record_function``):
 ``vlnhmm.mlp``, ``vlnhmm.normalizer``, ``vlnhmm.emission``, ``vlnhmm.potentials``; the scans
@@ -79,7 +80,8 @@ class Structure(nn.Module):
     ``chunk_words`` [NC, Q] (word ids, -1 pads a block's last chunk), ``chunk_block`` [NC],
     ``block_chunks`` [M, Cmax] (each block's chunk ids, -1 padded), ``chunk_counts`` (chunks per block,
     host ints; a block's chunks are consecutive), and per word its chunk
-    ``word_chunk`` [V] and position in it ``word_pos`` [V].  uniform: ``word_states`` [V, n].
+    ``word_chunk`` [V] and position in it ``word_pos`` [V], and its row ``word_row`` [V] in the chunks'
+    word-major emission logits [NC Q, n].  uniform: ``word_states`` [V, n].
     Built on the CPU (also under a meta device context).
     """
 
@@ -129,6 +131,8 @@ class Structure(nn.Module):
         for name, value in (("chunk_words", chunk_words), ("chunk_block", np.repeat(np.arange(M), chunks_of)),
                             ("block_chunks", block_chunks), ("word_chunk", word_chunk), ("word_pos", word_pos)):
             self.register_buffer(name, torch.as_tensor(value, device=torch.device("cpu")))
+        # each word's row in the chunks' word-major [NC Q, n] emission logits (derived: not saved)
+        self.register_buffer("word_row", torch.as_tensor(word_chunk * Q + word_pos), persistent=False)
 
     @property
     def num_blocks(self) -> int:
@@ -144,12 +148,27 @@ class Live:
     """The states in use for one batch.
 
     ``states`` [C'] global ids; ``per_block`` k' (brown/none: block m's live states are
-    ``states[m k' : (m+1) k']``); ``word_states`` [V, n] positions into ``states``.
+    ``states[m k' : (m+1) k']``, so word w's are positions ``block_of_word[w] k' + [0, k')``);
+    uniform: ``table`` [V, n], each word's positions into ``states``.
     """
 
     states: torch.Tensor
-    word_states: torch.Tensor
     per_block: int
+    block_of_word: torch.Tensor | None = None
+    table: torch.Tensor | None = None
+
+    def positions(self, words: torch.Tensor) -> torch.Tensor:
+        """words [...] -> [..., n] positions into ``states`` of each word's live states."""
+        if self.table is not None:
+            return self.table[words]
+        k = self.per_block
+        return self.block_of_word[words][..., None] * k + torch.arange(k, device=words.device)
+
+    @property
+    def word_states(self) -> torch.Tensor:
+        """[V, n] the positions of every word (formed on demand: tests, inspection)."""
+        V = len(self.table if self.table is not None else self.block_of_word)
+        return self.positions(torch.arange(V, device=self.states.device))
 
 
 def sample_live(structure: Structure, keep: int, generator: torch.Generator | None) -> Live:
@@ -157,15 +176,14 @@ def sample_live(structure: Structure, keep: int, generator: torch.Generator | No
     ``generator`` is None), drawn on the structure's device.  Uniform-constraint models keep every state."""
     k, C, device = structure.k, structure.num_states, structure.device
     if structure.constraint == "uniform":
-        return Live(torch.arange(C, device=device), structure.word_states, k)
+        return Live(torch.arange(C, device=device), k, table=structure.word_states)
     M = structure.num_blocks
     if generator is None or keep == k:
         local, keep = torch.arange(k, device=device).expand(M, k), k
     else:
         local = torch.rand(M, k, generator=generator, device=device).argsort(dim=1)[:, :keep].sort(dim=1).values
     states = (local + k * torch.arange(M, device=device)[:, None]).flatten()
-    word_states = structure.block_of_word[:, None] * keep + torch.arange(keep, device=device)
-    return Live(states, word_states, keep)
+    return Live(states, keep, block_of_word=structure.block_of_word)
 
 
 # ---------------------------------------------------------------------------------------
@@ -235,18 +253,19 @@ class NeuralParameterization(nn.Module):
 
     def emission_chunks(self, block_states: torch.Tensor, chunk_block: torch.Tensor,
                         chunk_words: torch.Tensor, chunk_counts: tuple[int, ...]) -> torch.Tensor:
-        """block_states [M, r], chunk_block [NC], chunk_words [NC, Q] (ids >= 0), chunk_counts (chunks
-        per block, consecutive) -> [NC, r, Q] logits phi[state, word] of each chunk's words from its block's states.
+        """block_states [M, r], chunk_block [NC], chunk_words [NC, Q] (-1: padding), chunk_counts (chunks
+        per block, consecutive) -> [NC, Q, r] logits phi[state, word] of each chunk's words from its block's
+        states, word-major (a word's logits are one contiguous row), -inf at padding.
 
         On a GPU one batched product of each chunk with its block's states; on a CPU one product per
-        block (its chunks side by side): the same numbers, 2x faster there than a batch of [r, h] x
-        [h, Q] pieces and without the [NC, r, h] copy of the states whose backward is a serial scatter-add."""
+        block (its chunks side by side): the same numbers, 2x faster there than a batch of [Q, h] x
+        [h, r] pieces and without the [NC, r, h] copy of the states whose backward is a serial scatter-add."""
         hs = self.emit_mlp(self.embed(block_states, "emit"))                       # [M, r, h]
         (NC, Q), h = chunk_words.shape, hs.shape[-1]
         flat = chunk_words.flatten()
-        words = self.word_emb.index_select(0, flat).view(NC, Q, h)
-        bias = self.word_bias.index_select(0, flat).view(NC, 1, Q)
-        return chunk_products(hs, words, chunk_block, chunk_counts, per_block=hs.device.type == "cpu") + bias
+        words = self.word_emb.index_select(0, flat.clamp(min=0)).view(NC, Q, h)
+        bias = self.word_bias.index_select(0, flat.clamp(min=0)).masked_fill(flat < 0, -torch.inf).view(NC, Q)
+        return chunk_products(hs, words, bias, chunk_block, chunk_counts, per_block=hs.device.type == "cpu")
 
     def emission_dense(self, states: torch.Tensor) -> torch.Tensor:
         """states [C'] -> [C', V] logits of every word."""
@@ -258,16 +277,17 @@ def _full(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def chunk_products(hs: torch.Tensor, words: torch.Tensor, chunk_block: torch.Tensor, chunk_counts: tuple[int, ...],
-                   per_block: bool) -> torch.Tensor:
-    """hs [M, r, h] (each block's states), words [NC, Q, h] (chunks, each block's consecutive) -> [NC, r, Q]
-    products of every chunk with its block's states: one batched product (``per_block`` False) or one
-    [r, h] x [h, c Q] product per block of c chunks; the same numbers."""
+def chunk_products(hs: torch.Tensor, words: torch.Tensor, bias: torch.Tensor, chunk_block: torch.Tensor,
+                   chunk_counts: tuple[int, ...], per_block: bool) -> torch.Tensor:
+    """hs [M, r, h] (each block's states), words [NC, Q, h] and bias [NC, Q] (chunks, each block's consecutive)
+    -> [NC, Q, r] products of every chunk's words with its block's states, plus the words' biases: one batched
+    product (``per_block`` False) or one [c Q, h] x [h, r] product per block of c chunks; the same numbers."""
     if not per_block:
-        return torch.bmm(hs[chunk_block], words.transpose(1, 2))
-    (_, r, h), Q = hs.shape, words.shape[1]
-    return torch.cat([(hs[m] @ part.reshape(-1, h).T).view(r, len(part), Q).transpose(0, 1)
-                      for m, part in enumerate(words.split(list(chunk_counts)))])
+        return torch.baddbmm(bias[..., None], words, hs[chunk_block].transpose(1, 2))
+    (NC, Q, h), r = words.shape, hs.shape[1]
+    parts = [torch.addmm(b.reshape(-1, 1), w.reshape(-1, h), hs[m].T)
+             for m, (w, b) in enumerate(zip(words.split(list(chunk_counts)), bias.split(list(chunk_counts))))]
+    return (parts[0] if len(parts) == 1 else torch.cat(parts)).view(NC, Q, r)
 
 
 class ScalarParameterization(nn.Module):
@@ -295,7 +315,8 @@ class ScalarParameterization(nn.Module):
 
     def emission_chunks(self, block_states: torch.Tensor, chunk_block: torch.Tensor,
                         chunk_words: torch.Tensor, chunk_counts: tuple[int, ...]) -> torch.Tensor:
-        return self.emission[block_states[chunk_block][:, :, None], chunk_words[:, None, :]]
+        logits = self.emission[block_states[chunk_block][:, None, :], chunk_words.clamp(min=0)[:, :, None]]
+        return logits.masked_fill((chunk_words < 0)[:, :, None], -torch.inf)
 
     def emission_dense(self, states: torch.Tensor) -> torch.Tensor:
         return self.emission[states]
@@ -353,14 +374,18 @@ class DenseTransition:
         n = prev_pos.shape[-1]
         return self.log_probs[prev_pos.reshape(-1, n, 1), next_pos.reshape(-1, 1, n)]
 
+    def carried_rows(self, carry: "Carry") -> torch.Tensor:
+        """[B, r, C'] each row's carried states' log transition rows over the live states (training)."""
+        ids, where = carried_states(carry.states)                                             # [U], [B, r]
+        return self.state_rows(ids).index_select(0, where.flatten()).view(*where.shape, -1)
+
     def prior(self, carry: "Carry", next_pos: torch.Tensor) -> torch.Tensor:
         """[B, n]: the carried posterior pushed through the transition into the next word's states."""
         if self.state_rows is None:
             cols = self.log_probs[carry.states[..., None], next_pos[:, None, :]]
-        else:
-            ids, where = carried_states(carry.states)                                         # [U], [B, r]
-            rows = self.state_rows(ids)                                                       # [U, C']
-            cols = rows[where[..., None], next_pos[:, None, :]]                               # [B, r, n]
+        else:  # whole rows, then columns: both gradients are row-wise adds, not a scatter of single entries
+            rows = self.carried_rows(carry)
+            cols = rows.gather(2, next_pos[:, None, :].expand(-1, rows.shape[1], -1))           # [B, r, n]
         return _prior_from(carry.log_q, cols)
 
 
@@ -454,7 +479,6 @@ class LiveBlockTransition(BlockTransition):
     need not be live: the prior goes through ``carried`` (rows of any state over the live ones)."""
 
     carried: DenseTransition | None = None
-    word_states: torch.Tensor | None = None  # [V, k'] live positions of each word's states
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         return self.carried.rows(ids)
@@ -463,12 +487,52 @@ class LiveBlockTransition(BlockTransition):
         return self.carried.dense()
 
     def prior(self, carry: "Carry", next_words: torch.Tensor) -> torch.Tensor:
-        return self.carried.prior(carry, self.word_states[next_words])
+        rows = self.carried.carried_rows(carry)                                               # [B, r, C']
+        if self.num_blocks > 1:  # the columns of the next word's block (one block: every column, in order)
+            B, r, C = rows.shape
+            k = C // self.num_blocks
+            cols = self.block_of_word[next_words][:, None] * k + torch.arange(k, device=rows.device)
+            rows = rows.gather(2, cols[:, None, :].expand(B, r, k))
+        return _prior_from(carry.log_q, rows)
 
 
 # ---------------------------------------------------------------------------------------
 # Distributions over the live states, and scoring of windows
 # ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ChunkEmission:
+    """Block emissions as the chunks' word-major logits ``rows`` [NC Q, n] (rows of no word -inf) and each
+    block's normalizer over its words ``log_norm`` [M, n]: log p(w | n-th live state of w's block) =
+    rows[row[w], n] - log_norm[block[w], n].  A batch reads its tokens' rows only: the [V, n] table of log
+    probabilities is never formed, nor its full-size gradient scattered back into the chunks."""
+
+    rows: torch.Tensor
+    log_norm: torch.Tensor
+    row: torch.Tensor    # [V]
+    block: torch.Tensor  # [V]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1)
+        out = self.rows.index_select(0, self.row[flat]) - self.log_norm.index_select(0, self.block[flat])
+        return out.view(*x.shape, out.shape[-1])
+
+    def table(self) -> torch.Tensor:
+        return self(torch.arange(len(self.row), device=self.row.device))
+
+
+@dataclass
+class TableEmission:
+    """Emissions as the [V, n] table of log probabilities (the uniform constraint)."""
+
+    log_probs: torch.Tensor
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.log_probs[x]
+
+    def table(self) -> torch.Tensor:
+        return self.log_probs
 
 
 @dataclass
@@ -489,7 +553,12 @@ class HMMParams:
     live: Live
     log_start: torch.Tensor   # [C']
     transition: DenseTransition | FactoredTransition | BlockTransition
-    log_emit: torch.Tensor    # [V, n]  log p(word | the word's n-th live state)
+    emission: ChunkEmission | TableEmission  # (x [...]) -> [..., n] log p(x | x's n-th live state)
+
+    @property
+    def log_emit(self) -> torch.Tensor:
+        """[V, n] log emission table (formed on demand: tests, inspection)."""
+        return self.emission.table()
 
     @property
     def log_trans(self) -> torch.Tensor:
@@ -552,8 +621,9 @@ class VLNHMM(nn.Module):
 
     # -- building the distributions -------------------------------------------------------
 
-    def emission_table(self, live: Live) -> torch.Tensor:
-        """[V, n] log emission of each word from its n live states."""
+    def emission(self, live: Live) -> "ChunkEmission | TableEmission":
+        """The log emission of each word from its n live states, as the chunks' logits and their blocks'
+        normalizers (brown / none) or as a [V, n] table (uniform)."""
         s = self.structure
         if s.constraint == "uniform":
             V = len(s.word_states)
@@ -561,17 +631,15 @@ class VLNHMM(nn.Module):
             allowed = torch.zeros_like(logits, dtype=torch.bool)
             allowed[s.word_states, torch.arange(V, device=logits.device)[:, None]] = True
             log_o = logits.masked_fill(~allowed, -torch.inf).log_softmax(dim=-1)
-            return log_o.T.gather(1, s.word_states)
+            return TableEmission(log_o.T.gather(1, s.word_states))
         with self.low_precision():
             logits = self.param.emission_chunks(live.states.view(s.num_blocks, live.per_block), s.chunk_block,
-                                                s.chunk_words.clamp(min=0), s.chunk_counts)  # [NC, n, Q]
+                                                s.chunk_words, s.chunk_counts)                # [NC, Q, n]
             logits = _full(logits)
-        logits = logits.masked_fill((s.chunk_words < 0)[:, None, :], -torch.inf)
-        chunk_lse = logits.logsumexp(dim=-1)                                               # [NC, n]
+        chunk_lse = logits.logsumexp(dim=1)                                                # [NC, n]
+        rows = logits.flatten(0, 1)                                                        # [NC Q, n]
         per_block = chunk_lse[s.block_chunks.clamp(min=0)].masked_fill((s.block_chunks < 0)[..., None], -torch.inf)
-        log_norm = per_block.logsumexp(dim=1)                                              # [M, n]
-        log_o = logits - log_norm[s.chunk_block][..., None]
-        return log_o[s.word_chunk, :, s.word_pos]                                          # [V, n]
+        return ChunkEmission(rows, per_block.logsumexp(dim=1), s.word_row, s.block_of_word)  # log_norm [M, n]
 
     def _transition_rows(self, rows: torch.Tensor, live: Live, drop: torch.Tensor | None = None) -> torch.Tensor:
         with self.low_precision():
@@ -607,8 +675,7 @@ class VLNHMM(nn.Module):
                     return dense
                 blocks = BlockTransition.from_dense(log_trans, log_start, self.structure.num_blocks,
                                                     self.structure.block_of_word, self.cfg.eos_reset != "none")
-                return LiveBlockTransition(blocks.table, blocks.num_blocks, blocks.block_of_word, dense,
-                                           live.word_states)
+                return LiveBlockTransition(blocks.table, blocks.num_blocks, blocks.block_of_word, dense)
         if self.cfg.constraint == "uniform":
             return DenseTransition(log_trans)
         return BlockTransition.from_dense(log_trans, log_start, self.structure.num_blocks,
@@ -623,8 +690,8 @@ class VLNHMM(nn.Module):
             log_start = log_start.log_softmax(dim=-1)
         transition = self._transition(live, training, log_start)
         with record_function("vlnhmm.emission"):
-            log_emit = self.emission_table(live)
-        return HMMParams(live, log_start, transition, log_emit)
+            emission = self.emission(live)
+        return HMMParams(live, log_start, transition, emission)
 
     def clear_cache(self) -> None:
         """Forget the cached evaluation parameters."""
@@ -665,8 +732,8 @@ class VLNHMM(nn.Module):
         ``<eos>`` inside the window use the start distribution; ``reset_between``: so does the edge
         from the previous window's last word when it was ``<eos>``."""
         B, T = x.shape
-        ws = p.live.word_states[x]                     # [B, T, n] positions into the live set
-        emit = p.log_emit[x]                           # [B, T, n]
+        ws = p.live.positions(x)                       # [B, T, n] positions into the live set
+        emit = p.emission(x)                           # [B, T, n]
         start = p.log_start[ws]                        # [B, T, n]
         after_eos = (x[:, :-1] == self.eos_id) if reset else None
         if isinstance(p.transition, BlockTransition):
@@ -712,7 +779,7 @@ class VLNHMM(nn.Module):
         if not per_token:
             log_z = torch.where(has_token, log_z, torch.zeros_like(log_z))
         last_words = x.gather(1, (lengths - 1).clamp(min=0)[:, None])[:, 0]
-        last_states = p.live.states[p.live.word_states[last_words]]  # [B, n] global ids
+        last_states = p.live.states[p.live.positions(last_words)]  # [B, n] global ids
         new = Carry(last_states, last_alpha.log_softmax(dim=-1).detach(), last_words, last_words == self.eos_id)
         if carry is not None:  # rows without tokens keep their carry
             keep = ~has_token

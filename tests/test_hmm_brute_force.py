@@ -134,24 +134,27 @@ def test_carried_state_across_two_windows_is_exact_at_evaluation(name):
     assert lp2[1] == 0 and torch.equal(carry2.states[1], carry.states[1])  # an empty row keeps its carry
 
 
-@pytest.mark.parametrize("name, lean", [("brown-dropout", True), ("brown-dropout", False),
+@pytest.mark.parametrize("name, lean", [("brown-dropout", True), ("brown-dropout", False), ("none", False),
                                         ("uniform-transdrop", False)])
 def test_carried_state_under_dropout_uses_the_new_draw(name, lean):
     """Training: the posterior over the old window's states is pushed through the new batch's transition rows
     (normalized over the new live states; under transition dropout with the new draw's mask of each old state's
-    own row, the mask its row has in the window too); checked by explicit enumeration."""
+    own row, the mask its row has in the window too); checked by explicit enumeration, values and gradients."""
     model = make(name, lean=lean).train()
     x, mask = window(4, [3], 3)
     x2, mask2 = window(5, [3], 3)
     _, carry = model(x, mask, None)
     state = model.generator.get_state()
     lp2, _ = model(x2, mask2, carry)
+    lp2[0].backward()
+    ours = {n: q.grad.clone() for n, q in model.named_parameters() if q.grad is not None}
+    model.zero_grad()
     model.generator.set_state(state)
     p = model.params_for(True)
     _, log_a, log_o = dense(p)
     old = carry.states[0]
-    with torch.no_grad():  # [n_prev, C'] rows of the old states over the new live set, from the logits directly
-        logits = model.param.transition_logits(old, p.live.states)
+    logits = model.param.transition_logits(old, p.live.states)  # [n_prev, C'] rows of the old states, directly
+    with torch.no_grad():
         if model.cfg.transition_dropout:  # the new draw's mask, redrawn: the live set's draw comes first
             model.generator.set_state(state)
             live = sample_live(model.structure, model.cfg.kept_per_block, model.generator)
@@ -159,15 +162,21 @@ def test_carried_state_under_dropout_uses_the_new_draw(name, lean):
             drop = torch.rand(model.cfg.num_states, len(live.states), generator=model.generator) < \
                 model.cfg.transition_dropout
             assert drop[old].any() and not drop[old].all(-1).any()
-            logits = logits.masked_fill(drop[old], -torch.inf)
             # an old state that is live again has the same row in the window (every state is live here)
             at = torch.searchsorted(p.live.states, old)
             assert torch.equal(p.live.states[at], old) and torch.allclose(log_a[at], p.trans_rows(old), atol=1e-12)
-        rows = logits.log_softmax(dim=-1)
+    if model.cfg.transition_dropout:
+        logits = logits.masked_fill(drop[old], -torch.inf)
+    rows = logits.log_softmax(dim=-1)
     assert torch.allclose(rows, p.trans_rows(old), atol=1e-12)
     prior = torch.logsumexp(carry.log_q[0][:, None] + rows, dim=0)
     expected = brute_force(prior, log_a, log_o, p.log_start, x2[0].tolist(), resets(model))
     assert torch.allclose(lp2[0], expected, atol=1e-9)
+    expected.backward()
+    for n, q in model.named_parameters():
+        if n in ours:
+            assert torch.allclose(ours[n], q.grad, atol=1e-8), n
+    assert ours.keys() == {n for n, q in model.named_parameters() if q.grad is not None}
 
 
 def check_training_window_against_brute_force(model):
@@ -354,21 +363,29 @@ def test_marginals_equal_brute_force_posteriors():
 
 
 def test_chunk_products_per_block_equal_the_batched_product():
-    """The CPU's one-product-per-block emission logits equal the GPU's batched product, values and gradients."""
+    """The CPU's one-product-per-block emission logits equal the GPU's batched product and the products written
+    out chunk by chunk, values and gradients; a single block (the dense row) too."""
     from hmm.model import chunk_products
     g = torch.Generator().manual_seed(0)
-    counts = (3, 1, 2)
-    hs = torch.randn(3, 4, 5, generator=g, dtype=torch.double, requires_grad=True)
-    words = torch.randn(sum(counts), 6, 5, generator=g, dtype=torch.double, requires_grad=True)
-    chunk_block = torch.repeat_interleave(torch.arange(3), torch.tensor(counts))
-    weights = torch.randn(sum(counts), 4, 6, generator=g, dtype=torch.double)
-    results = []
-    for per_block in (False, True):
-        out = chunk_products(hs, words, chunk_block, counts, per_block)
-        grads = torch.autograd.grad((out * weights).sum(), (hs, words))
-        results.append((out, *grads))
-    for a, b in zip(*results):
-        torch.testing.assert_close(a, b)
+    for counts in ((3, 1, 2), (4,)):
+        M, NC = len(counts), sum(counts)
+        hs = torch.randn(M, 4, 5, generator=g, dtype=torch.double, requires_grad=True)
+        words = torch.randn(NC, 6, 5, generator=g, dtype=torch.double, requires_grad=True)
+        bias = torch.randn(NC, 6, generator=g, dtype=torch.double, requires_grad=True)
+        chunk_block = torch.repeat_interleave(torch.arange(M), torch.tensor(counts))
+        weights = torch.randn(NC, 6, 4, generator=g, dtype=torch.double)
+        results = []
+        for per_block in (None, False, True):
+            if per_block is None:  # by hand: chunk c's word q against its block's state r
+                out = torch.stack([words[c] @ hs[chunk_block[c]].T + bias[c][:, None] for c in range(NC)])
+            else:
+                out = chunk_products(hs, words, bias, chunk_block, counts, per_block)
+            assert out.shape == (NC, 6, 4)
+            grads = torch.autograd.grad((out * weights).sum(), (hs, words, bias))
+            results.append((out, *grads))
+        for ref, *others in zip(*results):
+            for other in others:
+                torch.testing.assert_close(other, ref)
 
 
 def test_carried_rows_once_per_distinct_state_equal_every_row(monkeypatch):
