@@ -8,11 +8,11 @@ matrix product between max-shifted exponentials:
 
 with ``a`` the message's largest entry and ``c_j`` the largest entry of column j of block g (rows
 for the backward scan), so every exponential is at most 1 and the products run as GEMMs (one
-``[U, B, n] = [B, n] @ [U, n, n]`` product per step when there are no more blocks than rows,
-else one batched product over the rows' own blocks).  The exponentiated blocks are computed
-once per window, not once per step.  The gradient of the transition blocks is the same sum of
-pair marginals as :func:`hmm.inference._grad_table`, as one ``[n, edges] @ [edges, n]`` product
-per block.
+``[B, n] @ [n, n]`` product per step for the block most rows read, plus a batched one for the rows
+reading others; with more blocks than rows, one batched product over the rows' own blocks).  The
+exponentiated blocks are computed once per window, not once per step.  The gradient of the
+transition blocks is the same sum of pair marginals as :func:`hmm.inference._grad_table`, as one
+``[n, edges] @ [edges, n]`` product per block.
 
 Where it differs from the log-space reference: float32 exponentials flush terms smaller than
 ~e^-87 of the step's largest to zero.  A state whose message is that far below the row's best
@@ -54,16 +54,19 @@ def _scan(start, table, probs, shift, index, emit, reverse: bool) -> torch.Tenso
     U = probs.shape[0]
     blocks = index.long().clamp(min=0)
     live = index >= 0
-    rows = torch.arange(B, device=emit.device)
-    all_blocks = U <= B   # every block's product for every row costs at most B x the rows' own
+    few_blocks = U <= B   # rows mostly share blocks: see _shared_block
+    plan = _shared_block(index) if few_blocks else None
     msg, out = start, [start]
     for t in (range(S - 1, -1, -1) if reverse else range(S)):
         g = blocks[:, t]
         src = emit[:, t] + msg if reverse else msg
         top = _finite_or_zero(src.amax(dim=-1, keepdim=True))
         p = (src - top).exp()
-        if all_blocks:
-            summed = torch.matmul(p, probs)[g, rows]                   # [U, B, n] -> [B, n]
+        if few_blocks:
+            shared, others = plan[t]
+            summed = p @ probs[shared]                                  # [B, n], right for most rows
+            if others is not None:
+                summed[others] = torch.bmm(p[others].unsqueeze(1), probs[g[others]]).squeeze(1)
         else:
             summed = torch.bmm(p.unsqueeze(1), probs[g]).squeeze(1)     # [B, n]
         new = summed.log() + top + shift[g]
@@ -75,6 +78,21 @@ def _scan(start, table, probs, shift, index, emit, reverse: bool) -> torch.Tenso
         msg = torch.where(live[:, t, None], new, msg)
         out.append(msg)
     return torch.stack(out[::-1] if reverse else out, dim=1)
+
+
+def _shared_block(index: torch.Tensor) -> list[tuple[int, torch.Tensor | None]]:
+    """Per step: the block most live rows read and the live rows that read another (None if none),
+    from one host read of ``index`` [B, S] (padding rows take the shared product; their message is
+    kept as it was).  With few blocks (dense with ``<eos>`` resets: the transition, and the start
+    block for the rows just past an ``<eos>``) one product for all rows plus a batched one for the
+    few others does the step's work once, where every block's product for every row did it U times."""
+    plan = []
+    for column in index.T.tolist():
+        live = [block for block in column if block >= 0]
+        shared = max(set(live), key=live.count) if live else 0
+        others = [b for b, block in enumerate(column) if block >= 0 and block != shared]
+        plan.append((shared, torch.tensor(others, device=index.device) if others else None))
+    return plan
 
 
 def _log_space_step(msg, blocks, emit_t, reverse: bool) -> torch.Tensor:

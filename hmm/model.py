@@ -143,6 +143,12 @@ class Structure(nn.Module):
         return next(self.buffers()).device
 
 
+def block_positions(block_of_word: torch.Tensor, words: torch.Tensor, k: int) -> torch.Tensor:
+    """words [...] -> [..., k]: the positions ``block_of_word[w] k + [0, k)`` of each word's block among
+    states laid out block by block, k per block."""
+    return block_of_word[words][..., None] * k + torch.arange(k, device=words.device)
+
+
 @dataclass
 class Live:
     """The states in use for one batch.
@@ -161,8 +167,7 @@ class Live:
         """words [...] -> [..., n] positions into ``states`` of each word's live states."""
         if self.table is not None:
             return self.table[words]
-        k = self.per_block
-        return self.block_of_word[words][..., None] * k + torch.arange(k, device=words.device)
+        return block_positions(self.block_of_word, words, self.per_block)
 
     @property
     def word_states(self) -> torch.Tensor:
@@ -490,9 +495,8 @@ class LiveBlockTransition(BlockTransition):
         rows = self.carried.carried_rows(carry)                                               # [B, r, C']
         if self.num_blocks > 1:  # the columns of the next word's block (one block: every column, in order)
             B, r, C = rows.shape
-            k = C // self.num_blocks
-            cols = self.block_of_word[next_words][:, None] * k + torch.arange(k, device=rows.device)
-            rows = rows.gather(2, cols[:, None, :].expand(B, r, k))
+            cols = block_positions(self.block_of_word, next_words, C // self.num_blocks)        # [B, k]
+            rows = rows.gather(2, cols[:, None, :].expand(B, r, -1))
         return _prior_from(carry.log_q, rows)
 
 

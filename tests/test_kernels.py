@@ -38,7 +38,7 @@ from hmm.kernels import KernelError, TVMScan
 from hmm.kernels import build as kbuild
 from hmm.kernels import check as kcheck
 from hmm.kernels import runtime as krt
-from hmm.matmul_scan import MIN_STATES, MatmulScan
+from hmm.matmul_scan import MIN_STATES, MatmulScan, _shared_block
 
 # the matmul backend with products at every n (its default leaves n < 64 to the reference)
 PRODUCTS = MatmulScan(min_states=1)
@@ -149,6 +149,21 @@ def test_scans_match_reference(scan, B, S, n):
     alpha, beta = reference(init, table, index, emit)
     assert_close_scan(scan.forward(init, table, index, emit), alpha)
     assert_close_scan(scan.backward(table, index, emit), beta)
+
+
+def test_matmul_scan_with_a_rarely_read_block_matches_reference():
+    """Dense with ``<eos>`` resets: U = 2 blocks, the second (the start block) read by a few rows at a few
+    steps.  The matmul scan multiplies all rows by the shared block and only those rows by the other."""
+    init, table, index, emit = potentials(16, 9, 64, U=2, seed=6)
+    index[3, 2] = index[7, 2] = index[5, 8] = 1   # and (15, 0), set by potentials; row 0 pads from step 4
+    index[1:, 6] = 1                              # a step where the start block is the shared one
+    index[2, 6] = 0
+    plan = _shared_block(index)
+    assert [shared for shared, _ in plan] == [0, 0, 0, 0, 0, 0, 1, 0, 0]
+    assert plan[2][1].tolist() == [3, 7] and plan[6][1].tolist() == [2] and plan[1][1] is None
+    alpha, beta = reference(init, table, index, emit)
+    assert_close_scan(PRODUCTS.forward(init, table, index, emit), alpha)
+    assert_close_scan(PRODUCTS.backward(table, index, emit), beta)
 
 
 @pytest.mark.parametrize("B,S,n", [(4, 9, 8), (2, 0, 4), (0, 2, 4)])
