@@ -112,6 +112,17 @@ def test_pipeline_stages_import_only_earlier_stages():
     assert not bad, bad
 
 
+def test_the_layout_page_names_every_module_config_and_profile():
+    """docs/layout.md is where a newcomer looks a file up: every module, config file, rule file and
+    profile is named there (by its name without the suffix)."""
+    layout = (ROOT / "docs/layout.md").read_text()
+    files = [p for package in PACKAGES for p in (ROOT / package).rglob("*.py") if p.name != "__init__.py"]
+    files += [*(ROOT / "config").glob("*.yaml"), *(ROOT / "workflow/rules").glob("*.smk"),
+              *(p for p in (ROOT / "profiles").iterdir() if p.is_dir())]
+    missing = [str(p.relative_to(ROOT)) for p in files if not re.search(rf"\b{re.escape(p.stem)}\b", layout)]
+    assert not missing, f"name these in docs/layout.md: {missing}"
+
+
 def test_settings_are_declared_in_the_dataclasses_only():
     """The schema checks the config's structure; no run setting is declared (or defaulted) there or in
     config.yaml's defaults."""

@@ -98,7 +98,7 @@ def memory_needed(cfg: NodeConfig, footprints: list[float]) -> float:
 
 def is_warm(cfg: NodeConfig, rp: RunProc, now: float) -> bool:
     """A run has reached its first check or run node.warm_seconds: its memory footprint can be measured (a
-    VLNHMM's evaluation caches, the dense transition matrix and emission table, first exist at its first check:
+    VLNHMM's evaluation caches, the dense transition matrix and the emission chunks, first exist at its first check:
     measured before it, a 2^15 run would look several GiB smaller than it gets)."""
     return bool(rp.rows) or now - rp.started >= cfg.warm_seconds
 
