@@ -469,11 +469,6 @@ class BlockTransition:
         index = self.block_of_word[prev_words] * M + nxt
         return index if reset is None else torch.where(reset, M * M + nxt, index)
 
-    def prior(self, carry: "Carry", next_words: torch.Tensor) -> torch.Tensor:
-        """[B, n]: the carried posterior (over the last word's block, in block order) pushed through."""
-        cols = self.table[self.index(carry.last_word, next_words, None)]                # [B, k, k]
-        return _prior_from(carry.log_q, cols)
-
 
 @dataclass
 class LiveBlockTransition(BlockTransition):
@@ -732,7 +727,8 @@ class VLNHMM(nn.Module):
     def potentials(self, p: HMMParams, x: torch.Tensor, mask: torch.Tensor, carry: Carry | None,
                    reset: bool, reset_between: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The window in block form (see :mod:`hmm.inference`): init [B, n], table [U, n, n],
-        index [B, T-1] (-1 after a row's last token) and emit [B, T-1, n].  ``reset``: edges out of
+        index [B, T-1] (-1 after a row's last token) and emit [B, T-1, n]; at evaluation with a carry,
+        init is the carried posterior and index [B, T] and emit [B, T, n] start with the edge into x[:, 0].  ``reset``: edges out of
         ``<eos>`` inside the window use the start distribution; ``reset_between``: so does the edge
         from the previous window's last word when it was ``<eos>``."""
         B, T = x.shape
@@ -750,11 +746,16 @@ class VLNHMM(nn.Module):
             index = torch.arange(B * (T - 1), device=x.device).view(B, T - 1)
         index = index.masked_fill(~mask[:, 1:], -1)
         if carry is None:
-            prior = start[:, 0]
-        else:
-            prior = p.transition.prior(carry, x[:, 0] if isinstance(p.transition, BlockTransition) else ws[:, 0])
-            if reset_between:
-                prior = torch.where(carry.after_eos[:, None], start[:, 0], prior)
+            return start[:, 0] + emit[:, 0], table, index, emit[:, 1:]
+        if type(p.transition) is BlockTransition:
+            # evaluation (every state live): the edge from the carried posterior, over the last word's block, is
+            # the scan's first step; its own logsumexp over a gathered [B, k, k] block cost more than the window
+            first = p.transition.index(carry.last_word[:, None], x[:, :1], carry.after_eos[:, None] if reset_between
+                                       else None).masked_fill(~mask[:, :1], -1)
+            return carry.log_q, table, torch.cat([first, index], dim=1), emit
+        prior = p.transition.prior(carry, x[:, 0] if isinstance(p.transition, BlockTransition) else ws[:, 0])
+        if reset_between:
+            prior = torch.where(carry.after_eos[:, None], start[:, 0], prior)
         return prior + emit[:, 0], table, index, emit[:, 1:]
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, carry: Carry | None, per_token: bool = False):
@@ -773,7 +774,7 @@ class VLNHMM(nn.Module):
             with torch.no_grad():
                 alpha = self.scan.forward(init.contiguous(), table.contiguous(), index.to(torch.int32).contiguous(),
                                           emit.contiguous())
-            prefix = alpha.logsumexp(dim=-1).double()                          # [B, T]
+            prefix = alpha[:, -x.shape[1]:].logsumexp(dim=-1).double()         # [B, T]: after each token
             log_z = torch.diff(prefix, dim=1, prepend=prefix.new_zeros(len(prefix), 1)).masked_fill(~mask, 0.0)
             last_alpha = alpha[:, -1]
         else:
