@@ -290,8 +290,9 @@ def chunk_products(hs: torch.Tensor, words: torch.Tensor, bias: torch.Tensor, ch
     if not per_block:
         return torch.baddbmm(bias[..., None], words, hs[chunk_block].transpose(1, 2))
     (NC, Q, h), r = words.shape, hs.shape[1]
-    parts = [torch.addmm(b.reshape(-1, 1), w.reshape(-1, h), hs[m].T)
-             for m, (w, b) in enumerate(zip(words.split(list(chunk_counts)), bias.split(list(chunk_counts))))]
+    # unbind, not hs[m]: each select's backward would zero-fill a whole [M, r, h] gradient (M of them a step)
+    parts = [torch.addmm(b.reshape(-1, 1), w.reshape(-1, h), hm.T)
+             for hm, w, b in zip(hs.unbind(0), words.split(list(chunk_counts)), bias.split(list(chunk_counts)))]
     return (parts[0] if len(parts) == 1 else torch.cat(parts)).view(NC, Q, r)
 
 
