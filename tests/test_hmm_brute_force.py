@@ -388,6 +388,27 @@ def test_chunk_products_per_block_equal_the_batched_product():
                 torch.testing.assert_close(other, ref)
 
 
+def test_logsumexp_over_a_chunks_words_equals_torchs():
+    """The chunks' normalizers (a shifted exp-sum over dim 1) equal torch.logsumexp, values and gradients, with
+    -inf logits (padding words), a column that is -inf throughout (-inf, gradient 0 where torch's is NaN), and
+    large logits that would overflow unshifted."""
+    from hmm.model import _logsumexp_over_words
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(5, 7, 3, generator=g, dtype=torch.double) * 4
+    logits[1, 4:] = -torch.inf          # padding words at a chunk's end
+    logits[2, :, 1] = -torch.inf        # nothing in this chunk for this state
+    logits[3] += 800.0                  # exp overflows without the shift
+    weights = torch.randn(5, 3, generator=g, dtype=torch.double)
+    got, want = (x.clone().requires_grad_() for x in (logits, logits))
+    ours, ref = _logsumexp_over_words(got), torch.logsumexp(want, dim=1)
+    assert torch.isneginf(ours[2, 1]) and torch.isfinite(ours[3]).all()
+    torch.testing.assert_close(ours, ref)
+    ((ours.nan_to_num(neginf=0.0)) * weights).sum().backward()
+    ((ref.nan_to_num(neginf=0.0)) * weights).sum().backward()
+    assert torch.equal(got.grad[2, :, 1], torch.zeros(7, dtype=torch.double)) and want.grad[2, :, 1].isnan().all()
+    torch.testing.assert_close(got.grad.nan_to_num(), want.grad.nan_to_num())
+
+
 def test_carried_rows_once_per_distinct_state_equal_every_row(monkeypatch):
     """Training with a carry, 6 rows (most sharing their last word's block): the CPU's transition rows of
     each distinct carried state give the same log p and gradients as every row's own (the GPU's)."""
