@@ -65,8 +65,8 @@ def _scan(start, table, probs, shift, index, emit, reverse: bool) -> torch.Tenso
         if few_blocks:
             shared, others = plan[t]
             summed = p @ probs[shared]                                  # [B, n], right for most rows
-            if others is not None:
-                summed[others] = torch.bmm(p[others].unsqueeze(1), probs[g[others]]).squeeze(1)
+            for block, rows in others:                                  # the rows of each other block
+                summed[rows] = p[rows] @ probs[block]
         else:
             summed = torch.bmm(p.unsqueeze(1), probs[g]).squeeze(1)     # [B, n]
         new = summed.log() + top + shift[g]
@@ -80,18 +80,21 @@ def _scan(start, table, probs, shift, index, emit, reverse: bool) -> torch.Tenso
     return torch.stack(out[::-1] if reverse else out, dim=1)
 
 
-def _shared_block(index: torch.Tensor) -> list[tuple[int, torch.Tensor | None]]:
-    """Per step: the block most live rows read and the live rows that read another (None if none),
-    from one host read of ``index`` [B, S] (padding rows take the shared product; their message is
-    kept as it was).  With few blocks (dense with ``<eos>`` resets: the transition, and the start
-    block for the rows just past an ``<eos>``) one product for all rows plus a batched one for the
-    few others does the step's work once, where every block's product for every row did it U times."""
+def _shared_block(index: torch.Tensor) -> list[tuple[int, list[tuple[int, torch.Tensor]]]]:
+    """Per step: the block most live rows read, and each other block read with its live rows, from one host
+    read of ``index`` [B, S] (padding rows take the shared product; their message is kept as it was).  With
+    few blocks (dense with ``<eos>`` resets: the transition, and the start block for the rows just past an
+    ``<eos>``) one product for all rows and a small one per other block do the step's work once, where every
+    block's product for every row did it U times, and no [rows, n, n] copy of blocks is gathered."""
     plan = []
     for column in index.T.tolist():
-        live = [block for block in column if block >= 0]
-        shared = max(set(live), key=live.count) if live else 0
-        others = [b for b, block in enumerate(column) if block >= 0 and block != shared]
-        plan.append((shared, torch.tensor(others, device=index.device) if others else None))
+        rows_of: dict[int, list[int]] = {}
+        for b, block in enumerate(column):
+            if block >= 0:
+                rows_of.setdefault(block, []).append(b)
+        shared = max(rows_of, key=lambda block: len(rows_of[block])) if rows_of else 0
+        others = [(block, torch.tensor(rows, device=index.device)) for block, rows in rows_of.items() if block != shared]
+        plan.append((shared, others))
     return plan
 
 
