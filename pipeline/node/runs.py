@@ -103,7 +103,9 @@ class Runs:
             rec["curve"] = rp.rows
             rec["status"] = (read_json(rp.out / "metrics.json") or {}).get("status") or "running"
 
-    def finish_run(self, rp: RunProc, rc: int | None, why: str | None = None) -> None:
+    def finish_run(self, rp: RunProc, rc: int | None, why: str | None = None) -> str:
+        """Record a run that ended in the summary; returns the line to log once OUT is packed with it (a kill
+        between the two then never leaves a log that says more than OUT holds)."""
         rp.log.close()
         self.node.kids.forget(rp.proc)
         self.poll_curve(rp, 1)
@@ -118,7 +120,15 @@ class Runs:
             rec["stopped"] = why
         if rc and not metrics:
             rec["error"] = " | ".join(log_tail(rp.out / "train.log", 400, 2))
-        self.node.say(f"run {rp.key}: {rec['status']} (exit {rc}, {rec['seconds']} s; valid ppl {rec.get('valid_ppl')})")
+        return f"run {rp.key}: {rec['status']} (exit {rc}, {rec['seconds']} s; valid ppl {rec.get('valid_ppl')})"
+
+    def finish_and_pack(self, ended: list[tuple[RunProc, int | None, str | None]]) -> None:
+        """Record the runs that ended, pack OUT once, then log them."""
+        lines = [self.finish_run(rp, rc, why) for rp, rc, why in ended]
+        if lines:
+            self.node.pack()
+        for line in lines:
+            self.node.say(line)
 
     def phase(self, _limit: float) -> dict:
         keys, refused = schedule.runnable(self.node.run_keys, self.node.specs, self.node.good_datasets)
@@ -128,12 +138,11 @@ class Runs:
         last_pack, waiting_memory = time.monotonic(), False
         while True:
             news = False  # a run finished or reached a check: OUT is packed at once (a kill loses nothing)
-            for key, rp in list(active.items()):
-                rc = rp.proc.poll()
-                if rc is not None:
-                    del active[key]
-                    self.finish_run(rp, rc)
-                    news = True
+            polled = [(key, rp.proc.poll()) for key, rp in active.items()]
+            ended = [(active.pop(key), rc, None) for key, rc in polled if rc is not None]
+            if ended:
+                self.finish_and_pack(ended)
+                last_pack = time.monotonic()
             for rp in active.values():
                 checks = len(rp.rows)
                 self.poll_curve(rp, len(active))
@@ -146,9 +155,8 @@ class Runs:
                         self.node.summary["runs"][rp.key]["memory_mib"] = round(footprints[-1])
             if self.node.left() <= self.node.cfg.margin:  # all at once: one grace period, not one per run
                 self.node.kids.stop_together([rp.proc for rp in active.values()], schedule.stop_grace(self.node.cfg))
-                for key, rp in list(active.items()):
-                    del active[key]
-                    self.finish_run(rp, rp.proc.returncode, "stopped at the node deadline (SIGINT/SIGKILL)")
+                self.finish_and_pack([(active.pop(key), rp.proc.returncode, "stopped at the node deadline (SIGINT/SIGKILL)")
+                                      for key, rp in list(active.items())])
                 break
             if queue and schedule.too_late(self.node.cfg, self.node.left()):
                 for key in queue:
@@ -185,6 +193,4 @@ class Runs:
     def stop_all(self, why: str) -> None:
         """Stop every run going (SIGINT to all, SIGKILL 3 s later) and record it with ``why``."""
         self.node.kids.stop_together([rp.proc for rp in self.active.values()], grace=3.0)
-        for key, rp in list(self.active.items()):
-            del self.active[key]
-            self.finish_run(rp, rp.proc.returncode, why)
+        self.finish_and_pack([(self.active.pop(key), rp.proc.returncode, why) for key, rp in list(self.active.items())])
