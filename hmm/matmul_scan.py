@@ -93,7 +93,8 @@ def _shared_block(index: torch.Tensor) -> list[tuple[int, list[tuple[int, torch.
             if block >= 0:
                 rows_of.setdefault(block, []).append(b)
         shared = max(rows_of, key=lambda block: len(rows_of[block])) if rows_of else 0
-        others = [(block, torch.tensor(rows, device=index.device)) for block, rows in rows_of.items() if block != shared]
+        others = [(block, torch.tensor(rows, device=index.device))
+                  for block, rows in rows_of.items() if block != shared]
         plan.append((shared, others))
     return plan
 

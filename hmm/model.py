@@ -740,9 +740,9 @@ class VLNHMM(nn.Module):
                    reset: bool, reset_between: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The window in block form (see :mod:`hmm.inference`): init [B, n], table [U, n, n],
         index [B, T-1] (-1 after a row's last token) and emit [B, T-1, n]; at evaluation with a carry,
-        init is the carried posterior and index [B, T] and emit [B, T, n] start with the edge into x[:, 0].  ``reset``: edges out of
-        ``<eos>`` inside the window use the start distribution; ``reset_between``: so does the edge
-        from the previous window's last word when it was ``<eos>``."""
+        init is the carried posterior and index [B, T] and emit [B, T, n] start with the edge into x[:, 0].
+        ``reset``: edges out of ``<eos>`` inside the window use the start distribution; ``reset_between``:
+        so does the edge from the previous window's last word when it was ``<eos>``."""
         B, T = x.shape
         ws = p.live.positions(x)                       # [B, T, n] positions into the live set
         emit = p.emission(x)                           # [B, T, n]

@@ -155,8 +155,8 @@ class Runs:
                         self.node.summary["runs"][rp.key]["memory_mib"] = round(footprints[-1])
             if self.node.left() <= self.node.cfg.margin:  # all at once: one grace period, not one per run
                 self.node.kids.stop_together([rp.proc for rp in active.values()], schedule.stop_grace(self.node.cfg))
-                self.finish_and_pack([(active.pop(key), rp.proc.returncode, "stopped at the node deadline (SIGINT/SIGKILL)")
-                                      for key, rp in list(active.items())])
+                why = "stopped at the node deadline (SIGINT/SIGKILL)"
+                self.finish_and_pack([(active.pop(key), rp.proc.returncode, why) for key, rp in list(active.items())])
                 break
             if queue and schedule.too_late(self.node.cfg, self.node.left()):
                 for key in queue:
