@@ -40,6 +40,12 @@ from torch.profiler import record_function
 GRAD_CHUNK_ELEMENTS = 2**24   # at most this many floats of [edges, n, n] terms at a time (64 MiB)
 
 
+def finite_or_zero(x: torch.Tensor) -> torch.Tensor:
+    """A shift for exponentiating in a max-shifted sum: ``x`` where finite, else 0 (a max that is -inf, where
+    nothing is alive, then gives -inf, and +inf or NaN carries through, as logsumexp does)."""
+    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+
+
 def log_identity(n: int, like: torch.Tensor) -> torch.Tensor:
     """[n, n]: 0 on the diagonal, -inf elsewhere (dtype and device of ``like``)."""
     return torch.full((n, n), -torch.inf, dtype=like.dtype, device=like.device).fill_diagonal_(0.0)

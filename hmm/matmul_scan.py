@@ -32,18 +32,13 @@ from __future__ import annotations
 import torch
 
 from hmm import inference
+from hmm.inference import finite_or_zero
 
 # Blocks of fewer live states than this are scanned by the log-space reference: a [B, n] x [n, n] product that
 # small does not repay its exponentials and bookkeeping (bench.cpu_scans on a Zen 4, 1 thread: at n = 16 / 32,
 # 4,096 states and M = 128, the training step 394 -> 440 ms and evaluation 65 -> 76 ms with products; even at
 # n = 64 / 128, M = 8: 0.98x / 1.12x; from n = 128 / 256 on they win, 1.33x / 2.4x, and 4.2x / 22x at 512 / 1,024).
 MIN_STATES = 64
-
-
-def _finite_or_zero(x: torch.Tensor) -> torch.Tensor:
-    """Shifts: a max that is -inf (nothing alive), +inf or NaN shifts by 0 (the product then gives
-    -inf, or carries the NaN, as the reference does)."""
-    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
 
 
 def _scan(start, table, probs, shift, index, emit, reverse: bool) -> torch.Tensor:
@@ -60,7 +55,7 @@ def _scan(start, table, probs, shift, index, emit, reverse: bool) -> torch.Tenso
     for t in (range(S - 1, -1, -1) if reverse else range(S)):
         g = blocks[:, t]
         src = emit[:, t] + msg if reverse else msg
-        top = _finite_or_zero(src.amax(dim=-1, keepdim=True))
+        top = finite_or_zero(src.amax(dim=-1, keepdim=True))
         p = (src - top).exp()
         if few_blocks:
             shared, others = plan[t]
@@ -114,7 +109,7 @@ def _usable(table: torch.Tensor) -> torch.Tensor:
 def scan_forward(init, table, index, emit) -> torch.Tensor:
     """alpha [B, S+1, n], as :func:`hmm.inference.scan_forward_blocks`."""
     table = _usable(table)
-    top = _finite_or_zero(table.amax(dim=1))                             # [U, n]: per destination
+    top = finite_or_zero(table.amax(dim=1))                              # [U, n]: per destination
     probs = (table - top.unsqueeze(1)).exp()
     return _scan(init, table, probs, top, index, emit, reverse=False)
 
@@ -122,7 +117,7 @@ def scan_forward(init, table, index, emit) -> torch.Tensor:
 def scan_backward(table, index, emit) -> torch.Tensor:
     """beta [B, S+1, n], as :func:`hmm.inference.scan_backward_blocks`."""
     table = _usable(table)
-    top = _finite_or_zero(table.amax(dim=2))                             # [U, n]: per source
+    top = finite_or_zero(table.amax(dim=2))                              # [U, n]: per source
     probs = (table - top.unsqueeze(2)).exp().transpose(1, 2).contiguous()
     B, _, n = emit.shape
     return _scan(emit.new_zeros(B, n), table, probs, top, index, emit, reverse=True)
@@ -147,8 +142,8 @@ def grad_table(alpha, beta, table, index, emit, log_z, grad_log_z) -> torch.Tens
                          alpha[:, :-1] - log_z[:, None, None]).reshape(-1, n)
     after = (emit + beta[:, 1:]).reshape(-1, n)
     g = flat.clamp(min=0)
-    top = _finite_or_zero(table.amax(dim=(1, 2)))                        # [U]
-    shift = _finite_or_zero(after.amax(dim=-1, keepdim=True))            # [edges, 1]
+    top = finite_or_zero(table.amax(dim=(1, 2)))                         # [U]
+    shift = finite_or_zero(after.amax(dim=-1, keepdim=True))             # [edges, 1]
     left = torch.where(used, (before + shift + top[g, None]).exp() * weight[:, None], 0.0)
     right = torch.where(used, (after - shift).exp(), 0.0)
     order = torch.argsort(g, stable=True)

@@ -38,7 +38,7 @@ and their backward are ``hmm.scan.*`` (hmm.inference), the normalizer's backward
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
@@ -286,8 +286,7 @@ def _logsumexp_over_words(logits: torch.Tensor) -> torch.Tensor:
     """[NC, Q, n] -> [NC, n]: logsumexp over each chunk's words (dim 1), as a max-shifted sum of exponentials.
     torch.logsumexp over a middle dimension is a strided reduction, about 2x slower on a CPU (forward and
     backward of the dense run's [313, 32, 512]); the shift is a constant, so the gradient is the softmax."""
-    top = logits.detach().amax(dim=1, keepdim=True)
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    top = inference.finite_or_zero(logits.detach().amax(dim=1, keepdim=True))
     total = (logits - top).exp().sum(dim=1)
     some = total > 0  # a column of -inf only gives -inf, and a zero gradient as torch.logsumexp does, not NaN
     return torch.where(some, torch.where(some, total, 1.0).log() + top.squeeze(1), -torch.inf)
@@ -378,6 +377,7 @@ class DenseTransition:
 
     log_probs: torch.Tensor
     state_rows: Callable[[torch.Tensor], torch.Tensor] | None = None
+    carry_in_table: ClassVar[bool] = False   # the edge from a carry goes through ``prior`` (see BlockTransition)
 
     def dense(self) -> torch.Tensor:
         return self.log_probs
@@ -420,6 +420,7 @@ class FactoredTransition:
     log_norm: torch.Tensor
     embed_prev: Callable[[torch.Tensor], torch.Tensor]
     precision: str = "fp32"
+    carry_in_table: ClassVar[bool] = False
 
     def dense(self) -> torch.Tensor:
         """[C', C'] log A (one C' x C' buffer)."""
@@ -457,6 +458,9 @@ class BlockTransition:
     table: torch.Tensor
     num_blocks: int
     block_of_word: torch.Tensor
+    # every state is live, so a carried posterior is over the previous word's block, as in the table: the edge
+    # from it is one more table read (the scan's first step), not a prior formed on its own
+    carry_in_table: ClassVar[bool] = True
 
     @classmethod
     def from_dense(cls, log_a: torch.Tensor, log_start: torch.Tensor, num_blocks: int,
@@ -491,6 +495,7 @@ class LiveBlockTransition(BlockTransition):
     need not be live: the prior goes through ``carried`` (rows of any state over the live ones)."""
 
     carried: DenseTransition | None = None
+    carry_in_table: ClassVar[bool] = False   # the carried states need not be live
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         return self.carried.rows(ids)
@@ -759,9 +764,9 @@ class VLNHMM(nn.Module):
         index = index.masked_fill(~mask[:, 1:], -1)
         if carry is None:
             return start[:, 0] + emit[:, 0], table, index, emit[:, 1:]
-        if type(p.transition) is BlockTransition:
-            # evaluation (every state live): the edge from the carried posterior, over the last word's block, is
-            # the scan's first step; its own logsumexp over a gathered [B, k, k] block cost more than the window
+        if p.transition.carry_in_table:
+            # the edge from the carried posterior is the scan's first step; its own logsumexp over a gathered
+            # [B, k, k] block cost more than the window
             first = p.transition.index(carry.last_word[:, None], x[:, :1], carry.after_eos[:, None] if reset_between
                                        else None).masked_fill(~mask[:, :1], -1)
             return carry.log_q, table, torch.cat([first, index], dim=1), emit
