@@ -203,7 +203,8 @@ def test_checkpoint_of_other_code_is_set_aside(small_ptb, tmp_path, capsys):
 
 def test_status_reads_where_each_run_stands(small_ptb, tmp_path, monkeypatch):
     """./repro status (pipeline.training.status) from a real run's history and metrics: finished, then
-    stopped part-way (its metrics gone), then training now (a live process holding its checkpoint)."""
+    interrupted (its metrics gone, its checkpoint kept), stopped part-way (no checkpoint either), then training now
+    (a live process holding its checkpoint)."""
     from datetime import datetime, timezone
 
     from pipeline.training import status
@@ -219,8 +220,14 @@ def test_status_reads_where_each_run_stands(small_ptb, tmp_path, monkeypatch):
     assert done.step == done.total == metrics["steps"] and done.epoch == 2.0 and len(checks) == 2
     assert done.best == min(float(c.split("valid ppl")[1].split("|")[0]) for c in checks)
     (tmp_path / run.out_dir / "metrics.json").unlink()
+    interrupted = status.standing(run, tmp_path, status.running_checkpoints())
+    assert interrupted.state == "interrupted" and interrupted.hours_left == 0, interrupted
+    assert "goes on from its last check" in interrupted.detail
+    checkpoint, kept = tmp_path / run.checkpoint, tmp_path / "kept.pt"
+    checkpoint.rename(kept)  # its history without a checkpoint: nothing to go on from
     stopped = status.standing(run, tmp_path, status.running_checkpoints())
-    assert stopped.state == "stopped" and stopped.hours_left == 0
+    assert stopped.state == "stopped" and stopped.detail == "", stopped
+    kept.rename(checkpoint)
     other = resolve_run({"name": "u", "dataset": "ptb", "model": "ff"}, DEFAULTS)
     reference = tmp_path / "reference"
     assert status.standing(other, tmp_path, {}, reference).state == "not started"
@@ -234,7 +241,7 @@ def test_status_reads_where_each_run_stands(small_ptb, tmp_path, monkeypatch):
     # a reference of other settings (e.g. the full-size run beside a tiny profile's of the same name) is not it
     smaller = resolve_run({"name": "u", "dataset": "ptb", "model": "ff", "hidden": 4}, DEFAULTS)
     assert status.standing(smaller, tmp_path, {}, reference).state == "not started"
-    assert status.standing(run, tmp_path, {}, reference).state == "stopped"  # a local run comes first
+    assert status.standing(run, tmp_path, {}, reference).state == "interrupted"  # a local run comes first
     capped = json.dumps({"train": {"max_seconds": 3600}})  # a time cap ends the run before its planned steps
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "pipeline.training.train",
                                "--spec", capped, "--checkpoint", run.checkpoint], cwd=tmp_path)

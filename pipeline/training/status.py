@@ -1,5 +1,5 @@
-"""Where each trained run of the config stands: finished, cut short, training now, stopped part-way, filed, or
-not started.
+"""Where each trained run of the config stands: finished, cut short, training now, interrupted, stopped part-way,
+filed, or not started.
 
     ./repro status --profile profiles/cpu                  # the CPU profile's runs
     ./repro status --profile profiles/cpu --all            # every trained run of the config, started or not
@@ -14,7 +14,9 @@ One never started here that has a committed reference run of the same settings (
 ``./repro import`` filed it; the default config's tables show it) is *filed*, with that run's numbers and where
 it was trained.  A run that ended *cut short* by its time cap (``max_seconds``, an execution setting) with its
 checkpoint still here can go on from its last check; snakemake runs a job whose outputs are complete again only
-when told to (``--forcerun``), and the command for that is printed below the table.
+when told to (``--forcerun``), and the command for that is printed below the table.  So can one *interrupted*: its
+process ended between two checks (killed, or its session closed), its checkpoint kept, no error in its history.
+A run *stopped* part-way either stopped on an error (shown) or has no checkpoint to go on from.
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ PLAN = re.compile(r"([\d,]+) steps/epoch, validation every [\d,]+ steps, ([\d,]+
 @dataclass
 class Standing:
     key: str
-    state: str                     # finished | cut short | training now | stopped | filed | not started
+    state: str  # finished | cut short | training now | interrupted | stopped | filed | not started
     step: int = 0
     total: int | None = None
     epoch: float | None = None
@@ -129,6 +131,9 @@ def standing(run: Run, root: Path, running: dict[str, float | None], reference: 
                     "its final valid and test scoring included")
     if s.state == "stopped" and stopped_on_error:  # its last process stopped on an error
         s.detail = lines[-1].split(STOPPED, 1)[1][:160]
+    elif s.state == "stopped" and (root / run.checkpoint).exists():
+        s.state = "interrupted"
+        s.detail = "its process ended between checks (killed, or its session closed): it goes on from its last check"
     if metrics.exists() and not now:
         m = json.loads(metrics.read_text())
         resumable = str(m.get("status", "")).startswith("cut short: time") and (root / run.checkpoint).exists()
@@ -198,10 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = [standing(r, root, running, reference) for r in runs]
     shown = rows if a.all else [r for r in rows if r.state != "not started"]
     print(table(shown) if shown else "no run has started (--all lists every run)")
-    cut = [f"{r.out_dir}/metrics.json" for r, st in zip(runs, rows) if st.state == "cut short"]
+    cut = [f"{r.out_dir}/metrics.json" for r, st in zip(runs, rows) if st.state in ("cut short", "interrupted")]
     if cut:
         go_on = continue_command(cut, a.profile, a.configfile, a.config, a.directory)
-        head = f"cut short, with a checkpoint to go on from: {len(cut)} run(s).  To train on from the last check, "
+        head = (f"cut short or interrupted, with a checkpoint to go on from: {len(cut)} run(s).  To train on from the "
+                "last check, ")
         if a.configfile:
             print(f"{head}with the --configfile given here (its time cap, if it sets one):\n  {go_on}")
         else:
