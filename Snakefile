@@ -82,6 +82,7 @@ onstart:
     announce_defaults()
     check_gpu_before_jobs(workflow)
     check_cluster_before_jobs(workflow)
+    announce_cpu_training(workflow)
 
 
 onerror:

@@ -378,6 +378,24 @@ def test_a_run_filling_no_paper_row_is_refused():
     assert resolve_run({"name": "x", "dataset": "ptb", "model": "ff", "rows": ["table1/ff", "fig3"]}, {})
 
 
+def test_a_cpu_run_of_the_papers_size_says_how_long_it_will_train_before_its_first_job(tmp_path):
+    """The CPU profile's runs take hours to days: before any job, a real run says each one's time as far as this
+    machine knows (here: its filed run's speed, from the committed reference).  Its data cannot be fetched
+    (a refused source), so nothing trains."""
+    urls = {split: f"http://127.0.0.1:9/ptb.{split}.txt" for split in ("train", "valid", "test")}  # refused at once
+    overlay = tmp_path / "offline.yaml"
+    overlay.write_text(yaml.safe_dump({"datasets": {"ptb": {"sources": [{"kind": "files", "urls": urls}]}}}))
+    proc = snakemake("results/runs/ptb/ff/metrics.json", "--cores", "1", "--directory", str(tmp_path / "w"),
+                     "--configfile", str(overlay), profile="profiles/cpu", check=False)
+    assert proc.returncode != 0 and not (tmp_path / "w/results/runs/ptb/ff/metrics.json").exists()
+    filed = json.loads((ROOT / "results/reference/ptb/ff/metrics.json").read_text())
+    hours = filed["seconds_per_epoch"] * 100 / 3600
+    assert "NOTE: 1 run(s) of the paper's sizes train on this CPU" in proc.stderr, proc.stderr[-3000:]
+    assert (f"ptb/ff: about {hours:.1f} h for its 100 epochs at the speed of its filed run ({filed['device_name']}"
+            in proc.stderr), proc.stderr[-3000:]
+    assert proc.stderr.index("NOTE: 1 run(s)") < proc.stderr.index("Downloading ptb failed")
+
+
 def test_runs_cut_short_by_their_time_cap_go_on_with_the_command_status_prints(tmp_path):
     """docs/cpu.md: a run stopped by its time cap is complete as far as snakemake knows, so the same command
     again does nothing; the command ``./repro status`` prints (run as printed, through ``./repro run``) trains

@@ -223,6 +223,12 @@ def test_status_reads_where_each_run_stands(small_ptb, tmp_path, monkeypatch):
     interrupted = status.standing(run, tmp_path, status.running_checkpoints())
     assert interrupted.state == "interrupted" and interrupted.hours_left == 0, interrupted
     assert "goes on from its last check" in interrupted.detail
+    assert status.time_to_train(run, tmp_path).startswith("ptb/t: goes on from its checkpoint at epoch 2 of 2: about 0.0 h")
+    # a session's end kills the trainer and snakemake at once: the last check's record stays, 'incomplete'
+    (tmp_path / run.out_dir / "metrics.json").write_text(json.dumps(metrics | {
+        "status": "incomplete: last check at step 2 of 4", "test_ppl": None, "eval_ms_per_batch": None}))
+    assert status.standing(run, tmp_path, {}).state == "interrupted"
+    (tmp_path / run.out_dir / "metrics.json").unlink()
     checkpoint, kept = tmp_path / run.checkpoint, tmp_path / "kept.pt"
     checkpoint.rename(kept)  # its history without a checkpoint: nothing to go on from
     stopped = status.standing(run, tmp_path, status.running_checkpoints())
@@ -231,6 +237,8 @@ def test_status_reads_where_each_run_stands(small_ptb, tmp_path, monkeypatch):
     other = resolve_run({"name": "u", "dataset": "ptb", "model": "ff"}, DEFAULTS)
     reference = tmp_path / "reference"
     assert status.standing(other, tmp_path, {}, reference).state == "not started"
+    assert status.time_to_train(other, tmp_path, reference) == \
+        "ptb/u: no run of its settings has been timed here (docs/cpu.md gives estimates)"
     # never trained here, but committed as a reference run: filed, with that run's numbers
     (reference / other.filed_as).mkdir(parents=True)
     filed_metrics = {"status": "measured", "valid_ppl": 140.45, "test_ppl": 129.12, "device_name": "AMD EPYC",
@@ -238,6 +246,10 @@ def test_status_reads_where_each_run_stands(small_ptb, tmp_path, monkeypatch):
     (reference / other.filed_as / "metrics.json").write_text(json.dumps(filed_metrics))
     filed = status.standing(other, tmp_path, {}, reference)
     assert filed.state == "filed" and "valid 140.45, test 129.12 (AMD EPYC, 2026-12-06" in filed.detail
+    (reference / other.filed_as / "metrics.json").write_text(json.dumps(filed_metrics | {"seconds_per_epoch": 36.0}))
+    assert status.time_to_train(other, tmp_path, reference).startswith(
+        f"ptb/u: about {36.0 * other.train.epochs / 3600:.1f} h for its {other.train.epochs:g} epochs at the speed of "
+        "its filed run (AMD EPYC;")
     # a reference of other settings (e.g. the full-size run beside a tiny profile's of the same name) is not it
     smaller = resolve_run({"name": "u", "dataset": "ptb", "model": "ff", "hidden": 4}, DEFAULTS)
     assert status.standing(smaller, tmp_path, {}, reference).state == "not started"

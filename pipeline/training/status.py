@@ -61,6 +61,11 @@ def _int(text: str) -> int:
     return int(text.replace(",", ""))
 
 
+def _ppl(value) -> str:
+    """A perplexity of a record, or "none" where it has none (a run stopped before it was scored)."""
+    return f"{value:.2f}" if isinstance(value, (int, float)) else "none"
+
+
 def _started(proc: Path) -> float | None:
     """The process's start as a Unix time (Linux /proc), or None."""
     try:
@@ -134,20 +139,38 @@ def standing(run: Run, root: Path, running: dict[str, float | None], reference: 
     elif s.state == "stopped" and (root / run.checkpoint).exists():
         s.state = "interrupted"
         s.detail = "its process ended between checks (killed, or its session closed): it goes on from its last check"
-    if metrics.exists() and not now:
-        m = json.loads(metrics.read_text())
+    m = json.loads(metrics.read_text()) if metrics.exists() and not now else None
+    # a process's final record; an 'incomplete' one is a check's, left behind by a process that did not end
+    if m is not None and not str(m.get("status", "")).startswith("incomplete"):
         resumable = str(m.get("status", "")).startswith("cut short: time") and (root / run.checkpoint).exists()
         s.state = "cut short" if resumable else "finished"
-        valid, test = m.get("valid_ppl", float("nan")), m.get("test_ppl", float("nan"))
-        s.detail = f"{m.get('status', '')}: valid {valid:.2f}, test {test:.2f}"
+        s.detail = f"{m.get('status', '')}: valid {_ppl(m.get('valid_ppl'))}, test {_ppl(m.get('test_ppl'))}"
         s.hours_left = None
     elif s.state == "not started" and (m := filed_reference(run, reference)) is not None:
         s.state = "filed"
-        valid, test = m.get("valid_ppl", float("nan")), m.get("test_ppl", float("nan"))
         date = str((m.get("provenance") or {}).get("date") or "")[:10]
-        s.detail = (f"reference, {m.get('status', '')}: valid {valid:.2f}, test {test:.2f} "
+        s.detail = (f"reference, {m.get('status', '')}: valid {_ppl(m.get('valid_ppl'))}, test {_ppl(m.get('test_ppl'))} "
                     f"({', '.join(x for x in (m.get('device_name'), date) if x)}; {shown_path(reference / run.filed_as)})")
     return s
+
+
+def time_to_train(run: Run, root: Path, reference: Path = REFERENCE) -> str:
+    """How long ``run`` will train here, from what is known on this machine: the hours left at its last check's
+    speed where it goes on from a checkpoint, else its planned epochs at the speed of its filed reference run
+    (trained from today's settings, on the machine named), else that nothing is known."""
+    s = standing(run, root, {}, reference)
+    if s.state in ("cut short", "interrupted") and s.total and s.tokens_per_s:
+        hours = (s.total - s.step) * run.train.batch_size * run.train.bptt / s.tokens_per_s / 3600
+        return (f"{run.key}: goes on from its checkpoint at epoch {s.epoch:g} of {run.train.epochs:g}: about "
+                f"{hours:.1f} h left at its last check's speed ({s.tokens_per_s:,} tokens/s)")
+    filed = filed_reference(run, reference)
+    per_epoch = (filed or {}).get("seconds_per_epoch")
+    if per_epoch:
+        threads = sorted({seg.get("threads") for seg in filed.get("segments") or [] if seg.get("threads")})
+        at = f", {'/'.join(map(str, threads))} thread(s)" if threads else ""
+        return (f"{run.key}: about {per_epoch * run.train.epochs / 3600:.1f} h for its {run.train.epochs:g} epochs at "
+                f"the speed of its filed run ({filed.get('device_name')}{at}; {shown_path(reference / run.filed_as)})")
+    return f"{run.key}: no run of its settings has been timed here (docs/cpu.md gives estimates)"
 
 
 def table(rows: list[Standing]) -> str:

@@ -13,6 +13,7 @@ from pipeline.data.fetch import OFFLINE
 from pipeline.files import write_atomic
 from pipeline.config import ConfigError, kernel_states, name_pattern, recipe_overrides, resolve_runs, results_dir
 from pipeline.references import filing_roots
+from pipeline.training.status import time_to_train
 from pipeline.reporting import fidelity
 
 SPLITS = ("train", "valid", "test")
@@ -166,6 +167,29 @@ def check_gpu_before_jobs(workflow):
             f"{len(need)} job(s) need a GPU ({', '.join(need[:4])}{', ...' if len(need) > 4 else ''}; "
             f"gpu_runs: {config['gpu_runs']}) and this machine has no GPU (nvidia-smi finds none); no job was "
             f"started. To go on: {gpu_ways(need)}."
+        )
+
+
+def announce_cpu_training(workflow):
+    """Said before the first job: each run of the paper's sizes that this DAG trains on the CPU, and how long it
+    will take as far as this machine knows (a checkpoint's last speed, or its filed run's)."""
+    if not workflow.local_exec or config.get("profile") == "tiny":
+        return
+    keys = sorted(
+        {
+            f"{job.wildcards['dataset']}/{job.wildcards['name']}"
+            for job in workflow.dag.needrun_jobs()
+            if job.rule.name == "train"
+        }
+    )
+    on_cpu = [RUNS[key] for key in keys if RUNS[key].train.device == "cpu"]
+    if on_cpu:
+        reference = filing_roots(config, Path.cwd())[0]
+        times = "\n".join(f"  {time_to_train(run, Path.cwd(), reference)}" for run in on_cpu)
+        print(
+            f"NOTE: {len(on_cpu)} run(s) of the paper's sizes train on this CPU (hours to days each on a small "
+            f"machine; docs/cpu.md), each from its last check where it has one:\n{times}",
+            file=sys.stderr,
         )
 
 
