@@ -138,7 +138,8 @@ def standing(run: Run, root: Path, running: dict[str, float | None], reference: 
         s.detail = lines[-1].split(STOPPED, 1)[1][:160]
     elif s.state == "stopped" and (root / run.checkpoint).exists():
         s.state = "interrupted"
-        s.detail = "its process ended between checks (killed, or its session closed): it goes on from its last check"
+        s.detail = ("no trainer of it runs on this machine, and its last one ended between checks (killed, or its "
+                    "session closed): it goes on from its last check")
     m = json.loads(metrics.read_text()) if metrics.exists() and not now else None
     # a process's final record; an 'incomplete' one is a check's, left behind by a process that did not end
     if m is not None and not str(m.get("status", "")).startswith("incomplete"):
