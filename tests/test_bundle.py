@@ -340,8 +340,8 @@ def test_config_merge_matches_snakemake_order():
 
 def test_full_plan_builds_kernels_from_the_runs():
     plan = node_plan(load_config(), ["ptb", "wt2"], "cuda", reference=None)
-    # 1024/128 -> 8, k'=4; 1024 dense; 96: 128 states per block at state dropout 0.25
-    assert plan["kernel_states"] == [4, 8, 16, 32, 64, 96, 128, 256, 512, 1024]
+    # 1024/128 -> 8, k'=4; 1024 dense; 96 / 192: 128 / 256 states per block at state dropout 0.25
+    assert plan["kernel_states"] == [4, 8, 16, 32, 64, 96, 128, 192, 256, 512, 1024]
     assert plan["dropped_states"] == [2048]   # bench.scale at 2^18 / 128: the PyTorch scan there
     assert ("ptb", 4) in plan["clusters"] and ("wt2", 128) in plan["clusters"]
     assert plan["priority"][:3] == ["ptb/ff", "ptb/lstm", "ptb/vlnhmm-32768"]
