@@ -343,3 +343,27 @@ def test_a_run_without_checkpoints_scores_the_same_best_weights(small_ptb, tmp_p
             p.add_(1.0)
     kept.load_best(model)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_two_trainers_sharing_a_log_never_splice_their_lines():
+    """Two snakemake jobs at once write to one log: each line must arrive whole (a line and its newline in one
+    write), not as 'first line[second trainer] second line' followed by two newlines."""
+    from conftest import ROOT
+
+    script = (
+        "import sys\nfrom pipeline.training.progress import say, progress\n"
+        "bar = progress(4000, desc='x')\n"
+        "for i in range(4000):\n"
+        "    say(f'[{sys.argv[1]}] ' + 'x' * 150 + f' {i}')\n"
+        "    bar.update(1)\n"
+    )
+    read, write = os.pipe()
+    trainers = [
+        subprocess.Popen([sys.executable, "-c", script, name], cwd=ROOT, stdout=write, stderr=subprocess.DEVNULL)
+        for name in ("a", "b")
+    ]
+    os.close(write)
+    with os.fdopen(read) as log:
+        lines = log.read().splitlines()
+    assert [t.wait() for t in trainers] == [0, 0]
+    assert sorted(lines) == sorted(f"[{name}] " + "x" * 150 + f" {i}" for name in "ab" for i in range(4000))

@@ -1,6 +1,7 @@
 """Progress bars and log lines for people: tqdm where installed, plain lines where not (a bare GPU node)."""
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
@@ -11,11 +12,14 @@ except ImportError:  # pragma: no cover - exercised on nodes without tqdm
 
 
 def say(line: str) -> None:
-    """One log line, printed above any progress bar."""
-    if _tqdm is not None:
-        _tqdm.write(line)
-    else:
-        print(line, flush=True)
+    """One log line, printed above any progress bar.
+
+    The line and its newline go out in one write, flushed: two trainers that share a log (two snakemake jobs
+    at once) then never splice each other's lines (``print`` and ``tqdm.write`` write the newline apart).
+    """
+    with _tqdm.external_write_mode() if _tqdm is not None else contextlib.nullcontext():
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 class _Plain:
