@@ -471,6 +471,30 @@ def test_check_cli_on_cpu(llvm_dir, tmp_path):
     assert rows[4, "stream"]["ok"] is None and "CUDA only" in rows[4, "stream"]["skipped"]
 
 
+def test_cpu_kernels_run_without_importing_tvm(llvm_dir):
+    """A CPU run's kernels load through TVM-FFI and TVM's runtime library alone: ``import tvm`` (its compiler's
+    Python, seconds at every trainer's start) is not needed.  The largest kernel runs parallel over the batch on
+    two TVM threads (the parallel launch the runtime library provides) and matches the reference."""
+    script = textwrap.dedent(f"""
+        import sys, time, torch
+        start = time.perf_counter()
+        from hmm.kernels import TVMScan
+        from hmm.inference import TorchScan
+        scan = TVMScan.load({str(llvm_dir)!r})
+        init, table = torch.randn(6, 256).log_softmax(-1), torch.randn(3, 256, 256).log_softmax(-1)
+        index, emit = torch.randint(-1, 3, (6, 9), dtype=torch.int32), torch.randn(6, 9, 256).log_softmax(-1)
+        alpha, beta = scan.forward(init, table, index, emit), scan.backward(table, index, emit)
+        assert "tvm" not in sys.modules, "the CPU kernels imported tvm"
+        torch.testing.assert_close(alpha, TorchScan.forward(init, table, index, emit), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(beta, TorchScan.backward(table, index, emit), rtol=1e-5, atol=1e-4)
+        print(f"loaded and ran in {{time.perf_counter() - start:.2f}} s without tvm")
+    """)
+    env = dict(os.environ, TVM_NUM_THREADS="2", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    print(proc.stdout)
+
+
 def test_check_cli_catches_unwritten_output(llvm_dir, tmp_path, monkeypatch):
     """The poisoned output shows an element a kernel leaves unwritten; the exit status is 1."""
     real = TVMScan.backward

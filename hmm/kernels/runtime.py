@@ -7,8 +7,11 @@
 
 The library is picked by n and by the tensors' device: CPU tensors use an ``llvm`` kernel
 directory, CUDA tensors a ``cuda`` one, and the library of the GPU's architecture (or else
-the newest older one, whose PTX the driver JIT-compiles).  ``import tvm`` happens on first
-use, and works with the full TVM or the runtime-only package of :mod:`hmm.kernels.pack_runtime`.
+the newest older one, whose PTX the driver JIT-compiles).  Nothing of TVM is imported before
+the first load.  A llvm library is loaded by TVM-FFI with TVM's runtime library (``libtvm_runtime.so``:
+the kernels' parallel launch) and without ``import tvm``, whose compiler's Python takes seconds to
+import (a CPU run's start); a CUDA library through ``import tvm``.  Both work with the full TVM or the
+runtime-only package of :mod:`hmm.kernels.pack_runtime`.
 
 CUDA libraries carry CUDA source only, which TVM compiles when the library is loaded by
 calling the global ``tvm_callback_cuda_compile(source)``.  This module overrides that
@@ -49,6 +52,7 @@ _HASHES: dict[tuple[str, int, int], str] = {}   # (path, mtime_ns, size) -> sha2
 _CHECKED_INDEX: dict = {}                        # "key": (weakref to index, (version, U)) last in range
 _BINARIES: dict[str, bytes] = {}   # sha256 of CUDA source -> fatbin, for the load under way
 _FALLBACK_COMPILE = []             # the callback TVM had registered before ours
+_RUNTIME_LIBRARY = []              # libtvm_runtime.so, once loaded for llvm kernels without `import tvm`
 
 
 class KernelError(RuntimeError):
@@ -89,8 +93,8 @@ def _preload_cudart() -> None:
                       "and $CUDA_HOME/lib64); TVM's CUDA runtime needs it")
 
 
-def _import_tvm(target: str):
-    """import tvm (lazily); for cuda also load TVM's CUDA runtime and install the callback."""
+def _runtime_environment() -> None:
+    """Settings TVM's runtime reads when it starts (set before it is loaded; a user's own win)."""
     os.environ.setdefault("TVM_NUM_THREADS", str(torch.get_num_threads()))
     # Idle TVM workers sleep at once instead of spinning: spinning starves the PyTorch ops
     # around each scan (measured on 2 cores: marginals at n=8 took 12 ms instead of 0.8 ms).
@@ -99,6 +103,36 @@ def _import_tvm(target: str):
         # Older torch: tvm_ffi would JIT-compile a C++ DLPack addon at import (needs a compiler,
         # takes minutes); its pure-Python DLPack path is still zero-copy.
         os.environ.setdefault("TVM_FFI_DISABLE_TORCH_C_DLPACK", "1")
+
+
+def _load_llvm_module(path: Path):
+    """A llvm kernel library loaded by TVM-FFI, without ``import tvm``.
+
+    The library calls TVM's parallel launch and workspace functions, which the loader links from TVM's runtime
+    library; that library is loaded first (global symbols), from where ``import tvm`` would load it: the folder
+    ``$TVM_LIBRARY_PATH``, then the installed package's ``lib/``.  An imported tvm has loaded it already."""
+    _runtime_environment()
+    import tvm_ffi
+
+    if "tvm" not in sys.modules and not _RUNTIME_LIBRARY:
+        from importlib.util import find_spec
+
+        from tvm_ffi.libinfo import load_lib_ctypes
+
+        spec = find_spec("tvm")
+        folders = [Path(os.environ["TVM_LIBRARY_PATH"])] if os.environ.get("TVM_LIBRARY_PATH") else []
+        folders += [Path(p) / "lib" for p in (spec.submodule_search_locations or [])] if spec else []
+        try:
+            _RUNTIME_LIBRARY.append(load_lib_ctypes("tvm", "tvm_runtime", "RTLD_GLOBAL", extra_lib_paths=folders))
+        except (OSError, RuntimeError) as err:
+            raise KernelError(f"cannot load TVM's runtime library (libtvm_runtime.so; searched "
+                              f"{', '.join(map(str, folders)) or 'no tvm package'}): {err}") from err
+    return tvm_ffi.load_module(str(path))
+
+
+def _import_tvm(target: str):
+    """import tvm (lazily); for cuda also load TVM's CUDA runtime and install the callback."""
+    _runtime_environment()
     import tvm
     import tvm_ffi
 
@@ -215,14 +249,17 @@ class _KernelDir:
                 raise KernelError(f"missing {', '.join(missing)} in {self.path}; " + self.hint())
             for f in files:
                 self.verify(f)
-            tvm = _import_tvm(self.target)
-            with _LOCK:
-                if self.target == "cuda":
+            if self.target == "llvm":
+                with _LOCK:
+                    module = _load_llvm_module(self.path / entry["library"])
+            else:
+                tvm = _import_tvm(self.target)
+                with _LOCK:
                     _BINARIES[entry["source_sha256"]] = (self.path / entry["binary"]).read_bytes()
-                try:
-                    module = tvm.runtime.load_module(str(self.path / entry["library"]))
-                finally:
-                    _BINARIES.clear()
+                    try:
+                        module = tvm.runtime.load_module(str(self.path / entry["library"]))
+                    finally:
+                        _BINARIES.clear()
             self.loaded[key] = (module["forward"], module["backward"], module)
         return self.loaded[key][:2]
 
