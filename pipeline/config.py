@@ -148,6 +148,22 @@ def run_history(checkpoint: str | Path) -> Path:
     return Path(checkpoint).with_name("train.log")
 
 
+def run_lock_file(checkpoint: str | Path) -> Path:
+    """The lock a trainer holds while it trains a run (``pipeline.training.checkpoints.run_lock``), beside its
+    checkpoint; it names the trainer's pid and host, and stays when the trainer ends."""
+    return Path(checkpoint).with_name("train.lock")
+
+
+def lock_holder(checkpoint: str | Path) -> tuple[str, str] | None:
+    """(pid, host) of the trainer that last took the run's lock, alive or not; None where it has none.  A lock
+    written before the host was recorded gives host ''."""
+    try:
+        words = run_lock_file(checkpoint).read_text().split()
+    except OSError:
+        return None
+    return (words[0], " ".join(words[1:])) if words else None
+
+
 @dataclass(frozen=True)
 class Run:
     """One experiment: ``settings`` of its model, ``train`` (None for KenLM), the paper ``rows`` it fills,

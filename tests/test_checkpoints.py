@@ -3,6 +3,7 @@ fingerprint; anything else is set aside and the run starts over."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -173,8 +174,14 @@ def test_a_second_trainer_of_a_run_stops_with_the_first_ones_pid(tmp_path):
     from pipeline.training.errors import TrainingError
     ckpt = tmp_path / "run" / "ckpt.pt"
     with run_lock(ckpt, "ptb/x"):
-        assert (tmp_path / "run" / "train.lock").read_text() == f"{os.getpid()}\n"
-        with pytest.raises(TrainingError, match=f"another process \\(pid {os.getpid()}\\) is training ptb/x"):
+        assert (tmp_path / "run" / "train.lock").read_text() == f"{os.getpid()} {socket.gethostname()}\n"
+        with pytest.raises(TrainingError, match=f"another process \\(pid {os.getpid()}\\) is training ptb/x.*"
+                                                f"\\(kill {os.getpid()}\\)"):
+            with run_lock(ckpt, "ptb/x"):
+                pass
+        (tmp_path / "run" / "train.lock").write_text("4242 node17\n")  # held by a job on another node
+        with pytest.raises(TrainingError, match="another process \\(pid 4242 on node17\\) is training ptb/x.*"
+                                                "kill 4242 on node17, or cancel its job"):
             with run_lock(ckpt, "ptb/x"):
                 pass
         probe = subprocess.run([sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); "

@@ -4,6 +4,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -229,6 +230,15 @@ def test_status_reads_where_each_run_stands(small_ptb, tmp_path, monkeypatch):
         "status": "incomplete: last check at step 2 of 4", "test_ppl": None, "eval_ms_per_batch": None}))
     assert status.standing(run, tmp_path, {}).state == "interrupted"
     (tmp_path / run.out_dir / "metrics.json").unlink()
+    # its lock names the host of its last trainer: a cluster job's node, whose processes status cannot see
+    lock = (tmp_path / run.checkpoint).with_name("train.lock")
+    assert lock.read_text().split()[1] == socket.gethostname()
+    lock.write_text("4242 node17\n")
+    elsewhere = status.standing(run, tmp_path, status.running_checkpoints())
+    assert elsewhere.state == "interrupted" and "its last trainer ran on node17 (pid 4242)" in elsewhere.detail
+    assert "import torch" not in subprocess.run(  # status (also run in snakemake's process) stays light
+        [sys.executable, "-c", "import sys, pipeline.training.status; print('import torch' * ('torch' in sys.modules))"],
+        capture_output=True, text=True, check=True, cwd=Path(status.__file__).parents[2]).stdout
     checkpoint, kept = tmp_path / run.checkpoint, tmp_path / "kept.pt"
     checkpoint.rename(kept)  # its history without a checkpoint: nothing to go on from
     stopped = status.standing(run, tmp_path, status.running_checkpoints())

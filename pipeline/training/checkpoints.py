@@ -12,12 +12,13 @@ import hashlib
 import io
 import json
 import os
+import socket
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from pipeline.config import EXECUTION_SETTINGS, Run
+from pipeline.config import EXECUTION_SETTINGS, Run, lock_holder, run_lock_file
 from pipeline.integrity import IntegrityError, record, recorded, sha256, sidecar, verify
 from pipeline.training.errors import TrainingError
 from pipeline.training.progress import say
@@ -66,12 +67,13 @@ NO_FLOCK = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL}  # a fil
 
 @contextlib.contextmanager
 def run_lock(checkpoint: Path, name: str):
-    """Hold an exclusive lock on the run's checkpoint folder (``train.lock``, holding this process's pid) while
-    training: a second trainer of the same run (a job started again while an orphaned one still trains, two
-    snakemakes in two shells) stops at once with the first one's pid (``RunLocked``), instead of both writing
-    one checkpoint.  The kernel drops the lock when the process ends, however it ends.  On a file system
-    without flock the run trains unlocked, saying so; a folder it cannot write is a TrainingError."""
-    path = Path(checkpoint).with_name("train.lock")
+    """Hold an exclusive lock on the run's checkpoint folder (``train.lock``, holding this process's pid and
+    host) while training: a second trainer of the same run (a job started again while an orphaned one still
+    trains, two snakemakes in two shells, a job on another node of a shared file system) stops at once naming
+    the first one (``RunLocked``), instead of both writing one checkpoint.  The kernel drops the lock when the
+    process ends, however it ends.  On a file system without flock the run trains unlocked, saying so; a folder
+    it cannot write is a TrainingError."""
+    path = run_lock_file(checkpoint)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -82,10 +84,12 @@ def run_lock(checkpoint: Path, name: str):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise RunLocked(f"another process (pid {holder}) is training {name} from {checkpoint} now "
-                            f"(it holds {path}): wait for it to end, or stop it (kill {holder}) and run this "
-                            "again; two trainers of one run would overwrite each other's checkpoint") from None
+            pid, host = lock_holder(checkpoint) or ("unknown", "")
+            here = host in ("", socket.gethostname())
+            raise RunLocked(f"another process (pid {pid}{'' if here else f' on {host}'}) is training {name} from "
+                            f"{checkpoint} now (it holds {path}): wait for it to end, or stop it ("
+                            f"{f'kill {pid}' if here else f'kill {pid} on {host}, or cancel its job'}) and run "
+                            "this again; two trainers of one run would overwrite each other's checkpoint") from None
         except OSError as err:
             if err.errno not in NO_FLOCK:
                 raise TrainingError(f"cannot lock {path}: {err.strerror or err}") from None
@@ -94,7 +98,7 @@ def run_lock(checkpoint: Path, name: str):
                 "make sure no other process trains this run")
         if locked:
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock

@@ -24,12 +24,13 @@ import argparse
 import json
 import os
 import re
+import socket
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline.config import DEFAULT_RECIPE, ConfigError, Run, resolve_runs, run_history
+from pipeline.config import DEFAULT_RECIPE, ConfigError, Run, lock_holder, resolve_runs, run_history
 from pipeline.files import shown_path
 from pipeline.references import REFERENCE, filed_reference, filing_roots
 
@@ -138,8 +139,13 @@ def standing(run: Run, root: Path, running: dict[str, float | None], reference: 
         s.detail = lines[-1].split(STOPPED, 1)[1][:160]
     elif s.state == "stopped" and (root / run.checkpoint).exists():
         s.state = "interrupted"
-        s.detail = ("no trainer of it runs on this machine, and its last one ended between checks (killed, or its "
-                    "session closed): it goes on from its last check")
+        pid, host = lock_holder(root / run.checkpoint) or ("", "")
+        if host and host != socket.gethostname():  # a cluster job's node: its processes are not seen from here
+            s.detail = (f"its last trainer ran on {host} (pid {pid}), whose processes status cannot see: if a job "
+                        "there trains it now, let it; else it goes on from its last check")
+        else:
+            s.detail = ("no trainer of it runs on this machine, and its last one ended between checks (killed, or "
+                        "its session closed): it goes on from its last check")
     m = json.loads(metrics.read_text()) if metrics.exists() and not now else None
     # a process's final record; an 'incomplete' one is a check's, left behind by a process that did not end
     if m is not None and not str(m.get("status", "")).startswith("incomplete"):
