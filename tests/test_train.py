@@ -260,6 +260,12 @@ def test_status_reads_where_each_run_stands(small_ptb, tmp_path, monkeypatch):
     assert status.time_to_train(other, tmp_path, reference).startswith(
         f"ptb/u: about {36.0 * other.train.epochs / 3600:.1f} h for its {other.train.epochs:g} epochs at the speed of "
         "its filed run (AMD EPYC;")
+    assert "time cap" not in status.time_to_train(other, tmp_path, reference)
+    capped_run = resolve_run({"name": "u", "dataset": "ptb", "model": "ff", "max_seconds": 36}, DEFAULTS)
+    assert status.time_to_train(capped_run, tmp_path, reference).endswith(  # it still finds the filed run's speed
+        "; its time cap (max_seconds 36) stops this process after about 0.0 h, at the last check that fits, its "
+        "checkpoint kept to go on from") and "at the speed of its filed run" in status.time_to_train(
+        capped_run, tmp_path, reference)
     # a reference of other settings (e.g. the full-size run beside a tiny profile's of the same name) is not it
     smaller = resolve_run({"name": "u", "dataset": "ptb", "model": "ff", "hidden": 4}, DEFAULTS)
     assert status.standing(smaller, tmp_path, {}, reference).state == "not started"

@@ -166,18 +166,28 @@ def time_to_train(run: Run, root: Path, reference: Path = REFERENCE) -> str:
     speed where it goes on from a checkpoint, else its planned epochs at the speed of its filed reference run
     (trained from today's settings, on the machine named), else that nothing is known."""
     s = standing(run, root, {}, reference)
+    cap = run.train.max_seconds
     if s.state in ("cut short", "interrupted") and s.total and s.tokens_per_s:
         hours = (s.total - s.step) * run.train.batch_size * run.train.bptt / s.tokens_per_s / 3600
         return (f"{run.key}: goes on from its checkpoint at epoch {s.epoch:g} of {run.train.epochs:g}: about "
-                f"{hours:.1f} h left at its last check's speed ({s.tokens_per_s:,} tokens/s)")
+                f"{hours:.1f} h left at its last check's speed ({s.tokens_per_s:,} tokens/s)" + _capped(hours, cap))
     filed = filed_reference(run, reference)
     per_epoch = (filed or {}).get("seconds_per_epoch")
     if per_epoch:
         threads = sorted({seg.get("threads") for seg in filed.get("segments") or [] if seg.get("threads")})
         at = f", {'/'.join(map(str, threads))} thread(s)" if threads else ""
-        return (f"{run.key}: about {per_epoch * run.train.epochs / 3600:.1f} h for its {run.train.epochs:g} epochs at "
-                f"the speed of its filed run ({filed.get('device_name')}{at}; {shown_path(reference / run.filed_as)})")
-    return f"{run.key}: no run of its settings has been timed here (docs/cpu.md gives estimates)"
+        hours = per_epoch * run.train.epochs / 3600
+        return (f"{run.key}: about {hours:.1f} h for its {run.train.epochs:g} epochs at the speed of its filed run "
+                f"({filed.get('device_name')}{at}; {shown_path(reference / run.filed_as)})" + _capped(hours, cap))
+    return f"{run.key}: no run of its settings has been timed here (docs/cpu.md gives estimates)" + _capped(None, cap)
+
+
+def _capped(hours: float | None, cap: float | None) -> str:
+    """What a time cap (``max_seconds``) does to a run expected to train ``hours`` (None: not known)."""
+    if not cap or (hours is not None and hours <= cap / 3600):
+        return ""
+    return (f"; its time cap (max_seconds {cap:g}) stops this process after about {cap / 3600:.1f} h, at the last "
+            "check that fits, its checkpoint kept to go on from")
 
 
 def table(rows: list[Standing]) -> str:
