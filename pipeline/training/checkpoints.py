@@ -85,11 +85,12 @@ def run_lock(checkpoint: Path, name: str):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             pid, host = lock_holder(checkpoint) or ("unknown", "")
-            here = host in ("", socket.gethostname())
-            raise RunLocked(f"another process (pid {pid}{'' if here else f' on {host}'}) is training {name} from "
-                            f"{checkpoint} now (it holds {path}): wait for it to end, or stop it ("
-                            f"{f'kill {pid}' if here else f'kill {pid} on {host}, or cancel its job'}) and run "
-                            "this again; two trainers of one run would overwrite each other's checkpoint") from None
+            who, stop = f"pid {pid}", f"kill {pid}"
+            if host not in ("", socket.gethostname()):  # a job on another node of a shared file system
+                who, stop = f"pid {pid} on {host}", f"kill {pid} on {host}, or cancel its job"
+            raise RunLocked(f"another process ({who}) is training {name} from {checkpoint} now (it holds {path}): "
+                            f"wait for it to end, or stop it ({stop}) and run this again; two trainers of one run "
+                            "would overwrite each other's checkpoint") from None
         except OSError as err:
             if err.errno not in NO_FLOCK:
                 raise TrainingError(f"cannot lock {path}: {err.strerror or err}") from None
