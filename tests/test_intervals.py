@@ -199,6 +199,35 @@ def test_rows_show_mean_sd_n_and_the_verdict():
     assert ours.iloc[0].valid_lo < 130 and ours.iloc[0].valid_hi > 132
 
 
+def test_a_seed_still_training_never_moves_the_mean_of_the_seeds_that_are_done():
+    """A repeat still training (incomplete: provisional numbers) is left out of the row's mean while another
+    seed is done, and the status says so; the row of seeds none of which is done shows the provisional ones."""
+    config = {"datasets": {"ptb": {}, "wt2": {}},
+              "runs": [{"name": "lstm", "dataset": "ptb", "model": "lstm", "seeds": [1, 2], "rows": ["table1/lstm"]},
+                       {"name": "vlnhmm-16384", "dataset": "ptb", "model": "vlnhmm", "num_states": 16384,
+                        "seeds": [1, 2], "rows": ["fig3"]}]}
+    runs = {r.key: r for r in resolve_runs(config)}
+
+    def training(run, ppl):
+        result = _result(run, ppl, 1.0)
+        result["metrics"].update(status="incomplete: last check at step 5 of 10", test_ppl=None)
+        return result
+
+    done, busy = _result(runs["ptb/lstm"], 100.0, 1.0), training(runs["ptb/lstm@2"], 400.0)
+    for results in ([done, busy], [training(runs["ptb/lstm"], 400.0), _result(runs["ptb/lstm@2"], 100.0, 1.0)]):
+        row = build_table("table1", PAPER, results).query("run.str.startswith('ptb/lstm')").iloc[0]
+        assert row.n == 1 and row.valid_ppl == 100 and row.test_ppl == 100, row.to_dict()
+        assert row.status.startswith("measured; not counted yet: seed ") and "(incomplete: last check" in row.status
+    row = build_table("table1", PAPER, [training(runs["ptb/lstm"], 400.0), training(runs["ptb/lstm@2"], 300.0)])
+    row = row[row.run == "ptb/lstm"].iloc[0]
+    assert row.n == 2 and row.valid_ppl == 350 and row.status.startswith("incomplete") and "not counted" not in row.status
+
+    fig = build_figure("fig3", PAPER, [_result(runs["ptb/vlnhmm-16384"], 130, 1),
+                                       training(runs["ptb/vlnhmm-16384@2"], 400)])
+    ours = fig[fig.series.str.startswith("ours")].iloc[0]
+    assert ours.n == 1 and ours.valid_ppl == 130 and "not counted yet: seed 2" in ours.status
+
+
 def test_node_runs_the_seed_repeats_after_its_priority_list():
     from conftest import merged_config
     from pipeline.node.bundle import node_plan

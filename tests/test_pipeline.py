@@ -426,3 +426,23 @@ def test_runs_cut_short_by_their_time_cap_go_on_with_the_command_status_prints(t
         assert f"resumed from build/checkpoints/ptb/{n}/ckpt.pt at step {first[n]['steps']:,}" in history, history[-2000:]
         assert again["status"].startswith("cut short: time") and again["steps"] > first[n]["steps"], (n, again["status"])
         assert [s["from_step"] for s in again["segments"]] == [0, first[n]["steps"]]
+
+def test_a_table_is_remade_when_a_run_outside_its_dag_is_filed_or_checks_again(tmp_path):
+    """A table reads runs outside its DAG (filed references; results another snakemake trains): a new import, or
+    such a run's next check, remakes it; nothing else does."""
+    overlay = tmp_path / "no-training.yaml"
+    overlay.write_text("gpu_runs: never\ndefaults: {train: {device: cuda}}\n")  # every trained run leaves the DAG
+    args = ("results/table1.csv", "--cores", "2", "--directory", str(tmp_path / "w"), "--configfile",
+            "config/tiny.yaml", str(overlay))
+    proc = snakemake(*args)
+    built = job_counts(proc.stdout + proc.stderr)
+    assert built.get("table") == 1 and "train" not in built, built
+    assert "Nothing to be done" in snakemake("-n", *args).stdout
+    record = tmp_path / "w/results/reference/ptb/ff"
+    record.mkdir(parents=True)
+    (record / "metrics.json").write_text('{"status": "measured"}')  # a run filed since the table was made
+    assert job_counts(snakemake("-n", *args).stdout) == {"table": 1}
+    snakemake(*args)
+    (tmp_path / "w/results/runs/ptb/lstm").mkdir(parents=True)
+    (tmp_path / "w/results/runs/ptb/lstm/metrics.json").write_text('{"status": "incomplete"}')  # a check elsewhere
+    assert job_counts(snakemake("-n", *args).stdout) == {"table": 1}

@@ -226,6 +226,27 @@ def test_repro_clears_a_stale_lock(tmp_path):
     assert not list(locks.glob("*.lock"))
 
 
+# 12b. a live lock (another snakemake works in the directory, its DAG sharing files with this one's): ./repro run
+# says it is live, names the other run and does not remove it, where snakemake's own message offers --unlock
+def test_repro_names_the_snakemake_holding_a_live_lock_and_keeps_it(tmp_path):
+    work = tmp_path / "w"
+    locks = work / ".snakemake" / "locks"
+    locks.mkdir(parents=True)
+    (locks / "0.output.lock").write_text("data/ptb/stats.json\n")
+    holder = subprocess.Popen(["bash", "-c", "exec -a snakemake-holder sleep 300"], cwd=work)
+    try:
+        proc = subprocess.run([str(ROOT / "repro"), "run", "--directory", str(work), "--profile", "profiles/tiny",
+                               "data/ptb/stats.json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert proc.returncode != 0 and "Directory cannot be locked" in proc.stderr, proc.stderr[-2000:]
+    assert "that lock is live, not stale: do not --unlock" in proc.stderr
+    assert f"pid {holder.pid}" in proc.stderr and "snakemake-holder" in proc.stderr and "--nolock" in proc.stderr
+    assert "stale snakemake lock" not in proc.stderr and (locks / "0.output.lock").exists()
+    assert not (work / "data/ptb/stats.json").exists()  # nothing ran
+
+
 def test_children_are_stopped_together_in_one_grace_period(tmp_path):
     """At the node's deadline every run gets SIGINT at once and SIGKILL one grace period later, so stopping
     three runs that ignore SIGINT leaves them all signalled before the first grace period ends."""

@@ -8,7 +8,7 @@ import pandas as pd
 
 from pipeline import intervals
 from pipeline.config import base_name
-from pipeline.reporting.runs import as_run, cpu_training, repeats, trained_commit, untrusted
+from pipeline.reporting.runs import as_run, cpu_training, repeats, status_kind, trained_commit, untrusted
 from pipeline.training.curves import run_label
 
 FULL_PROFILE = "full"  # the profile column where no profile overlay is in use (config/config.yaml as is)
@@ -80,10 +80,30 @@ def _diff(ours: Any, paper: Any) -> float | None:
     return None if ours is None or paper is None else round(round(float(ours), 2) - float(paper), 2)
 
 
-def seed_columns(group: list[dict], paper: dict) -> dict:
-    """The perplexity columns of a row from its runs over seeds (those with results): n, seeds, and per split
-    the mean, sd, interval, the paper's number, the differences and the verdict (pipeline.intervals)."""
+FINAL = ("measured", "reference", "cut short")  # status kinds of a seed whose numbers are final
+
+
+def counted(group: list[dict]) -> list[dict]:
+    """The seeds a row's numbers come from: those whose results are final (measured, cut short, filed); where
+    none is yet, the provisional ones (incomplete: still training), as a row of a single run shows them.  A
+    seed still training never moves the mean of seeds that are done."""
     done = [r for r in group if r["metrics"]]
+    return [r for r in done if status_kind(r["status"]) in FINAL] or done
+
+
+def not_counted(group: list[dict]) -> str:
+    """``; not counted yet: seed 2222 (incomplete: ...)``: the seeds with provisional results left out of a
+    row's numbers (empty where none)."""
+    shown = counted(group)
+    left = [r for r in group if r["metrics"] and r not in shown]
+    return "; not counted yet: " + ", ".join(
+        f"seed {(r['spec'].get('train') or {}).get('seed')} ({r['status']})" for r in left) if left else ""
+
+
+def seed_columns(group: list[dict], paper: dict) -> dict:
+    """The perplexity columns of a row from its runs over seeds (:func:`counted`): n, seeds, and per split
+    the mean, sd, interval, the paper's number, the differences and the verdict (pipeline.intervals)."""
+    done = counted(group)
     seeds = [((r["spec"].get("train") or {}).get("seed")) for r in done]
     rec: dict[str, Any] = {"n": len(done) or None,
                            "seeds": ", ".join(str(s) for s in seeds if s is not None) or None}
@@ -136,7 +156,7 @@ def build_table(name: str, paper: dict, runs: list, paper_specs: list[dict] | No
         cited = prow.get("cited")
         run = None if cited else next((r for r in runs if _fills(r["spec"], name, prow)), None)
         group = repeats(run, runs) if run else []
-        run = group[0] if group else None  # the run itself; its seed repeats add to n
+        run = (counted(group) or group)[0] if group else None  # the run itself, or its first counted repeat
         pspec = None if cited else next((p for p in paper_specs or [] if _fills(p, name, prow)), None)
         spec, metrics = (run or {}).get("spec"), (run or {}).get("metrics") or {}
         train = (spec or {}).get("train") or {}
@@ -163,6 +183,7 @@ def build_table(name: str, paper: dict, runs: list, paper_specs: list[dict] | No
             rec.update(_provenance(metrics))
         if modified := untrusted(group):  # one edited seed: the row's numbers are not shown at all
             rec["status"], group = modified, []
+        rec["status"] += not_counted(group)
         rec.update(seed_columns(group, prow))
         out.append(rec)
     return _finish(pd.DataFrame(out, columns=COLUMNS[name]))
@@ -194,6 +215,7 @@ def build_figure(name: str, paper: dict, runs: list, scale: dict | None = None,
     mine = [r for r in map(as_run, runs) if name in r["spec"].get("rows", [])]
     for run in (r for r in mine if base_name(r["spec"]["name"]) == r["spec"]["name"]):
         group = repeats(run, mine)
+        run = (counted(group) or group)[0]  # the run itself, or its first counted repeat
         spec, metrics = run["spec"], run["metrics"] or {}
         settings, train = spec.get("settings") or {}, spec.get("train") or {}
         series = str(settings.get(skey)) if skey else ""
@@ -201,7 +223,7 @@ def build_figure(name: str, paper: dict, runs: list, scale: dict | None = None,
         x = None if run_x is None else run_x * factor
         ref = paper_at.get((series, x))
         modified = untrusted(group)  # one edited seed: the point shows no number
-        status = modified or run["status"]
+        status = modified or run["status"] + not_counted(group)
         cols = seed_columns([] if modified else group, {"valid": ref and ref["valid"]})
         out.append({"series": " ".join(["ours"] + ([series] if skey else [])), "x": x, "run_x": run_x,
                     "num_states": _hmm(spec, "num_states"), "num_clusters": _hmm(spec, "num_clusters"),

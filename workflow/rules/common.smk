@@ -1,5 +1,6 @@
 # Shared definitions: the typed run registry (pipeline.config), paths, the GPU switch.
 import difflib
+import hashlib
 import json
 import re
 import shutil
@@ -388,6 +389,13 @@ def runs_for(name):
     return [r for r in RUN_LIST if any(row == name or row.startswith(f"{name}/") for row in r.rows)]
 
 
+# the code a table is made by: a change to any of it remakes the tables
+TABLE_CODE = sorted(
+    repo_path(p.relative_to(ROOT))
+    for p in [ROOT / "pipeline/intervals.py", *(ROOT / "pipeline/reporting").glob("*.py")]
+)
+
+
 def table_inputs(wc):
     """A table's runs' metrics, the paper's numbers, the full config (the paper's settings per row), the code."""
     runs = runs_for(wc.name)
@@ -395,9 +403,23 @@ def table_inputs(wc):
         "metrics": [f"{r.out_dir}/metrics.json" for r in runs if r.key in IN_DAG],
         "paper": repo_path("config/paper.yaml"),
         "paper_config": repo_path("config/config.yaml"),
-        "code": repo_path("pipeline/reporting/report.py"),
+        "code": TABLE_CODE,
         "stats": sorted({f"data/{r.dataset}/stats.json" for r in runs}),  # vocabulary sizes (a uniform model's ppl)
     }
+
+
+def table_reads(wc):
+    """A digest of what a table reads of its runs outside this DAG (their own results, trained by another
+    snakemake, and their filed reference runs): a param, so that an import, such a run's next check or an edited
+    record remakes the table.  Not inputs: a run another snakemake is training is an incomplete file here."""
+    reference = Path(filing_roots(config, Path.cwd())[0])
+    digest = hashlib.sha256()
+    for r in runs_for(wc.name):
+        for path in (Path(r.out_dir), reference / r.filed_as) if r.key not in IN_DAG else ():
+            for name in ("metrics.json", "SHA256SUMS"):
+                if (path / name).is_file():
+                    digest.update(f"{path / name}\0".encode() + (path / name).read_bytes())
+    return digest.hexdigest()
 
 
 # ---- the report (snakemake --report): items, labels, the front page as its landing page

@@ -43,6 +43,7 @@ rule table:
         title=lambda wc: PAPER_TITLES[wc.name],
         reference=os.path.relpath(filing_roots(config, Path.cwd())[0]),  # tiny: its own, never the committed
         runs_dir=f"{RESULTS}/runs",  # the recipe in use's runs (results/<recipe>/runs for another than the default)
+        reads=table_reads,  # what the table reads of runs outside the DAG: a new import remakes it
     shell:
         "python -m pipeline.reporting.report {params.kind} --name {wildcards.name} --paper {input.paper} "
         "--paper-config {input.paper_config} --runs {params.runs:q} --runs-dir {params.runs_dir} "
