@@ -156,7 +156,9 @@ def build_table(name: str, paper: dict, runs: list, paper_specs: list[dict] | No
         cited = prow.get("cited")
         run = None if cited else next((r for r in runs if _fills(r["spec"], name, prow)), None)
         group = repeats(run, runs) if run else []
-        run = (counted(group) or group)[0] if group else None  # the run itself, or its first counted repeat
+        modified = untrusted(group)  # one edited seed: the row's numbers are not shown at all
+        # the run itself, or (a seed still training) its first counted repeat
+        run = ((not modified and counted(group)) or group)[0] if group else None
         pspec = None if cited else next((p for p in paper_specs or [] if _fills(p, name, prow)), None)
         spec, metrics = (run or {}).get("spec"), (run or {}).get("metrics") or {}
         train = (spec or {}).get("train") or {}
@@ -181,7 +183,7 @@ def build_table(name: str, paper: dict, runs: list, paper_specs: list[dict] | No
             rec["paper_num_states"], rec["paper_num_clusters"] = prow.get("num_states"), prow.get("num_clusters")
         if metrics:
             rec.update(_provenance(metrics))
-        if modified := untrusted(group):  # one edited seed: the row's numbers are not shown at all
+        if modified:
             rec["status"], group = modified, []
         rec["status"] += not_counted(group)
         rec.update(seed_columns(group, prow))
@@ -215,14 +217,14 @@ def build_figure(name: str, paper: dict, runs: list, scale: dict | None = None,
     mine = [r for r in map(as_run, runs) if name in r["spec"].get("rows", [])]
     for run in (r for r in mine if base_name(r["spec"]["name"]) == r["spec"]["name"]):
         group = repeats(run, mine)
-        run = (counted(group) or group)[0]  # the run itself, or its first counted repeat
+        modified = untrusted(group)  # one edited seed: the point shows no number
+        run = ((not modified and counted(group)) or group)[0]  # the run itself, or its first counted repeat
         spec, metrics = run["spec"], run["metrics"] or {}
         settings, train = spec.get("settings") or {}, spec.get("train") or {}
         series = str(settings.get(skey)) if skey else ""
         run_x = settings.get(xkey)
         x = None if run_x is None else run_x * factor
         ref = paper_at.get((series, x))
-        modified = untrusted(group)  # one edited seed: the point shows no number
         status = modified or run["status"] + not_counted(group)
         cols = seed_columns([] if modified else group, {"valid": ref and ref["valid"]})
         out.append({"series": " ".join(["ours"] + ([series] if skey else [])), "x": x, "run_x": run_x,
